@@ -1,0 +1,439 @@
+"""Data: Fashion-MNIST held in memory with batched augmentation, and ImageNet as an ImageFolder.
+
+The `smoke` and `fmnist` profiles read the four Fashion-MNIST IDX files into uint8 tensors and
+augment whole batches at once (`TensorLoader` + `RandomResizedCropFlip` ...), because per-image PIL
+transforms dominate the step time of tiny ViTs on a CPU. The `paper` profile uses
+`torchvision.datasets.ImageFolder` with the official MAE / G2SD transforms (`imagenet_transform`).
+"""
+import argparse
+import gzip
+import hashlib
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# md5 of the official .gz files (torchvision's FashionMNIST.resources).
+FASHION_MNIST_MD5 = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
+# md5 of the decompressed IDX bytes (torchvision's FashionMNIST.raw_data). The Debian package
+# re-gzipped the files (new gzip mtime), so its .gz bytes differ from the official ones while the
+# content is identical; a .gz is accepted if either hash matches.
+FASHION_MNIST_RAW_MD5 = {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                         "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+                         "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+                         "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_MEAN = (0.2860,)
+FMNIST_STD = (0.3530,)
+DEFAULT_DEST = Path("data/fashion-mnist")
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # package `dataset-fashion-mnist`
+FIX_HINT = ("Run `make data` (it runs `python -m g2sd_lib.data fetch`, which copies the files from "
+            "the Debian/Ubuntu package installed by `apt-get install dataset-fashion-mnist`, or "
+            "downloads them with torchvision), or pass root=<dir holding the four IDX files>.")
+
+_IDX_MAGIC = {0x00000803: 3, 0x00000801: 1}  # uint8 images (N, rows, cols) / uint8 labels (N,)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is missing or laid out wrongly; the message says where we looked and the fix."""
+
+
+def read_idx(path) -> torch.Tensor:
+    """Parse one IDX file, gzip-compressed or raw (told apart by the gzip magic bytes).
+
+    Returns uint8 images (N, rows, cols) for magic 0x00000803, int64 labels (N,) for 0x00000801.
+    Raises ValueError naming the file when it is truncated, garbled or of another IDX type.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from None
+    elif path.suffix == ".gz":
+        raise ValueError(f"{path}: has a .gz suffix but is not gzip data")
+    if len(data) < 8:
+        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes)")
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in _IDX_MAGIC:
+        raise ValueError(f"{path}: bad IDX magic 0x{magic:08x}, expected 0x00000803 (images) "
+                         "or 0x00000801 (labels)")
+    ndim = _IDX_MAGIC[magic]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    expected, found = math.prod(shape), len(data) - header
+    if found != expected:
+        what = "truncated" if found < expected else "trailing bytes"
+        raise ValueError(f"{path}: {what}: header says shape {shape} = {expected} data bytes, "
+                         f"file has {found}")
+    arr = torch.from_numpy(np.frombuffer(bytearray(data), np.uint8, offset=header).reshape(shape))
+    return arr if ndim == 3 else arr.long()
+
+
+def _idx_file(directory: Path, name: str) -> Path | None:
+    # Raw before .gz: torchvision's raw/ folder holds both, and raw skips decompression.
+    for p in (directory / name, directory / f"{name}.gz"):
+        if p.is_file():
+            return p
+    return None
+
+
+def find_fashion_mnist(root=None) -> Path:
+    """The directory holding all four IDX files (each raw or .gz).
+
+    Looks in `root`, `root/FashionMNIST/raw` (torchvision's layout), `./data/fashion-mnist`, then
+    the Debian package dir; raises DatasetNotFoundError listing every place looked otherwise.
+    """
+    candidates = [Path(root), Path(root) / "FashionMNIST" / "raw"] if root is not None else []
+    candidates += [Path.cwd() / DEFAULT_DEST, DEBIAN_DIR]
+    names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
+    for d in candidates:
+        if all(_idx_file(d, n) for n in names):
+            return d
+    looked = "\n".join(f"  {d}" for d in candidates)
+    raise DatasetNotFoundError(f"Fashion-MNIST not found (need {', '.join(names)}, raw or .gz). "
+                               f"Looked in:\n{looked}\n{FIX_HINT}")
+
+
+def load_fashion_mnist(split: str, root=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a split ("train": 60k, "test": 10k) as (uint8 images (N, 1, 28, 28), int64 labels (N,))."""
+    if split not in FASHION_MNIST_FILES:
+        raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
+    d = find_fashion_mnist(root)
+    img_name, lbl_name = FASHION_MNIST_FILES[split]
+    images, labels = read_idx(_idx_file(d, img_name)), read_idx(_idx_file(d, lbl_name))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{d}: {split} images {tuple(images.shape)} do not match labels "
+                         f"{tuple(labels.shape)}")
+    return images.unsqueeze(1), labels
+
+
+def _check_gz(path: Path, name: str) -> bool:
+    """True if `path` holds the official `name` (.gz): same .gz bytes, or same decompressed bytes."""
+    data = path.read_bytes()
+    if hashlib.md5(data).hexdigest() == FASHION_MNIST_MD5[name]:
+        return True
+    try:
+        raw = gzip.decompress(data)
+        return hashlib.md5(raw).hexdigest() == FASHION_MNIST_RAW_MD5[name.removesuffix(".gz")]
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+def _install(src: Path, dest: Path, name: str) -> None:
+    """Copy `src` to `dest/name` via a verified temp file + os.replace (readers never see half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        if not _check_gz(Path(tmp), name):
+            raise ValueError(f"{src}: md5 does not match the official {name} "
+                             f"({FASHION_MNIST_MD5[name]}); refusing to use it")
+        os.replace(tmp, dest / name)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _download_torchvision(name: str, tmpdir: Path) -> Path:
+    """Fetch one official .gz through torchvision's downloader (its mirror list and md5 check)."""
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import download_url
+    errors = []
+    for mirror in FashionMNIST.mirrors:
+        try:
+            download_url(mirror + name, tmpdir, filename=name, md5=FASHION_MNIST_MD5[name])
+            return tmpdir / name
+        except Exception as e:  # noqa: BLE001  (any network failure means: try the next mirror)
+            errors.append(f"{mirror}: {e}")
+    raise OSError("; ".join(errors))
+
+
+def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
+    """Materialise the four official .gz files in `dest`, idempotently, and return `dest`.
+
+    Sources in order: `source` (a dir, or its FashionMNIST/raw), the Debian dir, torchvision's
+    download. Files already in `dest` with the right md5 are kept. A file whose bytes differ from
+    the official ones raises ValueError; no source having a file raises DatasetNotFoundError.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in FASHION_MNIST_MD5 if not ((dest / n).is_file() and _check_gz(dest / n, n))]
+    for n in sorted(set(FASHION_MNIST_MD5) - set(missing)):
+        log.info("%s: already present with the official content", dest / n)
+    dirs = []
+    if source is not None:
+        if not Path(source).is_dir():
+            raise DatasetNotFoundError(f"source {source} is not a directory")
+        dirs = [Path(source), Path(source) / "FashionMNIST" / "raw"]
+    tried = [str(d) for d in dirs + [DEBIAN_DIR]]
+    for d in dirs + [DEBIAN_DIR]:
+        for n in [n for n in missing if (d / n).is_file()]:
+            _install(d / n, dest, n)
+            log.info("%s: copied from %s", dest / n, d)
+            missing.remove(n)
+    if missing:
+        tried.append("torchvision download")
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            try:
+                for n in list(missing):
+                    _install(_download_torchvision(n, Path(tmp)), dest, n)
+                    log.info("%s: downloaded by torchvision", dest / n)
+                    missing.remove(n)
+            except OSError as e:
+                tried[-1] += f" (failed: {e})"
+    if missing:
+        raise DatasetNotFoundError(f"Could not obtain {', '.join(missing)}. Tried:\n"
+                                   + "\n".join(f"  {t}" for t in tried)
+                                   + "\nInstall `apt-get install dataset-fashion-mnist`, connect to "
+                                   "the network, or pass --source <dir with the four .gz files>.")
+    return dest
+
+
+def train_val_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic split of range(n): sorted int64 (train_idx (n - val_size,), val_idx (val_size,))."""
+    if not 0 <= val_size < n:
+        raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+class TensorLoader:
+    """Batches of an in-memory uint8 dataset, sharded like `DistributedSampler`.
+
+    images: uint8 (N, C, H, W); labels: int64 (N,). Each epoch permutes range(N) with a generator
+    seeded `seed + epoch` (the same permutation on every rank, as DistributedSampler), pads it by
+    wrapping to a multiple of world_size, and gives rank r the indices r, r + world_size, ....
+    Yields (x float32 (B, C, H, W) = uint8 / 255 then `transform(x, generator)`, y int64 (B,)).
+    The transform's generator is seeded from (seed, epoch, rank), so ranks augment differently.
+    """
+
+    def __init__(self, images, labels, batch_size, shuffle, drop_last, seed=0, rank=0,
+                 world_size=1, transform=None):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size, self.transform = seed, rank, world_size, transform
+        self.epoch = 0
+        self.num_samples = math.ceil(len(images) / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch, int64 (num_samples,)."""
+        n = len(self.images)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        total = self.num_samples * self.world_size
+        order = order.repeat(math.ceil(total / n))[:total]
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self):
+        idx = self.indices()
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(seed)
+        for b in range(len(self)):
+            i = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.images[i].float().div_(255)
+            yield (self.transform(x, gen) if self.transform else x), self.labels[i]
+
+
+def _sample_boxes(b, h, w, scale, ratio, gen, max_h, max_w, tries=10):
+    """Per-sample box sizes (bh, bw) int64 (B,) of area scale*h*w, aspect bw/bh log-uniform in ratio.
+
+    As torchvision/timm do per image, the first of `tries` draws with 0 < bh <= max_h and
+    0 < bw <= max_w is kept; `ok` bool (B,) is False where no draw fitted.
+    """
+    area = h * w * torch.empty(b, tries).uniform_(scale[0], scale[1], generator=gen)
+    logr = torch.empty(b, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    bw = torch.sqrt(area * logr.exp()).round().long()
+    bh = torch.sqrt(area / logr.exp()).round().long()
+    fits = (bw > 0) & (bw <= max_w) & (bh > 0) & (bh <= max_h)
+    first = fits.long().argmax(1, keepdim=True)  # argmax of bools = index of the first True
+    return bh.gather(1, first)[:, 0], bw.gather(1, first)[:, 0], fits.any(1)
+
+
+class RandomResizedCropFlip:
+    """RandomResizedCrop + RandomHorizontalFlip for a float batch (B, C, H, W) -> (B, C, *size).
+
+    Boxes follow torchvision's sampling (10 tries, then a centre crop clamped to `ratio`); all crops
+    and flips are one `affine_grid` + bilinear `grid_sample` call (MAE's GD pretrain augmentation).
+    """
+
+    def __init__(self, size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip=True):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.scale, self.ratio, self.flip = scale, ratio, flip
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b, c, h, w = x.shape
+        bh, bw, ok = _sample_boxes(b, h, w, self.scale, self.ratio, gen, h, w)
+        in_ratio = w / h  # fallback: the largest centre box with aspect clamped to `ratio`
+        fw = w if in_ratio <= self.ratio[1] else round(h * self.ratio[1])
+        fh = h if in_ratio >= self.ratio[0] else round(w / self.ratio[0])
+        bh, bw = torch.where(ok, bh, fh), torch.where(ok, bw, fw)
+        top = torch.where(ok, (torch.rand(b, generator=gen) * (h - bh + 1)).floor(), (h - bh) // 2)
+        left = torch.where(ok, (torch.rand(b, generator=gen) * (w - bw + 1)).floor(), (w - bw) // 2)
+        sign = torch.ones(b)
+        if self.flip:
+            sign = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+        # align_corners=False: normalised -1/+1 are the outer pixel edges, so box [left, left + bw)
+        # has centre (2 * left + bw) / w - 1 and half-width bw / w; a negative x-scale mirrors it.
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0] = sign * bw / w
+        theta[:, 0, 2] = (2 * left + bw) / w - 1
+        theta[:, 1, 1] = bh / h
+        theta[:, 1, 2] = (2 * top + bh) / h - 1
+        grid = F.affine_grid(theta.to(x), [b, c, *self.size], align_corners=False)
+        # border padding: upsampled crops touching the image edge must not blend with zeros.
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class Normalize:
+    """(x - mean) / std per channel on a float batch (B, C, H, W)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        return (x - self.mean.to(x).view(1, -1, 1, 1)) / self.std.to(x).view(1, -1, 1, 1)
+
+
+class RandomErasing:
+    """timm's RandomErasing(re_mode='pixel', re_count=1) for a normalised batch (B, C, H, W).
+
+    With probability `prob` a sample gets one rectangle of area scale*H*W, aspect log-uniform in
+    `ratio`, filled with per-pixel N(0, 1) noise; samples with no fitting box in 10 tries are kept.
+    """
+
+    def __init__(self, prob=0.25, scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3)):
+        self.prob, self.scale, self.ratio = prob, scale, ratio
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b, c, h, w = x.shape
+        # timm only erases boxes strictly smaller than the image.
+        bh, bw, ok = _sample_boxes(b, h, w, self.scale, self.ratio, gen, h - 1, w - 1)
+        ok &= torch.rand(b, generator=gen) < self.prob
+        top = (torch.rand(b, generator=gen) * (h - bh + 1)).floor().long()
+        left = (torch.rand(b, generator=gen) * (w - bw + 1)).floor().long()
+        rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        mask = ((rows >= top.view(-1, 1, 1)) & (rows < (top + bh).view(-1, 1, 1))
+                & (cols >= left.view(-1, 1, 1)) & (cols < (left + bw).view(-1, 1, 1))
+                & ok.view(-1, 1, 1))
+        noise = torch.randn(x.shape, generator=gen).to(x)
+        return torch.where(mask.unsqueeze(1).to(x.device), noise, x)
+
+
+class Compose:
+    """Apply batched transforms in order, threading the same generator through them."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        for t in self.transforms:
+            x = t(x, gen)
+        return x
+
+
+def imagenet_transform(kind: str, input_size: int = 224):
+    """The official per-image PIL -> float (3, input_size, input_size) transforms.
+
+    "gd": MAE pretrain / G2SD GD (RandomResizedCrop scale 0.2-1 bicubic + flip); "sd": MAE fine-tune
+    / G2SD SD (timm RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25 pixel); "eval": MAE's
+    resize to input_size / crop_pct (crop_pct 0.875 up to 224, else 1) + centre crop.
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN as MEAN, IMAGENET_DEFAULT_STD as STD
+    from timm.data import create_transform
+    from torchvision import transforms as T
+    bicubic = T.InterpolationMode.BICUBIC
+    if kind == "gd":
+        return T.Compose([T.RandomResizedCrop(input_size, scale=(0.2, 1.0), interpolation=bicubic),
+                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    if kind == "sd":
+        return create_transform(input_size, is_training=True, color_jitter=None,
+                                auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic",
+                                re_prob=0.25, re_mode="pixel", re_count=1, mean=MEAN, std=STD)
+    if kind == "eval":
+        crop_pct = 224 / 256 if input_size <= 224 else 1.0
+        return T.Compose([T.Resize(int(input_size / crop_pct), interpolation=bicubic),
+                          T.CenterCrop(input_size), T.ToTensor(), T.Normalize(MEAN, STD)])
+    raise ValueError(f"kind must be 'gd', 'sd' or 'eval', got {kind!r}")
+
+
+def build_imagenet(root, split: str, kind: str, input_size: int = 224):
+    """ImageFolder over `root/{train,val}/<class>/<image>.JPEG` with `imagenet_transform(kind)`."""
+    from torchvision.datasets import ImageFolder
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    d = Path(root) / split
+    layout = "expected layout: root/{train,val}/<class>/<image>.JPEG (the ImageNet-1k tree)"
+    if not d.is_dir() or not any(p.is_dir() for p in d.iterdir()):
+        problem = "has no class subfolders" if d.is_dir() else "does not exist"
+        raise DatasetNotFoundError(f"ImageNet {split} split not found: {d} {problem}; {layout}")
+    try:
+        return ImageFolder(str(d), transform=imagenet_transform(kind, input_size))
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(f"ImageNet {split} split at {d}: {e}; {layout}") from None
+
+
+def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, smoothing: float = 0.1):
+    """timm Mixup/CutMix with label smoothing (MAE fine-tune defaults: batch mode, switch prob 0.5),
+    mapping (x (B, C, H, W), y (B,)) -> (mixed x, soft targets (B, num_classes)); None if both are 0."""
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
+                 num_classes=num_classes)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m g2sd_lib.data",
+                                     description="Fashion-MNIST set-up for g2sd_lib.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch", help="materialise the four Fashion-MNIST .gz files")
+    fetch.add_argument("--dest", type=Path, default=DEFAULT_DEST)
+    fetch.add_argument("--source", type=Path, default=None, help="a dir holding the four .gz files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        dest = fetch_fashion_mnist(args.dest, args.source)
+    except (DatasetNotFoundError, ValueError) as e:
+        parser.exit(1, f"error: {e}\n")
+    print(f"Fashion-MNIST ready in {dest}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
