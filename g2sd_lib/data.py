@@ -12,8 +12,6 @@ import logging
 import math
 import os
 import shutil
-import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -45,9 +43,6 @@ FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
 DEFAULT_DEST = Path("data/fashion-mnist")
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # package `dataset-fashion-mnist`
-FIX_HINT = ("Run `make data` (it runs `python -m g2sd_lib.data fetch`, which copies the files from "
-            "the Debian/Ubuntu package installed by `apt-get install dataset-fashion-mnist`, or "
-            "downloads them with torchvision), or pass root=<dir holding the four IDX files>.")
 
 _IDX_MAGIC = {0x00000803: 3, 0x00000801: 1}  # uint8 images (N, rows, cols) / uint8 labels (N,)
 
@@ -71,13 +66,11 @@ def read_idx(path) -> torch.Tensor:
             raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from None
     elif path.suffix == ".gz":
         raise ValueError(f"{path}: has a .gz suffix but is not gzip data")
-    if len(data) < 8:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
-    if magic not in _IDX_MAGIC:
+    if len(data) >= 4 and magic not in _IDX_MAGIC:
         raise ValueError(f"{path}: bad IDX magic 0x{magic:08x}, expected 0x00000803 (images) "
                          "or 0x00000801 (labels)")
-    ndim = _IDX_MAGIC[magic]
+    ndim = _IDX_MAGIC.get(magic, 1)
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
@@ -93,10 +86,7 @@ def read_idx(path) -> torch.Tensor:
 
 def _idx_file(directory: Path, name: str) -> Path | None:
     # Raw before .gz: torchvision's raw/ folder holds both, and raw skips decompression.
-    for p in (directory / name, directory / f"{name}.gz"):
-        if p.is_file():
-            return p
-    return None
+    return next((p for p in (directory / name, directory / f"{name}.gz") if p.is_file()), None)
 
 
 def find_fashion_mnist(root=None) -> Path:
@@ -111,13 +101,19 @@ def find_fashion_mnist(root=None) -> Path:
     for d in candidates:
         if all(_idx_file(d, n) for n in names):
             return d
-    looked = "\n".join(f"  {d}" for d in candidates)
-    raise DatasetNotFoundError(f"Fashion-MNIST not found (need {', '.join(names)}, raw or .gz). "
-                               f"Looked in:\n{looked}\n{FIX_HINT}")
+    looked = "".join(f"\n  {d}" for d in candidates)
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST not found (need {', '.join(names)}, raw or .gz). Looked in:{looked}\n"
+        "Fix: run `make data` (it runs `python -m g2sd_lib.data fetch`, which copies the files "
+        "from the package of `apt-get install dataset-fashion-mnist` or downloads them with "
+        "torchvision), or pass root=<dir holding the four files>.")
 
 
 def load_fashion_mnist(split: str, root=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a split ("train": 60k, "test": 10k) as (uint8 images (N, 1, 28, 28), int64 labels (N,))."""
+    """Load split "train" (N = 60000) or "test" (N = 10000).
+
+    Returns uint8 images (N, 1, 28, 28) and int64 labels (N,) in 0..9 (FASHION_MNIST_CLASSES).
+    """
     if split not in FASHION_MNIST_FILES:
         raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
     d = find_fashion_mnist(root)
@@ -130,7 +126,7 @@ def load_fashion_mnist(split: str, root=None) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _check_gz(path: Path, name: str) -> bool:
-    """True if `path` holds the official `name` (.gz): same .gz bytes, or same decompressed bytes."""
+    """True if `path` holds the official .gz `name`: same gzip bytes, or same decompressed bytes."""
     data = path.read_bytes()
     if hashlib.md5(data).hexdigest() == FASHION_MNIST_MD5[name]:
         return True
@@ -141,31 +137,28 @@ def _check_gz(path: Path, name: str) -> bool:
         return False
 
 
-def _install(src: Path, dest: Path, name: str) -> None:
-    """Copy `src` to `dest/name` via a verified temp file + os.replace (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
-    os.close(fd)
+def _install(target: Path, put, origin: str) -> None:
+    """Write `target` atomically: `put(tmp)` fills a temp file, verified, then os.replace'd."""
+    tmp = target.with_name(f".{target.name}.part")
     try:
-        shutil.copyfile(src, tmp)
-        if not _check_gz(Path(tmp), name):
-            raise ValueError(f"{src}: md5 does not match the official {name} "
-                             f"({FASHION_MNIST_MD5[name]}); refusing to use it")
-        os.replace(tmp, dest / name)
+        put(tmp)
+        if not _check_gz(tmp, target.name):
+            raise ValueError(f"{origin}: md5 does not match the official {target.name} "
+                             f"({FASHION_MNIST_MD5[target.name]}); refusing to use it")
+        os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
 
 
-def _download_torchvision(name: str, tmpdir: Path) -> Path:
-    """Fetch one official .gz through torchvision's downloader (its mirror list and md5 check)."""
+def _download_torchvision(name: str, path: Path) -> None:
+    """Download the official `name` to `path` with torchvision's mirror list and md5 check."""
     from torchvision.datasets import FashionMNIST
     from torchvision.datasets.utils import download_url
     errors = []
     for mirror in FashionMNIST.mirrors:
         try:
-            download_url(mirror + name, tmpdir, filename=name, md5=FASHION_MNIST_MD5[name])
-            return tmpdir / name
-        except Exception as e:  # noqa: BLE001  (any network failure means: try the next mirror)
+            return download_url(mirror + name, path.parent, path.name, FASHION_MNIST_MD5[name])
+        except Exception as e:  # noqa: BLE001  (any failure, network or md5: try the next mirror)
             errors.append(f"{mirror}: {e}")
     raise OSError("; ".join(errors))
 
@@ -173,46 +166,41 @@ def _download_torchvision(name: str, tmpdir: Path) -> Path:
 def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
     """Materialise the four official .gz files in `dest`, idempotently, and return `dest`.
 
-    Sources in order: `source` (a dir, or its FashionMNIST/raw), the Debian dir, torchvision's
-    download. Files already in `dest` with the right md5 are kept. A file whose bytes differ from
-    the official ones raises ValueError; no source having a file raises DatasetNotFoundError.
+    Each file comes from the first of: `source` (a dir, or its FashionMNIST/raw), the Debian dir,
+    torchvision's download. Files already in `dest` with the official content are kept. Bytes that
+    differ from the official ones raise ValueError; a file no source has raises
+    DatasetNotFoundError listing what was tried.
     """
     dest = Path(dest)
+    if source is not None and not Path(source).is_dir():
+        raise DatasetNotFoundError(f"source {source} is not a directory")
+    dirs = [Path(source), Path(source) / "FashionMNIST" / "raw"] if source is not None else []
+    dirs.append(DEBIAN_DIR)
     dest.mkdir(parents=True, exist_ok=True)
-    missing = [n for n in FASHION_MNIST_MD5 if not ((dest / n).is_file() and _check_gz(dest / n, n))]
-    for n in sorted(set(FASHION_MNIST_MD5) - set(missing)):
-        log.info("%s: already present with the official content", dest / n)
-    dirs = []
-    if source is not None:
-        if not Path(source).is_dir():
-            raise DatasetNotFoundError(f"source {source} is not a directory")
-        dirs = [Path(source), Path(source) / "FashionMNIST" / "raw"]
-    tried = [str(d) for d in dirs + [DEBIAN_DIR]]
-    for d in dirs + [DEBIAN_DIR]:
-        for n in [n for n in missing if (d / n).is_file()]:
-            _install(d / n, dest, n)
-            log.info("%s: copied from %s", dest / n, d)
-            missing.remove(n)
-    if missing:
-        tried.append("torchvision download")
-        with tempfile.TemporaryDirectory(dir=dest) as tmp:
-            try:
-                for n in list(missing):
-                    _install(_download_torchvision(n, Path(tmp)), dest, n)
-                    log.info("%s: downloaded by torchvision", dest / n)
-                    missing.remove(n)
-            except OSError as e:
-                tried[-1] += f" (failed: {e})"
-    if missing:
-        raise DatasetNotFoundError(f"Could not obtain {', '.join(missing)}. Tried:\n"
-                                   + "\n".join(f"  {t}" for t in tried)
-                                   + "\nInstall `apt-get install dataset-fashion-mnist`, connect to "
-                                   "the network, or pass --source <dir with the four .gz files>.")
+    for name in FASHION_MNIST_MD5:
+        target = dest / name
+        if target.is_file() and _check_gz(target, name):
+            log.info("%s: already present with the official content", target)
+            continue
+        src = next((d / name for d in dirs if (d / name).is_file()), None)
+        if src is not None:
+            _install(target, lambda tmp: shutil.copyfile(src, tmp), str(src))
+            log.info("%s: copied from %s", target, src)
+            continue
+        try:
+            _install(target, lambda tmp: _download_torchvision(name, tmp), "torchvision download")
+        except OSError as e:
+            tried = "".join(f"\n  {d}" for d in dirs)
+            raise DatasetNotFoundError(
+                f"Could not obtain {name}. Tried:{tried}\n  torchvision download (failed: {e})\n"
+                "Install it with `apt-get install dataset-fashion-mnist`, connect to the network, "
+                "or pass --source <dir with the four .gz files>.") from None
+        log.info("%s: downloaded by torchvision", target)
     return dest
 
 
 def train_val_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic split of range(n): sorted int64 (train_idx (n - val_size,), val_idx (val_size,))."""
+    """Seeded split of range(n): sorted int64 train_idx (n - val_size,) and val_idx (val_size,)."""
     if not 0 <= val_size < n:
         raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -231,10 +219,9 @@ class TensorLoader:
 
     def __init__(self, images, labels, batch_size, shuffle, drop_last, seed=0, rank=0,
                  world_size=1, transform=None):
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if len(images) != len(labels) or not 0 <= rank < world_size:
+            raise ValueError(f"need len(images) {len(images)} == len(labels) {len(labels)} and "
+                             f"0 <= rank {rank} < world_size {world_size}")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.transform = seed, rank, world_size, transform
@@ -252,11 +239,8 @@ class TensorLoader:
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, int64 (num_samples,)."""
         n = len(self.images)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         total = self.num_samples * self.world_size
         order = order.repeat(math.ceil(total / n))[:total]
         return order[self.rank:total:self.world_size]
@@ -272,7 +256,7 @@ class TensorLoader:
 
 
 def _sample_boxes(b, h, w, scale, ratio, gen, max_h, max_w, tries=10):
-    """Per-sample box sizes (bh, bw) int64 (B,) of area scale*h*w, aspect bw/bh log-uniform in ratio.
+    """Per-sample box sizes bh, bw int64 (B,): area scale*h*w, aspect bw/bh log-uniform in ratio.
 
     As torchvision/timm do per image, the first of `tries` draws with 0 < bh <= max_h and
     0 < bw <= max_w is kept; `ok` bool (B,) is False where no draw fitted.
@@ -291,6 +275,7 @@ class RandomResizedCropFlip:
 
     Boxes follow torchvision's sampling (10 tries, then a centre crop clamped to `ratio`); all crops
     and flips are one `affine_grid` + bilinear `grid_sample` call (MAE's GD pretrain augmentation).
+    Unlike PIL there is no antialiasing, which only matters when a crop is shrunk (size < box).
     """
 
     def __init__(self, size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip=True):
@@ -306,13 +291,11 @@ class RandomResizedCropFlip:
         bh, bw = torch.where(ok, bh, fh), torch.where(ok, bw, fw)
         top = torch.where(ok, (torch.rand(b, generator=gen) * (h - bh + 1)).floor(), (h - bh) // 2)
         left = torch.where(ok, (torch.rand(b, generator=gen) * (w - bw + 1)).floor(), (w - bw) // 2)
-        sign = torch.ones(b)
-        if self.flip:
-            sign = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+        flip = self.flip & (torch.rand(b, generator=gen) < 0.5)
         # align_corners=False: normalised -1/+1 are the outer pixel edges, so box [left, left + bw)
         # has centre (2 * left + bw) / w - 1 and half-width bw / w; a negative x-scale mirrors it.
         theta = torch.zeros(b, 2, 3)
-        theta[:, 0, 0] = sign * bw / w
+        theta[:, 0, 0] = torch.where(flip, -bw / w, bw / w)
         theta[:, 0, 2] = (2 * left + bw) / w - 1
         theta[:, 1, 1] = bh / h
         theta[:, 1, 2] = (2 * top + bh) / h - 1
@@ -325,10 +308,11 @@ class Normalize:
     """(x - mean) / std per channel on a float batch (B, C, H, W)."""
 
     def __init__(self, mean, std):
-        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        return (x - self.mean.to(x).view(1, -1, 1, 1)) / self.std.to(x).view(1, -1, 1, 1)
+        return (x - self.mean.to(x)) / self.std.to(x)
 
 
 class RandomErasing:
@@ -348,12 +332,10 @@ class RandomErasing:
         ok &= torch.rand(b, generator=gen) < self.prob
         top = (torch.rand(b, generator=gen) * (h - bh + 1)).floor().long()
         left = (torch.rand(b, generator=gen) * (w - bw + 1)).floor().long()
-        rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-        mask = ((rows >= top.view(-1, 1, 1)) & (rows < (top + bh).view(-1, 1, 1))
-                & (cols >= left.view(-1, 1, 1)) & (cols < (left + bw).view(-1, 1, 1))
-                & ok.view(-1, 1, 1))
-        noise = torch.randn(x.shape, generator=gen).to(x)
-        return torch.where(mask.unsqueeze(1).to(x.device), noise, x)
+        rows, cols = torch.arange(h).view(1, 1, h, 1), torch.arange(w).view(1, 1, 1, w)
+        top, left, bh, bw, ok = (t.view(-1, 1, 1, 1) for t in (top, left, bh, bw, ok))
+        mask = ok & (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw)
+        return torch.where(mask.to(x.device), torch.randn(x.shape, generator=gen).to(x), x)
 
 
 class Compose:
@@ -410,8 +392,11 @@ def build_imagenet(root, split: str, kind: str, input_size: int = 224):
 
 
 def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, smoothing: float = 0.1):
-    """timm Mixup/CutMix with label smoothing (MAE fine-tune defaults: batch mode, switch prob 0.5),
-    mapping (x (B, C, H, W), y (B,)) -> (mixed x, soft targets (B, num_classes)); None if both are 0."""
+    """timm Mixup/CutMix + label smoothing with MAE's fine-tune defaults (batch mode, switch 0.5).
+
+    Maps (x (B, C, H, W), y int64 (B,)) -> (mixed x, soft targets (B, num_classes)); None when
+    both alphas are 0 (then train with label-smoothed cross-entropy). B must be even.
+    """
     if mixup <= 0 and cutmix <= 0:
         return None
     from timm.data import Mixup
@@ -436,4 +421,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

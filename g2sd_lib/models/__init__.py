@@ -66,16 +66,34 @@ def vit_kwargs(name: str, **overrides) -> dict:
     return kw
 
 
+def _with_arch(model, builder: str, name: str, **kwargs):
+    """Record how ``model`` was built: ``build_model(model.arch)`` rebuilds it (checkpoint sidecars)."""
+    model.arch = {"builder": builder, "name": name, **kwargs}
+    return model
+
+
+def build_model(arch: dict):
+    """Inverse of ``model.arch``: rebuild an (untrained) model from its recorded description."""
+    arch = dict(arch)
+    builder, name = arch.pop("builder"), arch.pop("name")
+    factories = {"mae": create_mae, "student": create_student, "classifier": create_classifier}
+    if builder not in factories:
+        raise ValueError(f"unknown model builder {builder!r}; known: {', '.join(factories)}")
+    return factories[builder](name, **arch)
+
+
 def create_mae(name: str, **overrides) -> MaskedAutoencoderViT:
     """MAE ViT with decoder, e.g. ``create_mae('mae_vit_base_patch16_dec512d8b')``."""
-    return MaskedAutoencoderViT(**mae_kwargs(name, **overrides))
+    return _with_arch(MaskedAutoencoderViT(**mae_kwargs(name, **overrides)), "mae", name, **overrides)
 
 
 def create_student(name: str, teacher_decoder_dim: int, teacher_embed_dim: int | None = None,
                    encoder_branch: bool = False, **overrides) -> G2SDStudent:
     """G2SD student; its feature head maps to the teacher decoder width ``teacher_decoder_dim``."""
-    return G2SDStudent(teacher_decoder_dim=teacher_decoder_dim, teacher_embed_dim=teacher_embed_dim,
-                       encoder_branch=encoder_branch, **mae_kwargs(name, **overrides))
+    model = G2SDStudent(teacher_decoder_dim=teacher_decoder_dim, teacher_embed_dim=teacher_embed_dim,
+                        encoder_branch=encoder_branch, **mae_kwargs(name, **overrides))
+    return _with_arch(model, "student", name, teacher_decoder_dim=teacher_decoder_dim,
+                      teacher_embed_dim=teacher_embed_dim, encoder_branch=encoder_branch, **overrides)
 
 
 def create_classifier(name: str, kind: str = "avg", num_classes: int = 1000, **overrides):
@@ -92,12 +110,14 @@ def create_classifier(name: str, kind: str = "avg", num_classes: int = 1000, **o
         kw = vit_kwargs(name, **overrides)
     kw["num_classes"] = num_classes
     if kind == "avg":
-        return teacher_classifier(**kw)
-    if kind == "distilled":
-        return DistilledViT(**kw)
-    raise ValueError(f"classifier kind must be 'avg' or 'distilled', got {kind!r}")
+        model = teacher_classifier(**kw)
+    elif kind == "distilled":
+        model = DistilledViT(**kw)
+    else:
+        raise ValueError(f"classifier kind must be 'avg' or 'distilled', got {kind!r}")
+    return _with_arch(model, "classifier", name, kind=kind, num_classes=num_classes, **overrides)
 
 
-__all__ = ["ENCODER_SIZES", "DistilledViT", "G2SDStudent", "MaskedAutoencoderViT", "create_classifier",
+__all__ = ["ENCODER_SIZES", "DistilledViT", "build_model", "G2SDStudent", "MaskedAutoencoderViT", "create_classifier",
            "create_mae", "create_student", "mae_kwargs", "plain_classifier", "random_masking",
            "teacher_classifier", "vit_kwargs"]

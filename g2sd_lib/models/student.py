@@ -47,3 +47,16 @@ class G2SDStudent(MaskedAutoencoderViT):
         if self.encoderfeature_pred is not None:
             out["encoder"] = self.encoderfeature_pred(latent)
         return out
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor) -> dict:
+        """The student's training forward is feature prediction (see ``forward_features``)."""
+        return self.forward_features(imgs, mask_ratio, noise)
+
+    def freeze_unused(self, encoder_branch_used: bool) -> None:
+        """Stop gradients to the parts GD never uses (``decoder_norm``, ``decoder_pred`` and, when its
+        loss weight is 0, ``encoderfeature_pred``), so DDP needs no unused-parameter search."""
+        unused = [self.decoder_norm, self.decoder_pred]
+        if self.encoderfeature_pred is not None and not encoder_branch_used:
+            unused.append(self.encoderfeature_pred)
+        for module in unused:
+            module.requires_grad_(False)

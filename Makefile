@@ -1,0 +1,44 @@
+# The two commands of the README: `make repro` (the main job) and `make test` (the tests).
+# Each sets up what it needs first (virtualenv, editable install, Fashion-MNIST files); the
+# set-up steps are idempotent, so a second run skips what is done.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DATA   := data/fashion-mnist
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup data test repro benchmark clean-runs
+
+setup: $(STAMP)
+
+# Reinstall only when the dependency pins change.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[pipeline,test]'
+	touch $(STAMP)
+
+# Fashion-MNIST: the Debian package when installable, else torchvision's download, else
+# `make data SOURCE=/path/with/the/four/files`.
+data: setup
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 \
+	    && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing the Debian package dataset-fashion-mnist"; \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "apt-get failed; falling back to torchvision's download"; \
+	fi
+	$(BIN)/python -m g2sd_lib.data fetch --dest $(DATA) $(if $(SOURCE),--source $(SOURCE))
+
+test: data
+	$(BIN)/python -m pytest -q
+
+repro: data
+	$(BIN)/dvc repro
+
+benchmark: setup
+	$(BIN)/python benchmarks/throughput.py
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,137 @@
+"""Run one training stage from a plain configuration dict (a ``params.yaml`` section).
+
+The same function serves the notebooks (in-process, one device) and ``torchrun`` (several
+processes): ``torchrun --standalone --nproc-per-node N -m g2sd_lib.stages CONFIG.json``.
+
+Configuration keys (``kind`` selects the stage)::
+
+    kind: mae | gd | sd | finetune | kd
+    model: model name (mae_vit_* for mae/gd, mae_vit_* or vit_* for classifiers)
+    teacher: checkpoint path (gd: full MAE with decoder; sd/kd: fine-tuned classifier)
+    init: checkpoint whose encoder initialises the classifier (sd/finetune/kd), or null
+    out_dir: where the run writes last.pt, history.{json,csv}, model.safetensors
+    data: {dataset: fmnist|imagenet, root, val_size, split_seed, train_subset, eval_batch_size}
+    augment: {crop_scale: [lo, hi], flip, reprob, mixup, cutmix, smoothing}
+    task: stage options (mae: mask_ratio, norm_pix_loss; gd: mask_ratio, target_block,
+          supervise_all, smooth_l1_beta, encoder_loss_weight; sd: loss_type, layer_decay;
+          finetune: layer_decay; kd: alpha, temperature, layer_decay)
+    model_kwargs: extra constructor arguments (e.g. drop_path_rate)
+    train: TrainConfig fields (epochs, batch_size, blr, min_lr, warmup_epochs, weight_decay, betas,
+           accum_steps, amp, device, seed, save_every, eval_every, progress)
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import checkpoints, data, tasks
+from .engine import TrainConfig, init_distributed, train, world_info
+from .evaluate import classification_report
+from .models import create_classifier, create_mae, create_student
+
+KINDS = ("mae", "gd", "sd", "finetune", "kd")
+NUM_CLASSES = {"fmnist": 10, "imagenet": 1000}
+
+
+def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
+    """(train loader, validation loader) for the stage's dataset.
+
+    Fashion-MNIST: in memory; the validation split is carved from the training set
+    (``val_size`` images, seeded by ``split_seed``) so that no choice ever looks at the test set.
+    ImageNet: ImageFolder ``train`` with the official transform and ``val`` for validation.
+    """
+    d, aug, kind = cfg.get("data", {}), cfg.get("augment", {}), cfg["kind"]
+    seed = cfg.get("train", {}).get("seed", 0)
+    eval_bs = d.get("eval_batch_size", 512)
+    labelled = kind not in ("mae", "gd")
+    if d.get("dataset", "fmnist") == "imagenet":
+        from torch.utils.data import DataLoader, DistributedSampler
+        tr = data.build_imagenet(d["root"], "train", "sd" if labelled else "gd")
+        va = data.build_imagenet(d["root"], "val", "eval")
+        sampler = DistributedSampler(tr, world, rank, shuffle=True, seed=seed)
+        workers = d.get("num_workers", 8)
+        return (DataLoader(tr, train_batch, sampler=sampler, num_workers=workers, drop_last=True, pin_memory=True),
+                DataLoader(va, eval_bs, shuffle=False, num_workers=workers))
+    images, labels = data.load_fashion_mnist("train", d.get("root"))
+    tr_idx, va_idx = data.train_val_split(len(images), d.get("val_size", 5000), d.get("split_seed", 0))
+    if d.get("train_subset"):
+        tr_idx = tr_idx[: d["train_subset"]]
+    if d.get("val_subset"):
+        va_idx = va_idx[: d["val_subset"]]
+    size = images.shape[-1]
+    steps = [data.RandomResizedCropFlip(size, tuple(aug.get("crop_scale", (0.2, 1.0))), flip=aug.get("flip", True)),
+             data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD)]
+    if aug.get("reprob", 0) > 0:
+        steps.append(data.RandomErasing(aug["reprob"]))
+    train_loader = data.TensorLoader(images[tr_idx], labels[tr_idx], train_batch, shuffle=True, drop_last=True,
+                                     seed=seed, rank=rank, world_size=world, transform=data.Compose(steps))
+    val_loader = data.TensorLoader(images[va_idx], labels[va_idx], eval_bs, shuffle=False, drop_last=False,
+                                   transform=data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD))
+    return train_loader, val_loader
+
+
+def build_task(cfg: dict):
+    """The stage's task (models built, teacher and init checkpoints loaded strictly)."""
+    kind = cfg["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(KINDS)}")
+    opts, mkw = dict(cfg.get("task") or {}), dict(cfg.get("model_kwargs") or {})
+    aug = cfg.get("augment", {})
+    num_classes = NUM_CLASSES[cfg.get("data", {}).get("dataset", "fmnist")]
+    if kind == "mae":
+        model = create_mae(cfg["model"], norm_pix_loss=opts.pop("norm_pix_loss", False), **mkw)
+        return tasks.MAEPretraining(model, **opts)
+    if kind == "gd":
+        teacher, _ = checkpoints.load_model(cfg["teacher"], "gd-teacher")
+        student = create_student(cfg["model"], teacher_decoder_dim=teacher.decoder_embed.out_features,
+                                 teacher_embed_dim=teacher.cls_token.shape[-1],
+                                 encoder_branch=bool(opts.get("encoder_loss_weight", 0)), **mkw)
+        return tasks.GenericDistillation(teacher, student, **opts)
+    classifier_kind = "distilled" if kind == "sd" else "avg"
+    model = create_classifier(cfg["model"], classifier_kind, num_classes, **mkw)
+    if cfg.get("init"):
+        state, _ = checkpoints.read_state_dict(cfg["init"])
+        checkpoints.load_encoder(model, state)
+    mixup = data.build_mixup(num_classes, aug.get("mixup", 0.0), aug.get("cutmix", 0.0), aug.get("smoothing", 0.0))
+    if kind == "finetune":
+        return tasks.Finetuning(model, mixup=mixup, smoothing=aug.get("smoothing", 0.0), **opts)
+    teacher, _ = checkpoints.load_model(cfg["teacher"], "sd-teacher")
+    if kind == "sd":
+        return tasks.SpecificDistillation(teacher, model, mixup=mixup, **opts)
+    return tasks.KnowledgeDistillation(teacher, model, mixup=mixup, smoothing=aug.get("smoothing", 0.0), **opts)
+
+
+def run_stage(cfg: dict) -> list[dict]:
+    """Build data, models and task from ``cfg`` and train; returns the per-epoch history."""
+    train_cfg = TrainConfig(out_dir=cfg["out_dir"], **cfg["train"]).validate()
+    init_distributed()
+    rank, world = world_info()
+    torch.manual_seed(train_cfg.seed)  # model initialisation
+    task = build_task(cfg)
+    train_loader, val_loader = _datasets(cfg, rank, world, train_cfg.batch_size)
+    evaluate = None
+    if cfg["kind"] in ("sd", "finetune", "kd"):
+        def evaluate(model):
+            return {f"val_{k}": v for k, v in classification_report(model, val_loader).items()}
+    return train(task, train_loader, train_cfg, evaluate)
+
+
+def load_config(path) -> dict:
+    text = Path(path).read_text()
+    return json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m g2sd_lib.stages CONFIG.{json,yaml}")
+    run_stage(load_config(argv[0]))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

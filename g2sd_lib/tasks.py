@@ -1,0 +1,161 @@
+"""What one training step computes, for every stage of the pipeline.
+
+A task owns the trainable ``model`` (which the engine may wrap in DDP) and, for distillation, a
+frozen teacher. ``loss(model, batch)`` returns ``(loss, parts)``, ``parts`` a dict of detached
+scalars for logging. ``param_groups`` gives the official optimiser groups of the stage.
+
+The teachers are frozen, in ``eval()`` and run under ``no_grad``. The official code leaves them in
+train mode without ``no_grad``, which changes nothing for GD and for SD with drop path 0 (see
+docs/deviations in the README).
+"""
+
+import torch
+import torch.nn as nn
+
+from . import losses
+from .optim import param_groups
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class MAEPretraining:
+    """MAE pretraining (teacher recipe): pixel loss on the removed patches, mask from fresh noise."""
+
+    def __init__(self, model, mask_ratio: float = 0.75):
+        self.model, self.mask_ratio = model, mask_ratio
+
+    def param_groups(self, weight_decay):
+        return param_groups(self.model, weight_decay)
+
+    def loss(self, model, batch):
+        x = batch[0]
+        noise = torch.rand(x.shape[0], self.model.num_patches, device=x.device)
+        loss, _, _ = model(x, self.mask_ratio, noise)
+        return loss, {"mae": loss.detach()}
+
+
+class GenericDistillation:
+    """G2SD stage 1: the student's decoder features regress the teacher decoder's hidden states.
+
+    Per batch one noise tensor -> one mask for both models; target = teacher decoder after block
+    ``target_block`` (1-based, official 4 of 8), all tokens (``supervise_all``) or masked ones;
+    loss = smooth L1 (beta) against LayerNorm-without-affine targets, plus
+    ``encoder_loss_weight`` x the encoder branch (official weight 0: the branch is not computed).
+    """
+
+    def __init__(self, teacher, student, mask_ratio=0.75, target_block=4, supervise_all=True,
+                 smooth_l1_beta=2.0, encoder_loss_weight=0.0):
+        if student.num_patches != teacher.num_patches:
+            raise ValueError(f"teacher and student see different patch grids "
+                             f"({teacher.num_patches} vs {student.num_patches} patches)")
+        if not 1 <= target_block <= len(teacher.decoder_blocks):
+            raise ValueError(f"target_block must be in 1..{len(teacher.decoder_blocks)} (teacher decoder "
+                             f"blocks), got {target_block}")
+        if encoder_loss_weight and student.encoderfeature_pred is None:
+            raise ValueError("encoder_loss_weight > 0 needs a student built with encoder_branch=True")
+        self.teacher, self.model = freeze(teacher), student
+        self.mask_ratio, self.target_block = mask_ratio, target_block
+        self.supervise_all, self.beta = supervise_all, smooth_l1_beta
+        self.encoder_loss_weight = encoder_loss_weight
+        student.freeze_unused(encoder_branch_used=bool(encoder_loss_weight))
+
+    def param_groups(self, weight_decay):
+        return param_groups(self.model, weight_decay)
+
+    @torch.no_grad()
+    def teacher_targets(self, x, noise):
+        """Teacher decoder hidden states (B, 1 + L, D_T) and pre-norm encoder tokens (B, 1 + L_keep, D)."""
+        latent, _, ids_restore, prenorm = self.teacher.forward_encoder(x, self.mask_ratio, noise,
+                                                                       return_prenorm=True)
+        return self.teacher.forward_decoder(latent, ids_restore, stop_after=self.target_block), prenorm
+
+    def loss(self, model, batch):
+        x = batch[0]
+        noise = torch.rand(x.shape[0], self.model.num_patches, device=x.device)
+        hidden, prenorm = self.teacher_targets(x, noise)
+        out = model(x, self.mask_ratio, noise)
+        mask = None if self.supervise_all else out["mask"]
+        loss = losses.gd_loss(out["decoder"], hidden, mask=mask, beta=self.beta)
+        parts = {"decoder": loss.detach()}
+        if self.encoder_loss_weight:
+            enc = losses.gd_loss(out["encoder"], prenorm, beta=self.beta)
+            loss = loss + self.encoder_loss_weight * enc
+            parts["encoder"] = enc.detach()
+        return loss, parts
+
+
+class SpecificDistillation:
+    """G2SD stage 2 (classification): labels for the cls head, the teacher's decision for the dist head.
+
+    The teacher sees the same mixup/cutmix-ed batch; ``loss = (SoftCE + CE(dist, argmax T)) / 2``
+    or, with ``loss_type='nkd'``, NKD on the cls head only (official ``--enable_nkd``).
+    """
+
+    def __init__(self, teacher, student, mixup=None, loss_type="g2sd", layer_decay=0.75):
+        if loss_type not in ("g2sd", "nkd"):
+            raise ValueError(f"loss_type must be 'g2sd' or 'nkd', got {loss_type!r}")
+        self.teacher, self.model, self.mixup = freeze(teacher), student, mixup
+        self.loss_type, self.layer_decay = loss_type, layer_decay
+        if loss_type == "nkd":
+            student.average_heads = False
+
+    def param_groups(self, weight_decay):
+        return param_groups(self.model, weight_decay, self.layer_decay, skip_model_list=True)
+
+    def loss(self, model, batch):
+        x, y = batch
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        with torch.no_grad():
+            t = self.teacher(x)
+        cls, dist = model(x)
+        if self.loss_type == "nkd":
+            loss = losses.nkd_loss(cls + 0 * dist, t, y)
+            return loss, {"nkd": loss.detach()}
+        loss, parts = losses.sd_classification_loss(cls, dist, y, t)
+        return loss, parts
+
+
+class Finetuning:
+    """Supervised training of a plain classifier (scratch, MAE-student and GD-only baselines, teacher)."""
+
+    def __init__(self, model, mixup=None, smoothing=0.0, layer_decay=None):
+        self.model, self.mixup, self.smoothing, self.layer_decay = model, mixup, smoothing, layer_decay
+
+    def param_groups(self, weight_decay):
+        return param_groups(self.model, weight_decay, self.layer_decay, skip_model_list=True)
+
+    def loss(self, model, batch):
+        x, y = batch
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        logits = model(x)
+        if y.dim() > 1:
+            loss = losses.soft_target_cross_entropy(logits, y)
+        else:
+            loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)
+        return loss, {"ce": loss.detach()}
+
+
+class KnowledgeDistillation(Finetuning):
+    """Single-stage "conventional" KD baseline: ``(1 - alpha) CE + alpha tau^2 KL(T || S)``."""
+
+    def __init__(self, teacher, model, alpha=0.5, temperature=4.0, **kwargs):
+        super().__init__(model, **kwargs)
+        self.teacher, self.alpha, self.temperature = freeze(teacher), alpha, temperature
+
+    def loss(self, model, batch):
+        x, y = batch
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        with torch.no_grad():
+            t = self.teacher(x)
+        logits = model(x)
+        ce = (losses.soft_target_cross_entropy(logits, y) if y.dim() > 1
+              else nn.functional.cross_entropy(logits.float(), y, label_smoothing=self.smoothing))
+        kd = losses.soft_kd_loss(logits, t, self.temperature)
+        return (1 - self.alpha) * ce + self.alpha * kd, {"ce": ce.detach(), "kd": kd.detach()}
