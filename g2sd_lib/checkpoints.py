@@ -56,15 +56,16 @@ _REQUIRED = {
     "gd-student": _ENCODER + ("norm.*",) + _DECODER + ("decoderfeature_pred.*",),
     "sd-teacher": _ENCODER + ("fc_norm.* or norm.*", "head.*"),
 }
-KINDS = {
-    "mae-full": "an MAE pre-training checkpoint with encoder and decoder",
-    "mae-encoder": "an encoder-only MAE pre-training checkpoint",
-    "mae-finetuned": "a fine-tuned MAE classifier (fc_norm + head)",
-    "gd-student": "a G2SD generic-distillation student",
-    "sd-student": "a G2SD specific-distillation student (dist_token + head_dist)",
-    "classifier": "a ViT classifier (norm + head)",
-    "unknown": "not a recognised ViT checkpoint",
-}
+_KIND_KEYS = (("gd-student", ("decoderfeature_pred",)), ("sd-student", ("dist_token", "head_dist")),
+              ("mae-finetuned", ("fc_norm", "head")), ("mae-full", ("decoder_embed",)), ("classifier", ("norm", "head")),
+              ("mae-encoder", ("cls_token", "pos_embed", "patch_embed", "blocks")))
+KINDS = {"mae-full": "an MAE pre-training checkpoint with encoder and decoder",
+         "mae-encoder": "an encoder-only MAE pre-training checkpoint",
+         "mae-finetuned": "a fine-tuned MAE classifier with fc_norm and head",
+         "gd-student": "a G2SD generic-distillation student",
+         "sd-student": "a G2SD specific-distillation student with dist_token and head_dist",
+         "classifier": "a ViT classifier with norm and head",
+         "unknown": "not a recognised ViT checkpoint"}
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -169,20 +170,8 @@ def _has(keys, pattern: str) -> bool:
 
 
 def _detect_kind(keys) -> str:
-    has = lambda p: _has(keys, f"{p} or {p}.*")  # noqa: E731
-    if has("decoderfeature_pred"):
-        return "gd-student"
-    if has("dist_token") and has("head_dist"):
-        return "sd-student"
-    if has("fc_norm") and has("head"):
-        return "mae-finetuned"
-    if has("decoder_embed"):
-        return "mae-full"
-    if has("norm") and has("head"):
-        return "classifier"
-    if all(has(k) for k in ("cls_token", "pos_embed", "patch_embed", "blocks")):
-        return "mae-encoder"
-    return "unknown"
+    """The first kind whose keys are all present (``x`` or ``x.*``); order matters, most specific first."""
+    return next((kind for kind, needs in _KIND_KEYS if all(_has(keys, f"{n} or {n}.*") for n in needs)), "unknown")
 
 
 def _infer_dims(sd: Mapping) -> dict:
@@ -256,35 +245,37 @@ def _official(kind: str, info: CheckpointInfo) -> str:
     return f"{name} ({OFFICIAL_CHECKPOINTS[name]['url']})"
 
 
+_ROLE_TEXT = {  # role -> (what the file cannot be, why the role needs those keys and what to use)
+    "gd-teacher": ("cannot be the generic-distillation (GD) teacher",
+                   "GD distils the hidden states of the teacher's MAE decoder; the official code loads the teacher "
+                   "with strict=False and would have silently run a random decoder here (G2SD issue #7 reports a "
+                   "GD loss stuck near 0.2 that way). Use the full MAE checkpoint with its decoder: {full}, e.g. "
+                   "via g2sd_lib.download.fetch_official."),
+    "sd-teacher": ("cannot be the specific-distillation (SD) teacher",
+                   "SD distils the predictions of a classifier fine-tuned on the task; the official SD teacher is "
+                   "the fine-tuned MAE {finetuned}, or fine-tune this encoder first."),
+    "gd-student": ("is not a G2SD generic-distillation student",
+                   "A GD student (ours, or the official ViT_Sm_GD.pth / ViT_Ti_GD.pth) has an MAE encoder and "
+                   "decoder plus the decoderfeature_pred head; to start specific distillation from any encoder "
+                   "use role sd-init."),
+    "sd-init": ("cannot initialise a classifier", "Any checkpoint with a ViT encoder will do (MAE pre-training, "
+                "GD student, fine-tuned or distilled classifier)."),
+}
+
+
 def _role_problem(info: CheckpointInfo, role: str) -> str | None:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(sorted(ROLES))}")
+    cannot, advice = _ROLE_TEXT[role]
     src, what = info.source or "the checkpoint", f"{KINDS[info.kind]} (kind {info.kind})"
-    full = _official("pretrain_vit_..._full", info)
+    files = {"full": _official("pretrain_vit_..._full", info), "finetuned": _official("finetuned_vit_...", info)}
     if role == "gd-teacher" and info.kind == "gd-student":
-        return (f"{src} cannot be the generic-distillation (GD) teacher: it is {what}, whose small decoder "
-                f"was trained to imitate a teacher's features, not to reconstruct images. The GD teacher is "
-                f"a full MAE pre-training checkpoint with its decoder: {full}.")
-    missing = info.missing_for[role]
-    if not missing:
-        return None
-    lacks = f"it is {what} and lacks {', '.join(missing)}"
-    if role == "gd-teacher":
-        return (f"{src} cannot be the generic-distillation (GD) teacher: {lacks}. GD distils the hidden "
-                f"states of the teacher's MAE decoder; the official code loads the teacher with "
-                f"strict=False and would have silently run a random decoder here (G2SD issue #7 reports "
-                f"a GD loss stuck near 0.2 that way). Use the full MAE checkpoint with its decoder: {full}, "
-                f"e.g. via g2sd_lib.download.fetch_official.")
-    if role == "sd-teacher":
-        return (f"{src} cannot be the specific-distillation (SD) teacher: {lacks}. SD distils the "
-                f"predictions of a classifier fine-tuned on the task; the official SD teacher is the "
-                f"fine-tuned MAE {_official('finetuned_vit_...', info)}, or fine-tune this encoder first.")
-    if role == "gd-student":
-        return (f"{src} is not a G2SD generic-distillation student: {lacks}. A GD student (ours, or the "
-                f"official ViT_Sm_GD.pth / ViT_Ti_GD.pth) has an MAE encoder and decoder plus the "
-                f"decoderfeature_pred head; to start specific distillation from any encoder use role sd-init.")
-    return (f"{src} cannot initialise a classifier: {lacks}. Any checkpoint with a ViT encoder will do "
-            f"(MAE pre-training, GD student, fine-tuned or distilled classifier).")
+        return (f"{src} {cannot}: it is {what}, whose small decoder was trained to imitate a teacher's features, "
+                f"not to reconstruct images. The GD teacher is a full MAE pre-training checkpoint with its "
+                f"decoder: {files['full']}.")
+    if info.missing_for[role]:
+        return f"{src} {cannot}: it is {what} and lacks {', '.join(info.missing_for[role])}. " + advice.format(**files)
+    return None
 
 
 def check_role(info_or_state_dict, role: str, source=None) -> CheckpointInfo:
@@ -406,19 +397,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _plain_state_dict(state_dict: Mapping) -> dict:
-    """CPU, contiguous tensors owning their memory: safetensors refuses shared or strided ones."""
-    out, seen = {}, set()
-    for k, v in state_dict.items():
-        v = v.detach().cpu()
-        storage = v.untyped_storage()
-        if storage.data_ptr() in seen or not v.is_contiguous() or storage.nbytes() != v.numel() * v.element_size():
-            v = v.contiguous().clone()
-        seen.add(storage.data_ptr())
-        out[k] = v
-    return out
-
-
 def save_model(model: nn.Module, path, extra: dict | None = None) -> dict:
     """Write ``path`` (``.safetensors``) and its sidecar ``.json`` atomically; returns the sidecar:
     ``{"arch", "kind", "num_params", "sha256"}`` plus ``extra``."""
@@ -427,7 +405,9 @@ def save_model(model: nn.Module, path, extra: dict | None = None) -> dict:
         raise ValueError(f"save_model writes safetensors; the path must end in .safetensors, got {path}")
     if getattr(model, "arch", None) is None:
         raise ValueError("the model has no .arch; build it with the g2sd_lib.models factories")
-    state_dict = _plain_state_dict(model.state_dict())
+    # own, contiguous CPU copies: safetensors refuses tensors that share memory or are strided
+    state_dict = {k: v.detach().to('cpu', copy=True, memory_format=torch.contiguous_format)
+                  for k, v in model.state_dict().items()}
     info = describe(state_dict, {"arch": model.arch})
     meta = {"arch": model.arch, "kind": info.kind, "num_params": info.num_params}
     if set(meta) & set(extra or {}) or "sha256" in (extra or {}):

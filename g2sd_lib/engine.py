@@ -211,7 +211,7 @@ def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
                     loss, parts = task.loss(ddp, batch)
                 if not torch.isfinite(loss):
                     detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-                    raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {epoch + 1}, step {it + 1} "
+                    raise FloatingPointError(f"non-finite loss {float(loss.detach())} at epoch {epoch + 1}, step {it + 1} "
                                              f"({detail}); lower the learning rate or disable amp")
                 scaled = loss / cfg.accum_steps
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -226,7 +226,7 @@ def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
             n_seen += bs
             for k, v in {"loss": loss.detach(), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * bs
-            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{cur_lr:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{cur_lr:.2e}", refresh=False)
         bar.close()
         elapsed = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "lr": cur_lr, "seconds": elapsed,

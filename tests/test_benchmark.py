@@ -1,0 +1,49 @@
+"""benchmarks/throughput.py end to end on the hidden ``smoke`` config (tiny models, one timed step)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_reports_every_kind(bench, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    returned = bench.main(["--configs", "smoke", "--precisions", "fp32", "--warmup", "1", "--steps", "1",
+                           "--peak-n", "256", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(returned))
+    assert data["peak"]["fp32"]["flops"] > 0 and data["peak"]["fp32"]["n"] == 256
+    assert data["environment"]["threads"] >= 1
+
+    rows = {r["kind"]: r for r in data["results"]}
+    assert sorted(rows) == sorted(bench.KINDS) and len(data["results"]) == len(bench.KINDS)
+    for kind, r in rows.items():
+        assert (r["config"], r["precision"], r["batch"]) == ("smoke", "fp32", 8)
+        assert len(r["step_seconds"]) == 1
+        assert r["img_per_s"] > 0 and r["trained_forward_flops"] > 0 and r["pct_of_peak"] > 0
+        has_teacher = kind in ("gd", "sd")
+        assert (r["frozen_forward_flops"] > 0) == has_teacher
+        assert r["train_flops_per_img"] == 3 * r["trained_forward_flops"] + r["frozen_forward_flops"]
+    assert rows["mae"]["trained_model"] == "mae_vit_smokebase_patch7_dec32d2b"
+    assert rows["gd"]["trained_model"] == "mae_vit_smokesmall_patch7_dec16d1b"
+
+    table = capsys.readouterr().out
+    assert "| config | kind | precision | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |" in table
+    for kind in bench.KINDS:
+        assert f"| smoke | {kind} | fp32 | 8 |" in table
+
+
+def test_rejects_bad_step_count(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "0"])

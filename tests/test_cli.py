@@ -1,0 +1,89 @@
+"""Tests of the ``g2sd`` command line (``inspect-checkpoint``)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from g2sd_lib import checkpoints as ck
+from g2sd_lib.cli import format_count, main
+from g2sd_lib.models import create_mae
+
+TEACHER = "mae_vit_smokebase_patch7_dec32d2b"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """An encoder-only and a full MAE checkpoint in the official layout, plus our own safetensors."""
+    root = tmp_path_factory.mktemp("ckpt")
+    mae = create_mae(TEACHER)
+    torch.save({"model": mae.encoder_state_dict()}, root / "encoder.pth")
+    torch.save({"model": mae.state_dict()}, root / "full.pth")
+    ck.save_model(mae, root / "ours.safetensors")
+    (root / "notes.txt").write_text("not a checkpoint\n")
+    return root, sum(p.numel() for p in mae.parameters()), sum(v.numel() for v in mae.encoder_state_dict().values())
+
+
+def test_format_count():
+    assert format_count(85_798_656) == "85.8 M"
+    assert format_count(27_648) == "27.6 k"
+    assert format_count(512) == "512"
+
+
+def test_inspect_full(files, capsys):
+    root, n_full, _ = files
+    assert main(["inspect-checkpoint", str(root / "full.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "mae-full" in out and TEACHER in out and format_count(n_full) in out
+    assert "gd-teacher ok" in out and "sd-teacher no (missing head.*)" in out
+
+
+def test_inspect_role_ok(files, capsys):
+    root, _, n_encoder = files
+    assert main(["inspect-checkpoint", str(root / "encoder.pth"), "--role", "sd-init"]) == 0
+    out = capsys.readouterr().out
+    assert "mae-encoder" in out and format_count(n_encoder) in out and "role sd-init: ok" in out
+
+
+def test_inspect_wrong_role(files, capsys):
+    root, _, _ = files
+    assert main(["inspect-checkpoint", str(root / "encoder.pth"), "--role", "gd-teacher"]) == 1
+    captured = capsys.readouterr()
+    assert "role gd-teacher: refused" in captured.out
+    err = captured.err.strip()
+    assert "\n" not in err  # one paragraph
+    assert "decoder_embed" in err and "mae_pretrain_vit_base_full.pth" in err and "strict=False" in err
+
+
+def test_inspect_our_safetensors(files, capsys):
+    root, n_full, _ = files
+    assert main(["inspect-checkpoint", str(root / "ours.safetensors"), "--role", "gd-teacher"]) == 0
+    out = capsys.readouterr().out
+    assert "mae-full" in out and format_count(n_full) in out
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "missing.pth"])
+def test_inspect_unreadable(files, capsys, name):
+    root, _, _ = files
+    assert main(["inspect-checkpoint", str(root / name)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert name in captured.err and "Traceback" not in captured.err
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+
+
+def test_console_script(files):
+    root, _, _ = files
+    script = Path(sys.executable).parent / "g2sd"
+    result = subprocess.run([str(script), "inspect-checkpoint", str(root / "encoder.pth"), "--role", "gd-teacher"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "mae-encoder" in result.stdout
+    assert "mae_pretrain_vit_base_full.pth" in result.stderr and "Traceback" not in result.stderr

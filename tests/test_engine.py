@@ -1,0 +1,133 @@
+"""The training engine: validation, NaN stop, seeded repeatability, resume after a kill, DDP."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+from safetensors.torch import load_file
+
+from g2sd_lib.engine import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_config_rejects_bad_values_before_training():
+    with pytest.raises(ValueError) as e:
+        TrainConfig(epochs=0, batch_size=8, blr=-1, out_dir="x", amp="fp8", warmup_epochs=5).validate()
+    msg = str(e.value)
+    for word in ("epochs", "blr", "amp"):
+        assert word in msg
+
+
+class _ExplodingTask:
+    """A linear model whose loss turns NaN at the third step."""
+
+    def __init__(self):
+        self.model, self.calls, self.teacher = nn.Linear(4, 1), 0, None
+
+    def param_groups(self, wd):
+        return [{"params": list(self.model.parameters()), "weight_decay": wd}]
+
+    def loss(self, model, batch):
+        self.calls += 1
+        out = model(batch[0]).pow(2).mean()
+        if self.calls == 3:
+            out = out * float("nan")
+        return out, {"mse": out.detach()}
+
+
+def test_nan_loss_stops_with_step_and_parts(tmp_path):
+    loader = [(torch.randn(8, 4), torch.zeros(8)) for _ in range(5)]
+    cfg = TrainConfig(epochs=1, batch_size=8, blr=1e-3, out_dir=str(tmp_path), amp="none", progress=False)
+    with pytest.raises(FloatingPointError, match=r"step 3 .*mse=nan"):
+        train(_ExplodingTask(), loader, cfg)
+
+
+def _stage_cfg(tmp, **train_overrides):
+    train_cfg = dict(epochs=3, batch_size=64, blr=1e-3, warmup_epochs=1, amp="none", progress=False, seed=3)
+    train_cfg.update(train_overrides)
+    return {"kind": "finetune", "model": "vit_smokesmall_patch7", "out_dir": str(tmp),
+            "data": {"dataset": "fmnist", "val_size": 256, "train_subset": 512, "eval_batch_size": 256},
+            "augment": {"crop_scale": [0.5, 1.0], "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1},
+            "model_kwargs": {"drop_path_rate": 0.1}, "train": train_cfg}
+
+
+def _run(cfg_path, env_extra=None, cmd=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = cmd or [sys.executable, "-m", "g2sd_lib.stages", str(cfg_path)]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _write(tmp_path, name, cfg):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_and_kill_resume_gives_same_weights(tmp_path, fmnist_available):
+    """Run A and B uninterrupted (same seed): identical metrics. Run C is killed after its first
+    epoch checkpoint and rerun: it resumes and ends with weights identical to A's."""
+    paths = {n: _write(tmp_path, n, _stage_cfg(tmp_path / n)) for n in "ABC"}
+    for n in "AB":
+        p = _run(paths[n])
+        assert p.wait(timeout=300) == 0, p.stdout.read()
+    hist = [json.loads((tmp_path / n / "history.json").read_text()) for n in "AB"]
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")} for r in h]  # noqa: E731
+    assert strip(hist[0]) == strip(hist[1])
+
+    p = _run(paths["C"])
+    state = tmp_path / "C" / "last.pt"
+    deadline = time.time() + 300
+    while not state.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be interrupted"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (tmp_path / "C" / "model.safetensors").exists()
+    p = _run(paths["C"])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert "resuming from" in out
+    a, c = load_file(tmp_path / "A" / "model.safetensors"), load_file(tmp_path / "C" / "model.safetensors")
+    assert a.keys() == c.keys()
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+    assert strip(json.loads((tmp_path / "C" / "history.json").read_text())) == strip(hist[0])
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_ddp_matches_one_process(tmp_path, fmnist_available):
+    """2 gloo processes x batch 32 = 1 process x batch 64: same samples per step, same lr, gradients
+    averaged by DDP. Without random augmentation the weights must agree up to float summation order
+    (tolerance 1e-5 absolute after 8 steps)."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    base = _stage_cfg(tmp_path / "single", epochs=1, batch_size=64, warmup_epochs=0)
+    base["augment"] = {"crop_scale": [1.0, 1.0], "flip": False}
+    base["model_kwargs"] = {}
+    single = _write(tmp_path, "single", base)
+    ddp_cfg = json.loads(json.dumps(base))
+    ddp_cfg["out_dir"], ddp_cfg["train"]["batch_size"] = str(tmp_path / "ddp"), 32
+    ddp = _write(tmp_path, "ddp", ddp_cfg)
+    p = _run(single)
+    assert p.wait(timeout=300) == 0, p.stdout.read()
+    p = _run(ddp, cmd=[torchrun, "--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.stages", str(ddp)])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    a, b = load_file(tmp_path / "single" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
+    h1 = json.loads((tmp_path / "single" / "history.json").read_text())[-1]
+    h2 = json.loads((tmp_path / "ddp" / "history.json").read_text())[-1]
+    assert h1["train_loss"] == pytest.approx(h2["train_loss"], abs=1e-5)
+    assert h1["val_top1"] == pytest.approx(h2["val_top1"], abs=1e-3)
