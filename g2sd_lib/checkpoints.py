@@ -19,7 +19,6 @@ import json
 import math
 import os
 import pickle
-import random
 import re
 import uuid
 import zipfile
@@ -27,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
@@ -56,9 +54,10 @@ _REQUIRED = {
     "gd-student": _ENCODER + ("norm.*",) + _DECODER + ("decoderfeature_pred.*",),
     "sd-teacher": _ENCODER + ("fc_norm.* or norm.*", "head.*"),
 }
+# kind -> keys (``x`` or ``x.*``) that mark it; the first match wins, so the most specific come first
 _KIND_KEYS = (("gd-student", ("decoderfeature_pred",)), ("sd-student", ("dist_token", "head_dist")),
-              ("mae-finetuned", ("fc_norm", "head")), ("mae-full", ("decoder_embed",)), ("classifier", ("norm", "head")),
-              ("mae-encoder", ("cls_token", "pos_embed", "patch_embed", "blocks")))
+              ("mae-finetuned", ("fc_norm", "head")), ("mae-full", ("decoder_embed",)),
+              ("classifier", ("norm", "head")), ("mae-encoder", ("cls_token", "pos_embed", "patch_embed", "blocks")))
 KINDS = {"mae-full": "an MAE pre-training checkpoint with encoder and decoder",
          "mae-encoder": "an encoder-only MAE pre-training checkpoint",
          "mae-finetuned": "a fine-tuned MAE classifier with fc_norm and head",
@@ -70,10 +69,8 @@ KINDS = {"mae-full": "an MAE pre-training checkpoint with encoder and decoder",
 
 # ------------------------------------------------------------------------------------ reading
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
     if not path.is_file():
-        raise CheckpointError(f"{path} is not a file")
+        raise CheckpointError(f"{path} is not a file" if path.exists() else f"{path}: no such file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes); an interrupted download or save leaves such files")
 
@@ -170,7 +167,6 @@ def _has(keys, pattern: str) -> bool:
 
 
 def _detect_kind(keys) -> str:
-    """The first kind whose keys are all present (``x`` or ``x.*``); order matters, most specific first."""
     return next((kind for kind, needs in _KIND_KEYS if all(_has(keys, f"{n} or {n}.*") for n in needs)), "unknown")
 
 
@@ -204,11 +200,11 @@ def _infer_arch(kind: str, dims: dict, size: str) -> dict:
     over = {k: dims[k] for k, default in (("img_size", img), ("in_chans", chans), ("mlp_ratio", 4.0))
             if k in dims and dims[k] != default}
     encoder = f"vit_{size}_patch{dims['patch_size']}"
-    if kind in ("mae-full", "gd-student"):
-        name = f"mae_{encoder}_dec{dims['decoder_embed_dim']}d{dims['decoder_depth']}b"
+    if kind in ("mae-full", "gd-student"):  # .get: a damaged file still gets an arch; strict loading then fails
+        name = f"mae_{encoder}_dec{dims.get('decoder_embed_dim', 0)}d{dims.get('decoder_depth', 0)}b"
         if kind == "mae-full":
             return {"builder": "mae", "name": name, **over}
-        return {"builder": "student", "name": name, "teacher_decoder_dim": dims["teacher_decoder_dim"],
+        return {"builder": "student", "name": name, "teacher_decoder_dim": dims.get("teacher_decoder_dim"),
                 "teacher_embed_dim": dims.get("teacher_embed_dim"),
                 "encoder_branch": "teacher_embed_dim" in dims, **over}
     # 'token': timm's cls-token ViT; with num_classes=0 it is exactly the MAE encoder (timm's '.mae')
@@ -399,7 +395,7 @@ def _sha256(path: Path) -> str:
 
 def save_model(model: nn.Module, path, extra: dict | None = None) -> dict:
     """Write ``path`` (``.safetensors``) and its sidecar ``.json`` atomically; returns the sidecar:
-    ``{"arch", "kind", "num_params", "sha256"}`` plus ``extra``."""
+    ``{"arch", "kind", "num_params", "sha256"}`` plus the JSON-able ``extra`` (which cannot override them)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_model writes safetensors; the path must end in .safetensors, got {path}")
@@ -409,10 +405,7 @@ def save_model(model: nn.Module, path, extra: dict | None = None) -> dict:
     state_dict = {k: v.detach().to('cpu', copy=True, memory_format=torch.contiguous_format)
                   for k, v in model.state_dict().items()}
     info = describe(state_dict, {"arch": model.arch})
-    meta = {"arch": model.arch, "kind": info.kind, "num_params": info.num_params}
-    if set(meta) & set(extra or {}) or "sha256" in (extra or {}):
-        raise ValueError(f"extra may not override the sidecar keys {sorted(meta) + ['sha256']}")
-    meta.update(extra or {})
+    meta = {**(extra or {}), "arch": model.arch, "kind": info.kind, "num_params": info.num_params}
     json.dumps(meta)  # fail on non-JSON values before anything is written
     _atomic_write(path, lambda tmp: save_file(state_dict, tmp, metadata={"format": "pt"}))
     meta["sha256"] = _sha256(path)
@@ -475,29 +468,3 @@ def save_training_state(path, **state) -> None:
 def load_training_state(path) -> dict:
     """The dict :func:`save_training_state` wrote, read with ``weights_only=True``, on CPU."""
     return _torch_load(Path(path))
-
-
-def rng_state() -> dict:
-    """torch CPU (+ every CUDA device), python ``random`` and NumPy generator states, as plain data.
-
-    NumPy is included because timm's Mixup / CutMix draw from it.
-    """
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss],
-             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned (CUDA states only for devices that exist now)."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if torch.cuda.is_available():
-        for device, cuda_state in enumerate(state.get("cuda", [])[:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, device)

@@ -125,16 +125,17 @@ def load_fashion_mnist(split: str, root=None) -> tuple[torch.Tensor, torch.Tenso
     return images.unsqueeze(1), labels
 
 
-def _check_gz(path: Path, name: str) -> bool:
-    """True if `path` holds the official .gz `name`: same gzip bytes, or same decompressed bytes."""
-    data = path.read_bytes()
-    if hashlib.md5(data).hexdigest() == FASHION_MNIST_MD5[name]:
-        return True
-    try:
-        raw = gzip.decompress(data)
-        return hashlib.md5(raw).hexdigest() == FASHION_MNIST_RAW_MD5[name.removesuffix(".gz")]
-    except (OSError, EOFError, zlib.error):
-        return False
+def _raw_md5_ok(path: Path, name: str) -> bool:
+    """True if `path` holds the official decompressed IDX bytes of `name`."""
+    return hashlib.md5(path.read_bytes()).hexdigest() == FASHION_MNIST_RAW_MD5[name]
+
+
+def _gunzip_or_copy(src: Path, tmp: Path) -> None:
+    """Copy `src` to `tmp`, decompressing it when it is gzip (detected by its magic bytes)."""
+    with open(src, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    with (gzip.open(src, "rb") if gz else open(src, "rb")) as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
 
 
 def _install(target: Path, put, origin: str) -> None:
@@ -142,34 +143,42 @@ def _install(target: Path, put, origin: str) -> None:
     tmp = target.with_name(f".{target.name}.part")
     try:
         put(tmp)
-        if not _check_gz(tmp, target.name):
-            raise ValueError(f"{origin}: md5 does not match the official {target.name} "
-                             f"({FASHION_MNIST_MD5[target.name]}); refusing to use it")
+        if not _raw_md5_ok(tmp, target.name):
+            raise ValueError(f"{origin}: content differs from the official {target.name} "
+                             f"(md5 of the IDX bytes should be {FASHION_MNIST_RAW_MD5[target.name]}); "
+                             "refusing to use it")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _download_torchvision(name: str, path: Path) -> None:
-    """Download the official `name` to `path` with torchvision's mirror list and md5 check."""
+    """Download the official `name`.gz with torchvision's mirror list and md5 check, decompressed to `path`."""
     from torchvision.datasets import FashionMNIST
     from torchvision.datasets.utils import download_url
     errors = []
+    gz_name = f"{name}.gz"
     for mirror in FashionMNIST.mirrors:
         try:
-            return download_url(mirror + name, path.parent, path.name, FASHION_MNIST_MD5[name])
+            download_url(mirror + gz_name, path.parent, f"{path.name}.gz", FASHION_MNIST_MD5[gz_name])
+            gz = path.parent / f"{path.name}.gz"
+            _gunzip_or_copy(gz, path)
+            gz.unlink()
+            return
         except Exception as e:  # noqa: BLE001  (any failure, network or md5: try the next mirror)
             errors.append(f"{mirror}: {e}")
     raise OSError("; ".join(errors))
 
 
 def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
-    """Materialise the four official .gz files in `dest`, idempotently, and return `dest`.
+    """Materialise the four decompressed IDX files in `dest`, idempotently, and return `dest`.
 
-    Each file comes from the first of: `source` (a dir, or its FashionMNIST/raw), the Debian dir,
-    torchvision's download. Files already in `dest` with the official content are kept. Bytes that
-    differ from the official ones raise ValueError; a file no source has raises
-    DatasetNotFoundError listing what was tried.
+    The decompressed bytes are the same whatever the source (the Debian package re-gzipped the
+    official files, so .gz bytes differ), which lets `data.dvc` pin them. Each file comes from the
+    first of: `source` (a dir, or its FashionMNIST/raw; raw or .gz), the Debian dir, torchvision's
+    download. A file already in `dest` with the official content is kept; one with other bytes
+    stops with ValueError (never silently replaced: DVC would record the change); a file no source
+    has raises DatasetNotFoundError listing what was tried.
     """
     dest = Path(dest)
     if source is not None and not Path(source).is_dir():
@@ -177,14 +186,17 @@ def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
     dirs = [Path(source), Path(source) / "FashionMNIST" / "raw"] if source is not None else []
     dirs.append(DEBIAN_DIR)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in FASHION_MNIST_MD5:
+    for name in FASHION_MNIST_RAW_MD5:
         target = dest / name
-        if target.is_file() and _check_gz(target, name):
+        if target.is_file():
+            if not _raw_md5_ok(target, name):
+                raise ValueError(f"{target} differs from the official Fashion-MNIST file (md5 should be "
+                                 f"{FASHION_MNIST_RAW_MD5[name]}). Delete it and run `make data` again.")
             log.info("%s: already present with the official content", target)
             continue
-        src = next((d / name for d in dirs if (d / name).is_file()), None)
+        src = next((p for d in dirs for p in (d / name, d / f"{name}.gz") if p.is_file()), None)
         if src is not None:
-            _install(target, lambda tmp: shutil.copyfile(src, tmp), str(src))
+            _install(target, lambda tmp: _gunzip_or_copy(src, tmp), str(src))
             log.info("%s: copied from %s", target, src)
             continue
         try:
@@ -194,7 +206,7 @@ def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
             raise DatasetNotFoundError(
                 f"Could not obtain {name}. Tried:{tried}\n  torchvision download (failed: {e})\n"
                 "Install it with `apt-get install dataset-fashion-mnist`, connect to the network, "
-                "or pass --source <dir with the four .gz files>.") from None
+                "or pass --source <dir with the four files, raw or .gz>.") from None
         log.info("%s: downloaded by torchvision", target)
     return dest
 
@@ -408,9 +420,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m g2sd_lib.data",
                                      description="Fashion-MNIST set-up for g2sd_lib.")
     sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="materialise the four Fashion-MNIST .gz files")
+    fetch = sub.add_parser("fetch", help="materialise the four Fashion-MNIST IDX files (decompressed)")
     fetch.add_argument("--dest", type=Path, default=DEFAULT_DEST)
-    fetch.add_argument("--source", type=Path, default=None, help="a dir holding the four .gz files")
+    fetch.add_argument("--source", type=Path, default=None, help="a dir holding the four files (raw or .gz)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

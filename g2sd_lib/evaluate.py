@@ -44,6 +44,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of fused CPU attention, which FlopCounterMode has no formula for (it would count 0):
+    ``Q K^T`` and ``softmax(.) V``, 2 FLOPs per multiply-add each."""
+    b, h, lq, d = query_shape
+    lk, dv = key_shape[-2], value_shape[-1]
+    return 2 * b * h * lq * lk * d + 2 * b * h * lq * lk * dv
+
+
 @torch.no_grad()
 def flops_per_image(model: nn.Module, input_shape, forward=None) -> int:
     """Forward FLOPs for one image of shape (C, H, W), counted by PyTorch's FlopCounterMode
@@ -52,7 +60,8 @@ def flops_per_image(model: nn.Module, input_shape, forward=None) -> int:
     was_training = model.training
     model.eval()
     x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops})
     with counter:
         forward(model, x) if forward is not None else model(x)
     model.train(was_training)

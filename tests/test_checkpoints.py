@@ -3,7 +3,6 @@
 import argparse
 import fractions
 import json
-import random
 
 import numpy as np
 import pytest
@@ -234,8 +233,8 @@ def test_sha256_mismatch_refused(tmp_path):
 def test_save_model_argument_checks(tmp_path):
     with pytest.raises(ValueError, match=".safetensors"):
         ck.save_model(LAYOUTS["mae-full"][0], tmp_path / "m.pth")
-    with pytest.raises(ValueError, match="override"):
-        ck.save_model(LAYOUTS["mae-full"][0], tmp_path / "m.safetensors", extra={"kind": "x"})
+    meta = ck.save_model(LAYOUTS["mae-full"][0], tmp_path / "m.safetensors", extra={"kind": "x", "sha256": "y"})
+    assert meta["kind"] == "mae-full" and meta["sha256"] != "y"
 
 
 def test_to_official_layout_round_trip(tmp_path):
@@ -248,26 +247,19 @@ def test_to_official_layout_round_trip(tmp_path):
     _assert_same_outputs(model, source)
 
 
-def test_training_state_round_trip_with_rng(tmp_path):
+def test_training_state_round_trip(tmp_path):
     model = create_classifier("vit_smokesmall_patch7", kind="distilled", num_classes=10)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(IMGS)[0].sum().backward()
     opt.step()
-    random.seed(5), np.random.seed(5), torch.manual_seed(5)
     path = tmp_path / "state.pt"
     ck.save_training_state(path, model=model.state_dict(), optimizer=opt.state_dict(), epoch=4, step=40,
-                           rng=ck.rng_state(), config={"lr": 1e-3, "name": "vit_smokesmall_patch7"})
-    expected = (random.random(), np.random.rand(), torch.rand(3))
-    random.random(), np.random.rand(), torch.rand(3)  # move every generator on
+                           config={"lr": 1e-3, "name": "vit_smokesmall_patch7"})
     state = ck.load_training_state(path)
     assert state["epoch"] == 4 and state["config"]["name"] == "vit_smokesmall_patch7"
-    ck.set_rng_state(state["rng"])
-    assert random.random() == expected[0] and np.random.rand() == expected[1]
-    assert torch.equal(torch.rand(3), expected[2])
     fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
     fresh.load_state_dict(state["optimizer"])
     assert ck.read_state_dict(path)[0].keys() == model.state_dict().keys()  # 'model' is unwrapped
-
 
 def test_training_state_refuses_what_weights_only_cannot_load(tmp_path):
     with pytest.raises(TypeError, match=r"state\['config'\]\['lr'\].*numpy"):

@@ -1,5 +1,6 @@
 """Tests of the ``g2sd`` command line (``inspect-checkpoint``)."""
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,24 @@ def test_console_script(files):
     assert result.returncode == 1, result.stderr
     assert "mae-encoder" in result.stdout
     assert "mae_pretrain_vit_base_full.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_python_dash_m(files, capsys, monkeypatch):
+    """``python -m g2sd_lib.cli`` (run in-process: a second interpreter would re-import torch)."""
+    root, n_full, _ = files
+    monkeypatch.setattr(sys, "argv", ["g2sd", "inspect-checkpoint", str(root / "full.pth")])
+    monkeypatch.delitem(sys.modules, "g2sd_lib.cli")  # runpy warns when re-running an imported module
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("g2sd_lib.cli", run_name="__main__")
+    assert exc.value.code == 0
+    assert format_count(n_full) in capsys.readouterr().out
+
+
+def test_inspect_unknown_kind(tmp_path, capsys):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"backbone.weight": torch.zeros(4, 4)}}, path)
+    assert main(["inspect-checkpoint", str(path)]) == 0
+    assert "kind         unknown" in capsys.readouterr().out
+    assert main(["inspect-checkpoint", str(path), "--role", "sd-init"]) == 1
+    assert "cls_token" in capsys.readouterr().err
+

@@ -149,13 +149,13 @@ def test_not_found_message_lists_places_and_fix(isolated):
 
 # ---- fetch ---------------------------------------------------------------------------------
 
-def test_fetch_from_source_is_atomic_and_idempotent(synthetic_source, monkeypatch, capsys):
+def test_fetch_decompresses_atomically_and_is_idempotent(synthetic_source, monkeypatch, capsys):
     src, arrays = synthetic_source
     dest = src.parent / "data" / "fashion-mnist"
     assert D.fetch_fashion_mnist(dest, source=src) == dest
-    assert sorted(os.listdir(dest)) == sorted(D.FASHION_MNIST_MD5)  # no temp files left behind
-    for name in D.FASHION_MNIST_MD5:
-        assert (dest / name).read_bytes() == (src / name).read_bytes()
+    assert sorted(os.listdir(dest)) == sorted(D.FASHION_MNIST_RAW_MD5)  # no temp files left behind
+    for name in D.FASHION_MNIST_RAW_MD5:
+        assert (dest / name).read_bytes() == gzip.decompress((src / f"{name}.gz").read_bytes())
     assert D.load_fashion_mnist("test")[1].tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
 
     def must_not_copy(*args):
@@ -165,22 +165,37 @@ def test_fetch_from_source_is_atomic_and_idempotent(synthetic_source, monkeypatc
     assert f"ready in {dest}" in capsys.readouterr().out
 
 
-def test_fetch_accepts_recompressed_files_with_official_content(synthetic_source):
+def test_fetch_gives_the_same_bytes_from_recompressed_and_raw_sources(synthetic_source):
     src, _ = synthetic_source
-    name = "train-labels-idx1-ubyte.gz"
-    (src / name).write_bytes(gzip.compress(gzip.decompress((src / name).read_bytes()), mtime=1))
-    D.fetch_fashion_mnist(src.parent / "dest", source=src)
-    assert (src.parent / "dest" / name).read_bytes() == (src / name).read_bytes()
+    name = "train-labels-idx1-ubyte"
+    raw = gzip.decompress((src / f"{name}.gz").read_bytes())
+    (src / f"{name}.gz").write_bytes(gzip.compress(raw, mtime=1))  # as the Debian package did
+    D.fetch_fashion_mnist(src.parent / "a", source=src)
+    (src / f"{name}.gz").unlink()
+    (src / name).write_bytes(raw)
+    D.fetch_fashion_mnist(src.parent / "b", source=src)
+    assert (src.parent / "a" / name).read_bytes() == (src.parent / "b" / name).read_bytes() == raw
 
 
 def test_fetch_rejects_wrong_bytes_and_leaves_no_partial_file(synthetic_source):
     src, _ = synthetic_source
     write_idx(src / "t10k-labels-idx1-ubyte.gz", np.full(6, 3, np.uint8))
     dest = src.parent / "dest"
-    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz.*md5"):
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz.*differs"):
         D.fetch_fashion_mnist(dest, source=src)
-    assert not (dest / "t10k-labels-idx1-ubyte.gz").exists()
+    assert not (dest / "t10k-labels-idx1-ubyte").exists()
     assert not [p for p in os.listdir(dest) if p.startswith(".")]
+
+
+def test_fetch_stops_on_modified_file_in_dest(synthetic_source):
+    src, _ = synthetic_source
+    dest = src.parent / "dest"
+    D.fetch_fashion_mnist(dest, source=src)
+    target = dest / "t10k-labels-idx1-ubyte"
+    data = target.read_bytes()
+    target.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    with pytest.raises(ValueError, match="differs from the official.*make data"):
+        D.fetch_fashion_mnist(dest, source=src)
 
 
 def test_fetch_reports_what_it_tried(synthetic_source):
@@ -189,7 +204,7 @@ def test_fetch_reports_what_it_tried(synthetic_source):
     with pytest.raises(D.DatasetNotFoundError) as e:
         D.fetch_fashion_mnist(src.parent / "dest", source=src)
     msg = str(e.value)
-    assert "train-images-idx3-ubyte.gz" in msg and str(src) in msg and str(D.DEBIAN_DIR) in msg
+    assert "train-images-idx3-ubyte" in msg and str(src) in msg and str(D.DEBIAN_DIR) in msg
     assert "torchvision download (failed: network disabled" in msg
     with pytest.raises(D.DatasetNotFoundError, match="not a directory"):
         D.fetch_fashion_mnist(src.parent / "dest", source=src / "missing")
@@ -363,5 +378,6 @@ def test_real_fashion_mnist_test_split():
     x, y = D.load_fashion_mnist("test", D.DEBIAN_DIR)
     assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.uint8
     assert y.min() == 0 and y.max() == 9 and torch.bincount(y).tolist() == [1000] * 10
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        assert D._check_gz(D.DEBIAN_DIR / name, name)  # re-gzipped, official content
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        raw = gzip.decompress((D.DEBIAN_DIR / f"{name}.gz").read_bytes())  # re-gzipped, official content
+        assert hashlib.md5(raw).hexdigest() == D.FASHION_MNIST_RAW_MD5[name]

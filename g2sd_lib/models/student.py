@@ -11,7 +11,6 @@ strictly, and ``encoder_loss_weight`` in the GD loss decides whether it trains a
 """
 
 import torch
-import torch.nn as nn
 from timm.layers import Mlp
 
 from .mae import MaskedAutoencoderViT, _init_linear_and_norm
