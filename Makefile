@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 DATA   := data/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup data test repro benchmark clean-runs
+.PHONY: setup data test repro benchmark clean-runs profile
 
 setup: $(STAMP)
 
@@ -42,3 +42,7 @@ benchmark: setup
 
 clean-runs:
 	rm -rf runs
+
+# Switch the active configuration: make profile P=smoke|fmnist|paper
+profile: setup
+	$(BIN)/python -m g2sd_lib.profiles $(P)

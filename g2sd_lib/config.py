@@ -10,7 +10,7 @@ from pathlib import Path
 
 # The paper's comparison: every student and what initialises it.
 PRETRAIN_RUNS = ("gd", "mae_student")
-STUDENT_RUNS = ("g2sd", "scratch", "kd", "gd_only", "mae")
+STUDENT_RUNS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -29,8 +29,9 @@ def run_dir(workdir, group: str, run: str, seed: int | None = None) -> Path:
     return path / f"seed{seed}" if seed is not None else path
 
 
-def teacher_paths(workdir) -> dict:
-    """Where the teacher stage leaves the two teachers (our safetensors layout)."""
+def teacher_paths(workdir=".") -> dict:
+    """Where the teacher stage leaves the two teachers (our safetensors layout): ``gd`` the MAE with
+    decoder, ``sd`` the fine-tuned classifier."""
     root = Path(workdir) / "runs" / "teacher"
     return {"gd": root / "mae.safetensors", "sd": root / "classifier.safetensors"}
 
@@ -58,7 +59,16 @@ def stage_config(params: dict, group: str, run: str, workdir=".", seed: int | No
         cfg["teacher"] = str(teachers["sd"])
     init = cfg.pop("init", None)
     if init:
-        if init not in params.get("pretrain", {}):
-            raise ValueError(f"run {run!r}: init {init!r} is not a pretrain run")
         cfg["init"] = str(run_dir(workdir, "pretrain", init) / "model.safetensors")
+    return cfg
+
+
+def teacher_stage_config(params: dict, step: str, workdir=".") -> dict:
+    """``run_stage`` configuration of the teacher recipe (``train`` mode): step ``pretrain`` (MAE)
+    or ``finetune`` (classifier initialised from the pretrained encoder)."""
+    cfg = copy.deepcopy(params["teacher"][step])
+    cfg["data"] = deep_merge(params.get("data", {}), cfg.get("data", {}))
+    cfg["out_dir"] = str(run_dir(workdir, "teacher", step))
+    if step == "finetune":
+        cfg["init"] = str(run_dir(workdir, "teacher", "pretrain") / "model.safetensors")
     return cfg

@@ -10,7 +10,8 @@ Configuration keys (``kind`` selects the stage)::
     teacher: checkpoint path (gd: full MAE with decoder; sd/kd: fine-tuned classifier)
     init: checkpoint whose encoder initialises the classifier (sd/finetune/kd), or null
     out_dir: where the run writes last.pt, history.{json,csv}, model.safetensors
-    data: {dataset: fmnist|imagenet, root, val_size, split_seed, train_subset, eval_batch_size}
+    data: {dataset: fmnist|imagenet, root, val_size, split_seed, train_subset, val_subset,
+           eval_batch_size; imagenet only: input_size (224), num_workers (8)}
     augment: {crop_scale: [lo, hi], flip, reprob, mixup, cutmix, smoothing}
     task: stage options (mae: mask_ratio, norm_pix_loss; gd: mask_ratio, target_block,
           supervise_all, smooth_l1_beta, encoder_loss_weight; sd: loss_type, layer_decay;
@@ -21,6 +22,7 @@ Configuration keys (``kind`` selects the stage)::
 """
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,8 +51,9 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
     labelled = kind not in ("mae", "gd")
     if d.get("dataset", "fmnist") == "imagenet":
         from torch.utils.data import DataLoader, DistributedSampler
-        tr = data.build_imagenet(d["root"], "train", "sd" if labelled else "gd")
-        va = data.build_imagenet(d["root"], "val", "eval")
+        size = d.get("input_size", 224)
+        tr = data.build_imagenet(d["root"], "train", "sd" if labelled else "gd", size)
+        va = data.build_imagenet(d["root"], "val", "eval", size)
         sampler = DistributedSampler(tr, world, rank, shuffle=True, seed=seed)
         workers = d.get("num_workers", 8)
         return (DataLoader(tr, train_batch, sampler=sampler, num_workers=workers, drop_last=True, pin_memory=True),
@@ -117,6 +120,25 @@ def run_stage(cfg: dict) -> list[dict]:
         def evaluate(model):
             return {f"val_{k}": v for k, v in classification_report(model, val_loader).items()}
     return train(task, train_loader, train_cfg, evaluate)
+
+
+def launch(cfg: dict, nproc: int = 1) -> list[dict]:
+    """Run a stage in this process (``nproc`` 1) or under ``torchrun`` with ``nproc`` processes.
+
+    torchrun cannot start workers from a notebook kernel (functions defined there do not pickle), so
+    several processes run this module as a subprocess on a JSON copy of the configuration; the
+    history is then read back from the run directory.
+    """
+    if nproc <= 1:
+        return run_stage(cfg)
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = out_dir / "config.json"
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.stages", str(cfg_path)]
+    subprocess.run(cmd, check=True)
+    return json.loads((out_dir / "history.json").read_text())
 
 
 def load_config(path) -> dict:

@@ -1,0 +1,95 @@
+"""Looking inside teacher and student: reconstructions, GD alignment, block features, CKA, PCA."""
+
+import torch
+import torch.nn as nn
+
+from .losses import feature_target
+
+
+@torch.no_grad()
+def mae_reconstruction(model, x: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None) -> dict:
+    """MAE reconstruction of a batch (B, C, H, W), for display.
+
+    A model trained with ``norm_pix_loss`` predicts per-patch normalised pixels; they are mapped
+    back with each patch's true mean and std (as the MAE demo does), so only the patch *shape* is
+    predicted. Returns ``masked`` (removed patches zeroed), ``recon`` and ``pasted`` (visible
+    patches from the input), all (B, C, H, W), and ``mask`` (B, L).
+    """
+    model.eval()
+    if noise is None:
+        noise = model.random_noise(x.shape[0], device=x.device)
+    _, pred, mask = model(x, mask_ratio, noise)
+    target = model.patchify(x)
+    if model.norm_pix_loss:
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        pred = pred * (var + 1e-6) ** 0.5 + mean
+    m = mask.unsqueeze(-1)
+    return {"masked": model.unpatchify(target * (1 - m)), "recon": model.unpatchify(pred),
+            "pasted": model.unpatchify(target * (1 - m) + pred * m), "mask": mask}
+
+
+@torch.no_grad()
+def gd_alignment(teacher, student, x: torch.Tensor, target_block: int, mask_ratio: float = 0.75,
+                 noise: torch.Tensor | None = None) -> dict:
+    """Student feature predictions next to their targets: ``pred`` and ``target`` (B, 1 + L, D_T)
+    (target = LayerNorm-without-affine of the teacher decoder after ``target_block``), ``mask`` (B, L)."""
+    teacher.eval()
+    student.eval()
+    if noise is None:
+        noise = teacher.random_noise(x.shape[0], device=x.device)
+    latent, _, ids_restore = teacher.forward_encoder(x, mask_ratio, noise)
+    target = feature_target(teacher.forward_decoder(latent, ids_restore, stop_after=target_block))
+    out = student(x, mask_ratio, noise)
+    return {"pred": out["decoder"], "target": target, "mask": out["mask"]}
+
+
+@torch.no_grad()
+def block_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Output tokens (B, N, D) of every block of a ViT classifier, in eval mode."""
+    feats = []
+    hooks = [blk.register_forward_hook(lambda m, i, o: feats.append(o.float())) for blk in model.blocks]
+    try:
+        model.eval()
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return feats
+
+
+def patch_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The patch tokens (B, L, D) of a block output: prefix tokens dropped, and a distillation token
+    (appended last, G2SD layout) too."""
+    n_patches = model.patch_embed.num_patches
+    start = getattr(model, "num_prefix_tokens", 1)
+    return tokens[:, start:start + n_patches]
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019) of two representations of the same
+    n examples, x (n, d1), y (n, d2): ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` after centring."""
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    num = (y.T @ x).norm() ** 2
+    return (num / ((x.T @ x).norm() * (y.T @ y).norm())).item()
+
+
+def cka_matrix(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
+    """CKA between every block of model a and every block of model b, on mean-pooled patch tokens
+    ((B, L, D) -> (B, D) per block). Returns (len(a), len(b))."""
+    pa = [f.mean(1) for f in feats_a]
+    pb = [f.mean(1) for f in feats_b]
+    return torch.tensor([[linear_cka(a, b) for b in pb] for a in pa])
+
+
+def pca_rgb(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """First three principal components of patch tokens (B, L, D), fitted over the batch, as an
+    image per sample (B, gh, gw, 3) scaled to [0, 1] per component."""
+    B, L, D = tokens.shape
+    flat = tokens.reshape(B * L, D).double()
+    flat = flat - flat.mean(0)
+    _, _, v = torch.pca_lowrank(flat, q=3, center=False)
+    proj = flat @ v[:, :3]
+    lo, hi = proj.min(0).values, proj.max(0).values
+    proj = (proj - lo) / (hi - lo).clamp_min(1e-12)
+    return proj.reshape(B, *grid, 3).float()

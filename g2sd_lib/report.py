@@ -1,0 +1,156 @@
+"""Tables and the machine-readable summary, rendered from the pipeline's metric files only.
+
+Paper numbers appear only with their provenance. The companion could not obtain the paper's full
+tables, so a cell with no published source says "unavailable" rather than holding a guess.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+# What the paper and its reference READMEs publish, with where each value comes from.
+PAPER = {
+    "teacher_top1": (83.6, "MAE README: ViT-B fine-tuned, ImageNet-1k top-1"),
+    "g2sd_ratio": (98.7, "G2SD abstract: ViT-S student reaches 98.7 % of its ViT-B teacher (classification)"),
+    "detection_ratio": (98.1, "G2SD abstract: 98.1 % of the teacher on COCO detection"),
+    "segmentation_ratio": (99.3, "G2SD abstract: 99.3 % of the teacher on ADE20K segmentation"),
+}
+UNAVAILABLE = "unavailable"
+
+# The paper's comparison: name -> (label, how it is trained).
+METHODS = {
+    "g2sd": ("G2SD (GD + SD)", "generic distillation, then specific distillation"),
+    "gd_only": ("GD only", "generic distillation, then fine-tuning on labels"),
+    "sd_only": ("SD only", "specific distillation from random initialisation"),
+    "mae": ("MAE student", "MAE pretraining of the student, then fine-tuning"),
+    "kd": ("single-stage KD", "classic soft-label KD from the task teacher, from scratch"),
+    "scratch": ("scratch", "supervised training from random initialisation"),
+}
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(evaluation: dict) -> dict:
+    """``reports/summary.json``: teacher top-1 and, per student, the mean over seeds (``top1``),
+    ``top1_mean``, ``top1_std``, ``seeds``, ``ratio_to_teacher``; accuracies are fractions."""
+    teacher_top1 = evaluation["teacher"]["top1"]
+    students = {}
+    for name, ev in evaluation["students"].items():
+        per_seed = ev["seeds"]
+        top1 = [per_seed[s]["top1"] for s in per_seed]
+        m, sd = mean_std(top1)
+        students[name] = {"top1": m, "top1_mean": m, "top1_std": sd, "seeds": [int(s) for s in per_seed],
+                          "ratio_to_teacher": m / teacher_top1,
+                          "agreement": statistics.fmean(per_seed[s]["agreement"] for s in per_seed)}
+        if all("top5" in per_seed[s] for s in per_seed):
+            students[name]["top5"] = statistics.fmean(per_seed[s]["top5"] for s in per_seed)
+    teacher = {"top1": teacher_top1}
+    if "top5" in evaluation["teacher"]:
+        teacher["top5"] = evaluation["teacher"]["top5"]
+    return {"classification": {"teacher": teacher, "students": students}}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _acc(s: dict) -> str:
+    return f"{_pct(s['top1_mean'])} ± {_pct(s['top1_std'])}" if len(s["seeds"]) > 1 else _pct(s["top1"])
+
+
+def comparison_rows(summary: dict, evaluation: dict, teacher_name: str) -> list[dict]:
+    """The paper-style table: method | teacher | params | FLOPs | top-1 | % of teacher | paper | source."""
+    cls = summary["classification"]
+    t = evaluation["teacher"]
+    rows = [{"method": "teacher", "teacher": "-", "params (M)": f"{t['params'] / 1e6:.3g}",
+             "GFLOPs": f"{t['flops'] / 1e9:.3g}", "top-1 (%)": _pct(cls["teacher"]["top1"]),
+             "% of teacher": "100.00", "paper": f"{PAPER['teacher_top1'][0]} top-1",
+             "paper source": PAPER["teacher_top1"][1]}]
+    for name, s in cls["students"].items():
+        ev = evaluation["students"][name]
+        label = METHODS.get(name, (name, ""))[0]
+        teacher_col = teacher_name if name in ("g2sd", "gd_only", "sd_only", "kd") else "-"
+        paper, source = ((f"{PAPER['g2sd_ratio'][0]} % of teacher", PAPER["g2sd_ratio"][1]) if name == "g2sd"
+                         else (UNAVAILABLE, "not in the sources available to this project"))
+        rows.append({"method": label, "teacher": teacher_col, "params (M)": f"{ev['params'] / 1e6:.3g}",
+                     "GFLOPs": f"{ev['flops'] / 1e9:.3g}", "top-1 (%)": _acc(s),
+                     "% of teacher": _pct(s["ratio_to_teacher"]), "paper": paper, "paper source": source})
+    return rows
+
+
+def ablation_rows(summary: dict) -> list[dict]:
+    """Stage ablation: which of GD / SD the student went through, and its accuracy."""
+    stages = {"scratch": ("no", "no"), "gd_only": ("yes", "no"), "sd_only": ("no", "yes"), "g2sd": ("yes", "yes")}
+    cls = summary["classification"]
+    rows = []
+    for name, (gd, sd) in stages.items():
+        if name in cls["students"]:
+            s = cls["students"][name]
+            rows.append({"run": name, "generic distillation": gd, "specific distillation": sd,
+                         "top-1 (%)": _acc(s), "% of teacher": _pct(s["ratio_to_teacher"])})
+    return rows
+
+
+def write_table(rows: list[dict], stem, caption: str, provenance: dict) -> list[Path]:
+    """Write ``stem``.md / .csv / .tex; the Markdown and LaTeX carry the caption and provenance."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    cols = list(rows[0])
+    prov = "; ".join(f"{k}: {v}" for k, v in provenance.items())
+    md = [f"**{caption}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    md += ["", f"_Provenance: {prov}_", ""]
+    stem.with_suffix(".md").write_text("\n".join(md))
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+    def tex(s):
+        return (str(s).replace("\\", "\\textbackslash{}").replace("%", "\\%").replace("_", "\\_")
+                .replace("&", "\\&").replace("#", "\\#").replace("±", "$\\pm$"))
+    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{tex(caption)}}}",
+             "\\begin{tabular}{" + "l" * len(cols) + "}", "\\hline",
+             " & ".join(tex(c) for c in cols) + " \\\\", "\\hline"]
+    lines += [" & ".join(tex(r[c]) for c in cols) + " \\\\" for r in rows]
+    lines += ["\\hline", "\\end{tabular}", f"% Provenance: {tex(prov)}", "\\end{table}", ""]
+    stem.with_suffix(".tex").write_text("\n".join(lines))
+    return [stem.with_suffix(s) for s in (".md", ".csv", ".tex")]
+
+
+def provenance(params_path="params.yaml", seeds=None) -> dict:
+    """Commit, parameters (profile and sha256 of params.yaml), hardware and seeds of a table."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        commit += " (+ uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    params_file = Path(params_path)
+    params_hash = hashlib.sha256(params_file.read_bytes()).hexdigest()[:12] if params_file.exists() else "n/a"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    return {"commit": commit, "params.yaml sha256": params_hash,
+            "hardware": f"{device}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "seeds": ", ".join(str(s) for s in (seeds or []))}

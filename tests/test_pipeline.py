@@ -1,0 +1,112 @@
+"""The whole pipeline on the smoke profile through real `dvc repro` and papermill, in a fresh copy
+of the repository (new git repo, no DVC cache), then the notebooks under nbval in that copy."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGES = ["teacher", "pretrain@gd", "pretrain@mae_student"] + [
+    f"students@{s}" for s in ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")] + ["evaluate", "report"]
+
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra):
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", **extra}
+
+
+def _sh(cmd, cwd, timeout=900, **env):
+    p = subprocess.run(cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{cmd} failed:\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    return p.stdout + p.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory, fmnist_available):
+    """A fresh clone-like copy: the files git would clone, the materialised data, smoke params."""
+    dest = tmp_path_factory.mktemp("pipeline") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    for generated in ("dvc.lock", "reports"):  # the committed results of the default profile
+        p = dest / generated
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    _sh([sys.executable, "-m", "g2sd_lib.data", "fetch", "--dest", "data/fashion-mnist", "--source",
+         str(fmnist_available)], dest)
+    _sh(["git", "init", "-q"], dest)
+    _sh([sys.executable, "-m", "g2sd_lib.profiles", "smoke"], dest)
+    _sh(["git", "add", "-A"], dest)
+    _sh(["git", "commit", "-qm", "fresh clone"], dest)
+    log = _sh([str(BIN / "dvc"), "repro"], dest)
+    return dest, log
+
+
+def test_dvc_repro_runs_every_stage_and_writes_sane_reports(smoke_repo):
+    repo, log = smoke_repo
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in log, stage
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(STAGES) <= set(lock["stages"])
+    assert lock["stages"]["students@g2sd"]["params"]["params.yaml"]["students.g2sd"]["kind"] == "sd"
+
+    summary = json.loads((repo / "reports/summary.json").read_text())["classification"]
+    assert 0.0 <= summary["teacher"]["top1"] <= 1.0
+    assert set(summary["students"]) == {"g2sd", "gd_only", "sd_only", "mae", "scratch", "kd"}
+    for s in summary["students"].values():
+        assert 0.0 <= s["top1"] <= 1.0 and s["top1"] == s["top1_mean"] and s["seeds"] == [0]
+    # the smoke teacher is trained for one epoch on 1024 images: better than chance is all we ask
+    assert summary["teacher"]["top1"] > 0.12
+
+    for table in ("comparison", "ablation"):
+        for ext in ("md", "csv", "tex"):
+            assert (repo / f"reports/tables/{table}.{ext}").stat().st_size > 100
+    comparison = (repo / "reports/tables/comparison.md").read_text()
+    assert "98.7 % of teacher" in comparison and "unavailable" in comparison and "commit:" in comparison
+    for fig in ("teacher/reconstructions.png", "pretrain/gd/feature_alignment.png", "pretrain/gd/curves.png",
+                "pretrain/mae_student/reconstructions.png", "students/g2sd/curves.png",
+                "attention/comparison.png", "attention/teacher.png", "attention/g2sd.png"):
+        assert (repo / "reports/figures" / fig).stat().st_size > 5000, fig
+    for nb in ("01_teacher", "02_pretrain_gd", "03_student_kd", "04_evaluation", "05_report"):
+        assert (repo / f"reports/notebooks/{nb}.ipynb").exists()
+
+
+def test_second_repro_is_up_to_date(smoke_repo):
+    repo, _ = smoke_repo
+    log = _sh([str(BIN / "dvc"), "repro"], repo)
+    assert "Running stage" not in log
+    assert "up to date" in _sh([str(BIN / "dvc"), "status"], repo)
+
+
+def test_changing_a_student_parameter_reruns_only_that_student(smoke_repo):
+    repo, _ = smoke_repo
+    params = repo / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("temperature: 4.0", "temperature: 2.0"))
+        log = _sh([str(BIN / "dvc"), "repro", "--dry"], repo)
+        assert "Running stage 'students@kd'" in log
+        assert "Running stage 'students@g2sd'" not in log and "Running stage 'teacher'" not in log
+    finally:
+        params.write_text(original)
+
+
+def test_notebooks_under_nbval_with_smoke_defaults(smoke_repo):
+    """The committed notebooks, run as stored (no parameter injection: smoke defaults), in the
+    pipeline copy's directory so that the evaluation notebook finds every student."""
+    repo, _ = smoke_repo
+    out = _sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+               "--nbval-current-env", str(REPO / "notebooks")], repo, G2SD_WORKDIR=str(repo))
+    assert "passed" in out and "failed" not in out
