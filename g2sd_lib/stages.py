@@ -56,7 +56,8 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
         va = data.build_imagenet(d["root"], "val", "eval", size)
         sampler = DistributedSampler(tr, world, rank, shuffle=True, seed=seed)
         workers = d.get("num_workers", 8)
-        return (DataLoader(tr, train_batch, sampler=sampler, num_workers=workers, drop_last=True, pin_memory=True),
+        return (DataLoader(tr, train_batch, sampler=sampler, num_workers=workers, drop_last=True,
+                           pin_memory=torch.cuda.is_available()),
                 DataLoader(va, eval_bs, shuffle=False, num_workers=workers))
     images, labels = data.load_fashion_mnist("train", d.get("root"))
     tr_idx, va_idx = data.train_val_split(len(images), d.get("val_size", 5000), d.get("split_seed", 0))

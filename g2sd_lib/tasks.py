@@ -88,38 +88,6 @@ class GenericDistillation:
         return loss, parts
 
 
-class SpecificDistillation:
-    """G2SD stage 2 (classification): labels for the cls head, the teacher's decision for the dist head.
-
-    The teacher sees the same mixup/cutmix-ed batch; ``loss = (SoftCE + CE(dist, argmax T)) / 2``
-    or, with ``loss_type='nkd'``, NKD on the cls head only (official ``--enable_nkd``).
-    """
-
-    def __init__(self, teacher, student, mixup=None, loss_type="g2sd", layer_decay=0.75):
-        if loss_type not in ("g2sd", "nkd"):
-            raise ValueError(f"loss_type must be 'g2sd' or 'nkd', got {loss_type!r}")
-        self.teacher, self.model, self.mixup = freeze(teacher), student, mixup
-        self.loss_type, self.layer_decay = loss_type, layer_decay
-        if loss_type == "nkd":
-            student.average_heads = False
-
-    def param_groups(self, weight_decay):
-        return param_groups(self.model, weight_decay, self.layer_decay, skip_model_list=True)
-
-    def loss(self, model, batch):
-        x, y = batch
-        if self.mixup is not None:
-            x, y = self.mixup(x, y)
-        with torch.no_grad():
-            t = self.teacher(x)
-        cls, dist = model(x)
-        if self.loss_type == "nkd":
-            loss = losses.nkd_loss(cls + 0 * dist, t, y)
-            return loss, {"nkd": loss.detach()}
-        loss, parts = losses.sd_classification_loss(cls, dist, y, t)
-        return loss, parts
-
-
 class Finetuning:
     """Supervised training of a plain classifier (scratch, MAE-student and GD-only baselines, teacher)."""
 
@@ -129,16 +97,46 @@ class Finetuning:
     def param_groups(self, weight_decay):
         return param_groups(self.model, weight_decay, self.layer_decay, skip_model_list=True)
 
-    def loss(self, model, batch):
+    def mixed(self, batch):
+        """(x, y) after mixup / cutmix when configured: y becomes soft targets (B, C)."""
         x, y = batch
-        if self.mixup is not None:
-            x, y = self.mixup(x, y)
-        logits = model(x)
+        return self.mixup(x, y) if self.mixup is not None else (x, y)
+
+    def label_loss(self, logits, y):
         if y.dim() > 1:
-            loss = losses.soft_target_cross_entropy(logits, y)
-        else:
-            loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)
+            return losses.soft_target_cross_entropy(logits, y)
+        return nn.functional.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)
+
+    def loss(self, model, batch):
+        x, y = self.mixed(batch)
+        loss = self.label_loss(model(x), y)
         return loss, {"ce": loss.detach()}
+
+
+class SpecificDistillation(Finetuning):
+    """G2SD stage 2 (classification): labels for the cls head, the teacher's decision for the dist head.
+
+    The teacher sees the same mixup/cutmix-ed batch; ``loss = (SoftCE + CE(dist, argmax T)) / 2``
+    or, with ``loss_type='nkd'``, NKD on the cls head only (official ``--enable_nkd``).
+    """
+
+    def __init__(self, teacher, student, mixup=None, loss_type="g2sd", layer_decay=0.75):
+        if loss_type not in ("g2sd", "nkd"):
+            raise ValueError(f"loss_type must be 'g2sd' or 'nkd', got {loss_type!r}")
+        super().__init__(student, mixup=mixup, layer_decay=layer_decay)
+        self.teacher, self.loss_type = freeze(teacher), loss_type
+        if loss_type == "nkd":
+            student.average_heads = False
+
+    def loss(self, model, batch):
+        x, y = self.mixed(batch)
+        with torch.no_grad():
+            t = self.teacher(x)
+        cls, dist = model(x)
+        if self.loss_type == "nkd":
+            loss = losses.nkd_loss(cls + 0 * dist, t, y)
+            return loss, {"nkd": loss.detach()}
+        return losses.sd_classification_loss(cls, dist, y, t)
 
 
 class KnowledgeDistillation(Finetuning):
@@ -149,13 +147,10 @@ class KnowledgeDistillation(Finetuning):
         self.teacher, self.alpha, self.temperature = freeze(teacher), alpha, temperature
 
     def loss(self, model, batch):
-        x, y = batch
-        if self.mixup is not None:
-            x, y = self.mixup(x, y)
+        x, y = self.mixed(batch)
         with torch.no_grad():
             t = self.teacher(x)
         logits = model(x)
-        ce = (losses.soft_target_cross_entropy(logits, y) if y.dim() > 1
-              else nn.functional.cross_entropy(logits.float(), y, label_smoothing=self.smoothing))
+        ce = self.label_loss(logits, y)
         kd = losses.soft_kd_loss(logits, t, self.temperature)
         return (1 - self.alpha) * ce + self.alpha * kd, {"ce": ce.detach(), "kd": kd.detach()}

@@ -1,0 +1,66 @@
+"""The configuration presets: complete, commented, consistent with the code that reads them."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from g2sd_lib.config import PRETRAIN_RUNS, STUDENT_RUNS, stage_config, teacher_stage_config
+from g2sd_lib.engine import TrainConfig
+from g2sd_lib.profiles import PROFILES, complete, load_profile, profile_path, use_profile
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_WITH_VALUE = re.compile(r"^\s*[\w.]+:\s*\S")
+
+
+def test_params_yaml_is_the_default_fmnist_profile():
+    assert (REPO / "params.yaml").read_text() == profile_path("fmnist").read_text()
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_value_is_commented(name):
+    lines = profile_path(name).read_text().splitlines()
+    depth = 0  # inside a flow mapping spread over several lines, the comment is on its first line
+    for i, line in enumerate(lines):
+        code = line.split("#")[0]
+        if depth == 0 and KEY_WITH_VALUE.match(line) and "#" not in line:
+            assert lines[i - 1].lstrip().startswith("#"), f"{name}.yaml line {i + 1} has no comment: {line!r}"
+        depth += code.count("{") - code.count("}")
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_run_builds_a_valid_stage_config(name):
+    params = load_profile(name)
+    assert set(params["pretrain"]) - {"common"} == set(PRETRAIN_RUNS)
+    assert set(params["students"]) - {"common"} == set(STUDENT_RUNS)
+    configs = [stage_config(params, "pretrain", r) for r in PRETRAIN_RUNS]
+    configs += [stage_config(params, "students", r, seed=s) for r in STUDENT_RUNS for s in params["seeds"]]
+    configs += [teacher_stage_config(params, step) for step in ("pretrain", "finetune")]
+    for cfg in configs:
+        TrainConfig(out_dir=cfg["out_dir"], **cfg["train"]).validate()
+    g2sd = stage_config(params, "students", "g2sd", seed=0)
+    assert g2sd["init"].endswith("runs/pretrain/gd/model.safetensors")
+    assert g2sd["teacher"].endswith("runs/teacher/classifier.safetensors")
+    assert g2sd["out_dir"].endswith("runs/students/g2sd/seed0")
+
+
+def test_paper_profile_has_the_official_recipe():
+    p = load_profile("paper")
+    gd = stage_config(p, "pretrain", "gd")
+    assert gd["model"] == "mae_vit_small_patch16_dec256d4b" and gd["task"]["target_block"] == 4
+    assert gd["train"]["batch_size"] * gd["train"]["accum_steps"] * p["nproc"] == 4096
+    assert gd["train"]["blr"] == 1.5e-4 and gd["train"]["epochs"] == 300 and gd["train"]["min_lr"] == 2.5e-6
+    sd = stage_config(p, "students", "g2sd", seed=0)
+    assert sd["train"]["batch_size"] * p["nproc"] == 1024 and sd["train"]["epochs"] == 200
+    assert sd["task"]["layer_decay"] == 0.75 and sd["augment"]["mixup"] == 0.8 and sd["augment"]["cutmix"] == 1.0
+    assert p["teacher"]["mode"] == "download"
+    assert p["teacher"]["download"]["gd"] == "mae_pretrain_vit_base_full.pth"
+
+
+def test_complete_and_use_profile(tmp_path):
+    filled = complete("smoke", data=None, students={"x": 1})
+    assert filled["data"] == load_profile("smoke")["data"] and filled["students"] == {"x": 1}
+    dest = use_profile("paper", tmp_path / "params.yaml")
+    assert dest.read_text() == profile_path("paper").read_text()
+    with pytest.raises(ValueError, match="unknown profile"):
+        load_profile("huge")
