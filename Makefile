@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATA   := data/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
+# dvc runs the stages' `papermill` from the virtualenv
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup data test repro benchmark clean-runs profile
 

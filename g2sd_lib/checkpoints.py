@@ -393,9 +393,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(model: nn.Module, path, extra: dict | None = None) -> dict:
+def save_model(model: nn.Module, path, extra: dict | None = None, dtype: torch.dtype | None = None) -> dict:
     """Write ``path`` (``.safetensors``) and its sidecar ``.json`` atomically; returns the sidecar:
-    ``{"arch", "kind", "num_params", "sha256"}`` plus the JSON-able ``extra`` (which cannot override them)."""
+    ``{"arch", "kind", "num_params", "sha256"}`` plus the JSON-able ``extra`` (which cannot override them).
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors at lower precision, for bundled
+    files with a size limit; loading casts them back to the model's float32."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_model writes safetensors; the path must end in .safetensors, got {path}")
@@ -404,8 +407,12 @@ def save_model(model: nn.Module, path, extra: dict | None = None) -> dict:
     # own, contiguous CPU copies: safetensors refuses tensors that share memory or are strided
     state_dict = {k: v.detach().to('cpu', copy=True, memory_format=torch.contiguous_format)
                   for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     info = describe(state_dict, {"arch": model.arch})
     meta = {**(extra or {}), "arch": model.arch, "kind": info.kind, "num_params": info.num_params}
+    if dtype is not None:
+        meta["dtype"] = str(dtype).removeprefix("torch.")
     json.dumps(meta)  # fail on non-JSON values before anything is written
     _atomic_write(path, lambda tmp: save_file(state_dict, tmp, metadata={"format": "pt"}))
     meta["sha256"] = _sha256(path)
