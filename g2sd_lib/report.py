@@ -153,6 +153,38 @@ def claims_rows(summary: dict) -> list[dict]:
     return rows
 
 
+def _data_text(d: dict) -> str:
+    if d["dataset"] != "fmnist":
+        return f"{d['dataset']} at {d['root']}"
+    train = d.get("train_subset") or 60000 - d["val_size"]
+    val = d.get("val_subset") or d["val_size"]
+    return (f"Fashion-MNIST, {train:,} training / {val:,} validation (carved from the training split) / "
+            f"{d.get('test_subset') or 10000:,} test images, 28 x 28 grayscale")
+
+
+def setting_rows(params: dict, evaluation: dict) -> list[dict]:
+    """What differs between the paper's setting and this profile's, from the configuration itself."""
+    t, s = params["teacher"], params["students"]["common"]
+    gd = {**params["pretrain"]["common"], **params["pretrain"]["gd"]}
+    g2sd_params = evaluation["students"].get("g2sd", {}).get("params")
+    return [
+        {"": "data", "paper": "ImageNet-1k, 1.28 M images, 224 x 224 RGB", "here": _data_text(params["data"])},
+        {"": "teacher", "paper": "MAE ViT-B/16 (86 M), 1600 pretraining + 100 fine-tuning epochs",
+         "here": f"{t['finetune']['model']} ({evaluation['teacher']['params'] / 1e6:.2f} M), "
+                 + {"bundled": "bundled, recipe in teachers/README.md", "train": "trained in the pipeline (teacher section)",
+                    "download": "the official MAE checkpoints"}[t["mode"]]},
+        {"": "student", "paper": "ViT-S/16 (22 M)",
+         "here": f"{s['model']}" + (f" ({g2sd_params / 1e6:.2f} M)" if g2sd_params else "")},
+        {"": "generic distillation", "paper": "300 epochs, batch 4096, target block 4 of 8",
+         "here": f"{gd['train']['epochs']} epochs, batch {gd['train']['batch_size']}, "
+                 f"target block {gd['task']['target_block']}"},
+        {"": "specific distillation", "paper": "200 epochs, batch 1024, RandAugment, mixup 0.8, cutmix 1.0",
+         "here": f"{s['train']['epochs']} epochs, batch {s['train']['batch_size']}, mixup {s['augment'].get('mixup', 0)}, "
+                 f"cutmix {s['augment'].get('cutmix', 0)}, no RandAugment"},
+        {"": "runs per student", "paper": "one", "here": f"{len(params['seeds'])} seed(s): {params['seeds']}"},
+    ]
+
+
 def write_table(rows: list[dict], stem, caption: str, provenance: dict) -> list[Path]:
     """Write ``stem``.md / .csv / .tex; the Markdown and LaTeX carry the caption and provenance."""
     stem = Path(stem)

@@ -131,3 +131,24 @@ def test_torchrun_two_process_ddp_matches_one_process(tmp_path, fmnist_available
     h2 = json.loads((tmp_path / "ddp" / "history.json").read_text())[-1]
     assert h1["train_loss"] == pytest.approx(h2["train_loss"], abs=1e-5)
     assert h1["val_top1"] == pytest.approx(h2["val_top1"], abs=1e-3)
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    """accum_steps=2 x batch 8 and 1 x batch 16 see the same samples per optimiser step with the
+    same lr (lr scales with the effective batch): the weights agree up to float summation order."""
+    from g2sd_lib.models import create_classifier
+    from g2sd_lib.tasks import Finetuning
+
+    torch.manual_seed(0)
+    xs, ys = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    results = []
+    for batch, accum in ((16, 1), (8, 2)):
+        torch.manual_seed(1)
+        model = create_classifier("vit_smokesmall_patch7", "avg", 10)
+        loader = [(xs[i:i + batch], ys[i:i + batch]) for i in range(0, 32, batch)]
+        cfg = TrainConfig(epochs=1, batch_size=batch, accum_steps=accum, blr=1e-2, out_dir=str(tmp_path / str(batch)),
+                          amp="none", progress=False)
+        train(Finetuning(model), loader, cfg)
+        results.append(model.state_dict())
+    for k in results[0]:
+        torch.testing.assert_close(results[1][k], results[0][k], atol=1e-6, rtol=0, msg=k)

@@ -110,3 +110,29 @@ def test_notebooks_under_nbval_with_smoke_defaults(smoke_repo):
     out = _sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                "--nbval-current-env", str(REPO / "notebooks")], repo, G2SD_WORKDIR=str(repo))
     assert "passed" in out and "failed" not in out
+
+
+def test_bundled_teacher_mode_pins_hashes(smoke_repo):
+    """Bundle the teacher the pipeline trained, switch the teacher stage to `bundled` with the printed
+    hashes: it reruns from the bundle; a changed byte in a bundled file stops it."""
+    repo, _ = smoke_repo
+    out = _sh([sys.executable, "-m", "g2sd_lib.teacher", "bundle"], repo)
+    hashes = {name: json.loads((repo / f"teachers/fmnist_{name}.json").read_text())["sha256"]
+              for name in ("mae", "classifier")}
+    assert all(h in out for h in hashes.values())
+    card = (repo / "teachers/README.md").read_text()
+    assert "test top-1" in card and hashes["mae"] in card
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["teacher"]["mode"] = "bundled"
+    params["teacher"]["bundled"].update(mae_sha256=hashes["mae"], classifier_sha256=hashes["classifier"])
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "Running stage 'teacher'" in _sh([str(BIN / "dvc"), "repro", "teacher"], repo)
+    assert json.loads((repo / "reports/metrics/teacher.json").read_text())["mode"] == "bundled"
+
+    bundled = repo / "teachers/fmnist_classifier.safetensors"
+    data = bytearray(bundled.read_bytes())
+    data[-1] ^= 0xFF
+    bundled.write_bytes(bytes(data))
+    p = subprocess.run([str(BIN / "dvc"), "repro", "teacher", "--force"], cwd=repo, env=_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode != 0 and "sha256" in p.stdout + p.stderr
