@@ -79,7 +79,7 @@ def main(argv=None):
     result.update(profile=params.get("profile"), machine=f"{platform.processor() or platform.machine()}, "
                   f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
                   date=time.strftime("%Y-%m-%d"), command=" ".join(["dvc repro", *dvc_args]))
-    print(f"\n| stage | wall time | peak RSS (process tree) |\n|---|---|---|")
+    print("\n| stage | wall time | peak RSS (process tree) |\n|---|---|---|")
     for s in result["stages"]:
         print(f"| {s['stage']} | {s['seconds'] / 60:.1f} min | {s['peak_rss_mb']:.0f} MB |")
     print(f"| **total** | **{result['total_seconds'] / 60:.1f} min** | **{result['peak_rss_mb']:.0f} MB** |")
