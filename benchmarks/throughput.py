@@ -83,7 +83,8 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+def timed(fn, repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -91,7 +92,11 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    return statistics.median(timed(fn, repeats, warmup))
 
 
 def matmul_peak(sizes=(1024, 2048), repeats: int = 5) -> dict:
@@ -153,14 +158,7 @@ def time_training_steps(task, batch, amp_dtype, warmup: int, steps: int) -> list
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
+    return timed(step, steps, warmup)
 
 
 def benchmark(cfg_name: str, cfg: Config, kinds, precisions, peak: dict) -> list[dict]:
