@@ -46,6 +46,25 @@ def test_out_indices_and_segmenter_shapes():
     assert model.predict(torch.randn(2, 1, 64, 64)).shape == (2, 64, 64)
 
 
+def test_pyramid_scales_and_the_mlp_decoder():
+    model = ViTSegmenter(STUDENT, img_size=64, scales=(2, 1, 0.5, 0.25), decoder="mlp", channels=8)
+    levels = model.forward_features(torch.randn(2, 1, 64, 64))
+    assert [t.shape[-1] for t in levels] == [16, 8, 4, 2]
+    out = model(torch.randn(2, 1, 64, 64))
+    assert out["logits"].shape == (2, 11, 16, 16) and out["aux"].shape == (2, 11, 4, 4)
+    assert model.predict(torch.randn(1, 1, 64, 64)).shape == (1, 64, 64)
+    det = build_detector(STUDENT, out_channels=8, scales=(2, 1, 0.5, 0.25), **DET_KW)
+    feats = det.backbone(torch.randn(1, 1, 64, 64))
+    assert [f.shape[-1] for f in feats.values()] == [16, 8, 4, 2, 1]
+    assert det.arch["anchor_sizes"] == [16, 32, 64, 128, 256]  # 4 x strides 4 .. 64
+    with pytest.raises(ValueError, match="powers of two"):
+        ViTSegmenter(STUDENT, img_size=64, scales=(3, 1, 0.5, 0.25))
+    with pytest.raises(ValueError, match="cannot be pooled"):
+        ViTSegmenter(STUDENT, img_size=64, scales=(1, 0.5, 0.25, 0.0625))
+    with pytest.raises(ValueError, match="decoder"):
+        ViTSegmenter(STUDENT, img_size=64, decoder="fpn")
+
+
 def test_segmentation_distillation_step(canvases):
     torch.manual_seed(0)
     task = SegmentationDistillation(ViTSegmenter(TEACHER, img_size=64), ViTSegmenter(STUDENT, img_size=64))
@@ -82,7 +101,7 @@ def test_param_groups_layer_decay():
     assert scale["vit.pos_embed"] == 0.125 and scale["vit.blocks.0.attn.qkv.weight"] == 0.25
     assert scale["vit.blocks.1.mlp.fc1.weight"] == 0.5 and scale["decode_head.conv_seg.weight"] == 1.0
     assert decay["vit.pos_embed"] == 0.0 and decay["vit.blocks.0.norm1.weight"] == 0.0
-    assert decay["pyramid.fpn2.weight"] == 0.05
+    assert decay["pyramid.fpn2.0.weight"] == 0.05
 
 
 def test_load_backbone_resamples_pos_embed():

@@ -59,6 +59,39 @@ def vit_feature_maps(vit: nn.Module, x: torch.Tensor, indices) -> list[torch.Ten
     return [by_index[i] for i in indices]
 
 
+def rescale_layers(dim: int, scale: float, norm_layer, halve: bool) -> tuple[list[nn.Module], int]:
+    """Layers taking a map (B, dim, h, w) to ``scale`` times its side, and their output width.
+
+    ``scale`` 2^k: k stride-2 transposed convolutions with norm + GELU between consecutive ones
+    (official ``fpn1`` / ViTDet ``simfp_2`` for 4), halving the width at each one when ``halve``
+    (ViTDet) or keeping it (BEiT segmentation); 1: no layer (identity); 2^-k: one 2^k x 2^k max-pool
+    (official ``fpn4`` / ``simfp_5`` for 0.5).
+    """
+    k = round(math.log2(scale))
+    if scale <= 0 or 2.0**k != scale:
+        raise ValueError(f"pyramid scales must be powers of two, got {scale}")
+    if k <= 0:
+        return ([nn.MaxPool2d(2**-k, 2**-k)] if k else []), dim
+    layers, width = [], dim
+    for i in range(k):
+        if i:
+            layers += [norm_layer(width), nn.GELU()]
+        out = width // 2 if halve else width
+        layers.append(nn.ConvTranspose2d(width, out, 2, 2))
+        width = out
+    return layers, width
+
+
+def check_scales(scales, grid: int) -> tuple[float, ...]:
+    """Four pyramid scales, finest first, whose coarsest level still has whole cells on ``grid``."""
+    scales = tuple(float(s) for s in scales)
+    if len(scales) != 4 or list(scales) != sorted(scales, reverse=True):
+        raise ValueError(f"scales must be 4 powers of two, finest first, got {scales}")
+    if grid * min(scales) < 1 or (grid * min(scales)) % 1:
+        raise ValueError(f"a {grid} x {grid} patch grid cannot be pooled to scale {min(scales)}")
+    return scales
+
+
 def load_backbone(vit: nn.Module, state_dict) -> EncoderInit:
     """Initialise ``vit`` from any checkpoint with a ViT encoder (a state dict or a path).
 
@@ -110,4 +143,5 @@ def dense_param_groups(model: nn.Module, weight_decay: float, layer_decay: float
     return list(groups.values())
 
 
-__all__ = ["build_vit", "default_out_indices", "dense_param_groups", "load_backbone", "vit_feature_maps"]
+__all__ = ["build_vit", "check_scales", "default_out_indices", "dense_param_groups", "load_backbone", "rescale_layers",
+           "vit_feature_maps"]

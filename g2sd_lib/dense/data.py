@@ -21,12 +21,14 @@ from ..data import FMNIST_MEAN, FMNIST_STD, Normalize, TensorLoader
 
 
 def make_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, size: int = 64, max_items: int = 4,
-                  seed: int = 0, threshold: int = 25) -> dict:
+                  seed: int = 0, threshold: int = 25, grid: int = 1) -> dict:
     """Compose ``n`` canvases from items of ``images`` (uint8 (M, 1, h, w) or (M, h, w)), ``labels`` (M,).
 
     Per canvas: a count ``k ~ U{1..max_items}``, ``k`` items drawn uniformly with replacement
     (among items whose silhouette is not empty) and top-left corners ``~ U{0..size - h}`` (items never
-    leave the canvas); everything from one ``torch.Generator(seed)``, so a seed gives the same bytes.
+    leave the canvas), multiples of ``grid`` pixels (``grid`` = the ViT's patch size puts every item on
+    the patch grid, as the 28 x 28 images were during pretraining); everything from one
+    ``torch.Generator(seed)``, so a seed gives the same bytes.
 
     Returns a dict of
         ``images`` uint8 (n, 1, size, size); ``masks`` int64 (n, size, size) in 0..10;
@@ -45,8 +47,10 @@ def make_canvases(images: torch.Tensor, labels: torch.Tensor, n: int, size: int 
     gen = torch.Generator().manual_seed(seed)
     counts = torch.randint(1, max_items + 1, (n,), generator=gen)
     picks = usable[torch.randint(len(usable), (n, max_items), generator=gen)]
-    tops = torch.randint(size - h + 1, (n, max_items), generator=gen)
-    lefts = torch.randint(size - w + 1, (n, max_items), generator=gen)
+    if grid < 1:
+        raise ValueError(f"grid must be a positive number of pixels, got {grid}")
+    tops = torch.randint((size - h) // grid + 1, (n, max_items), generator=gen) * grid
+    lefts = torch.randint((size - w) // grid + 1, (n, max_items), generator=gen) * grid
 
     canvas = torch.zeros(n, size, size, dtype=torch.uint8)
     masks = torch.zeros(n, size, size, dtype=torch.int64)

@@ -36,26 +36,28 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from ..losses import distill_warmup, frs_losses
 from ..tasks import freeze
-from .backbone import build_vit, dense_param_groups, vit_feature_maps
+from .backbone import build_vit, check_scales, dense_param_groups, rescale_layers, vit_feature_maps
 from .metrics import box_ap
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
 
 
 class SimpleFeaturePyramid(nn.Module):
-    """ViTDet backbone: x (B, C, H, W) -> OrderedDict p2..p6 of (B, out_channels, 4h / 2^i, 4w / 2^i)."""
+    """ViTDet backbone: x (B, C, H, W) -> OrderedDict p2..p6 of (B, out_channels, s h, s w).
 
-    def __init__(self, vit: nn.Module, out_channels: int = 256):
+    ``scales`` of p2..p5 relative to the patch grid h = H / patch; p6 is p5 subsampled by 2.
+    ViTDet's (4, 2, 1, 0.5): ConvT-LN-GELU-ConvT halving the width twice, ConvT halving it,
+    identity, 2x2 max-pool (:func:`rescale_layers`).
+    """
+
+    def __init__(self, vit: nn.Module, out_channels: int = 256, scales=(4, 2, 1, 0.5)):
         super().__init__()
         self.vit, self.out_channels = vit, out_channels
-        dim = vit.embed_dim
-        ups = {2: [nn.ConvTranspose2d(dim, dim // 2, 2, 2), LayerNorm2d(dim // 2), nn.GELU(),
-                   nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2)],
-               3: [nn.ConvTranspose2d(dim, dim // 2, 2, 2)], 4: [], 5: [nn.MaxPool2d(2, 2)]}
-        widths = {2: dim // 4, 3: dim // 2, 4: dim, 5: dim}
-        for stage, layers in ups.items():  # names as detectron2's, so the official keys read alike
+        scales = check_scales(scales, vit.patch_embed.grid_size[0])
+        for stage, scale in zip((2, 3, 4, 5), scales):  # names as detectron2's, so the official keys read alike
+            layers, width = rescale_layers(vit.embed_dim, scale, LayerNorm2d, halve=True)
             setattr(self, f"simfp_{stage}", nn.Sequential(
-                *layers, nn.Conv2d(widths[stage], out_channels, 1, bias=False), LayerNorm2d(out_channels),
+                *layers, nn.Conv2d(width, out_channels, 1, bias=False), LayerNorm2d(out_channels),
                 nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)))
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
@@ -66,12 +68,13 @@ class SimpleFeaturePyramid(nn.Module):
 
 
 def build_detector(name: str, num_classes: int = 11, img_size: int = 64, out_channels: int = 256,
-                   anchor_sizes=None, box_head_convs: int = 4, box_head_fc: int = 1024,
+                   scales=(4, 2, 1, 0.5), anchor_sizes=None, box_head_convs: int = 4, box_head_fc: int = 1024,
                    adapter_channels: int | None = None, detector_kwargs: dict | None = None, **overrides) -> FasterRCNN:
     """Faster R-CNN on a ViT ``name`` with a simple feature pyramid; ``num_classes`` includes background 0.
 
-    ``anchor_sizes``: one per level, default 4 x its stride (patch 8: 8 .. 128 px; ViTDet uses 8 x
-    stride, 32 .. 512, for COCO's larger objects). RoIAlign level mapping keeps ViTDet's: a box of
+    ``scales``: the pyramid's p2..p5 sizes relative to the patch grid (see :class:`SimpleFeaturePyramid`).
+    ``anchor_sizes``: one per level, default 4 x its stride (patch 8 at ViTDet's scales: 8 .. 128 px;
+    ViTDet uses 8 x stride, 32 .. 512, for COCO's larger objects). RoIAlign level mapping keeps ViTDet's: a box of
     14 strides of p4 (224 px for patch 16) goes to p4. ``adapter_channels``: add the distillation
     adapters (``distill_adapter``, one 3x3 conv per level, ``out_channels -> adapter_channels``);
     :class:`DetectionDistillation` adds them when missing. ``detector_kwargs`` go to ``FasterRCNN``
@@ -79,9 +82,9 @@ def build_detector(name: str, num_classes: int = 11, img_size: int = 64, out_cha
     """
     vit = build_vit(name, img_size, **overrides)
     patch = vit.patch_embed.patch_size[0]
-    strides = [patch * 2.0**i / 4 for i in range(5)]
+    strides = [patch / s for s in scales] + [2 * patch / scales[-1]]
     sizes = tuple(anchor_sizes or (max(1, round(4 * s)) for s in strides))
-    backbone = SimpleFeaturePyramid(vit, out_channels)
+    backbone = SimpleFeaturePyramid(vit, out_channels, scales)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=((0.5, 1.0, 2.0),) * len(LEVELS))
     pooler = MultiScaleRoIAlign(list(LEVELS[:4]), output_size=7, sampling_ratio=0, canonical_scale=14 * patch,
                                 canonical_level=round(math.log2(patch)))
@@ -94,7 +97,7 @@ def build_detector(name: str, num_classes: int = 11, img_size: int = 64, out_cha
                        box_roi_pool=pooler, box_head=box_head,
                        box_predictor=FastRCNNPredictor(box_head_fc, num_classes), **(detector_kwargs or {}))
     model.arch = {"builder": "detector", "name": name, "num_classes": num_classes, "img_size": img_size,
-                  "out_channels": out_channels, "anchor_sizes": list(sizes), "box_head_convs": box_head_convs,
+                  "out_channels": out_channels, "scales": [float(x) for x in scales], "anchor_sizes": list(sizes), "box_head_convs": box_head_convs,
                   "box_head_fc": box_head_fc, "adapter_channels": adapter_channels,
                   "detector_kwargs": dict(detector_kwargs or {}), **overrides}
     if adapter_channels:

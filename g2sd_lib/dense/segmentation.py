@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..losses import cwd_loss
 from ..tasks import freeze
-from .backbone import build_vit, default_out_indices, dense_param_groups, vit_feature_maps
+from .backbone import build_vit, check_scales, default_out_indices, dense_param_groups, rescale_layers, vit_feature_maps
 from .metrics import confusion_matrix, iou_per_class
 
 
@@ -39,15 +39,16 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
 
 
 class ViTPyramid(nn.Module):
-    """Official ``fpn1..fpn4``: four maps (B, D, h, w) -> (B, D, 4h, 4w), (2h, 2w), (h, w), (h/2, w/2)."""
+    """Official ``fpn1..fpn4``: four maps (B, D, h, w) -> (B, D, s_i h, s_i w) for ``scales`` s_i.
 
-    def __init__(self, dim: int):
+    The official scales (4, 2, 1, 0.5) give ConvT-BN-GELU-ConvT, ConvT, identity, 2x2 max-pool
+    (:func:`rescale_layers`); the width stays D at every level.
+    """
+
+    def __init__(self, dim: int, scales=(4, 2, 1, 0.5)):
         super().__init__()
-        self.fpn1 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, 2), nn.BatchNorm2d(dim), nn.GELU(),
-                                  nn.ConvTranspose2d(dim, dim, 2, 2))
-        self.fpn2 = nn.ConvTranspose2d(dim, dim, 2, 2)
-        self.fpn3 = nn.Identity()
-        self.fpn4 = nn.MaxPool2d(2, 2)
+        for i, scale in enumerate(scales, 1):
+            setattr(self, f"fpn{i}", nn.Sequential(*rescale_layers(dim, scale, nn.BatchNorm2d, halve=False)[0]))
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         return [op(m) for op, m in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps, strict=True)]
@@ -89,6 +90,27 @@ class UPerHead(nn.Module):
         return self.conv_seg(self.dropout(fused))
 
 
+class MLPHead(nn.Module):
+    """A lighter multi-scale decode head (SegFormer's all-MLP decoder, Xie et al. 2021, without norm layers).
+
+    Each level -> 1x1 conv to ``channels``, resized to level 1's size, concatenated; 1x1 fuse conv +
+    GELU, Dropout2d, ``conv_seg`` 1x1 -> logits (B, K, h_1, w_1). Same inputs and output as
+    :class:`UPerHead`, about a tenth of its cost.
+    """
+
+    def __init__(self, in_dim: int, channels: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.linear = nn.ModuleList(nn.Conv2d(in_dim, channels, 1) for _ in range(4))
+        self.fuse = nn.Sequential(nn.Conv2d(4 * channels, channels, 1), nn.GELU())
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        size = levels[0].shape[-2:]
+        maps = [_resize(proj(x), size) if x.shape[-2:] != size else proj(x) for proj, x in zip(self.linear, levels)]
+        return self.conv_seg(self.dropout(self.fuse(torch.cat(maps, dim=1))))
+
+
 class FCNHead(nn.Module):
     """mmseg ``FCNHead`` (num_convs 1, no input concat): conv3x3-BN-ReLU, Dropout2d, ``conv_seg``."""
 
@@ -109,31 +131,39 @@ class ViTSegmenter(nn.Module):
 
     ``channels``: UperNet width (default the ViT width: official 384 for ViT-S, 768 for ViT-B);
     ``aux_channels``: FCN width (default half of ``channels``; official 256); ``out_indices``: the 4
-    blocks read (default :func:`default_out_indices`). Submodule names follow mmseg
+    blocks read (default :func:`default_out_indices`); ``scales``: pyramid sizes relative to the
+    patch grid (official (4, 2, 1, 0.5): logits at stride patch / 4, 4 px for patch 16; a small patch
+    on small images may prefer (2, 1, 0.5, 0.25)). Submodule names follow mmseg
     (``decode_head.conv_seg``, ``auxiliary_head``) so the distilled layer is named as officially.
     """
 
     def __init__(self, name: str, num_classes: int = 11, img_size: int = 64, out_indices=None,
                  channels: int | None = None, aux_channels: int | None = None, pool_scales=(1, 2, 3, 6),
-                 dropout: float = 0.1, **overrides):
+                 dropout: float = 0.1, scales=(4, 2, 1, 0.5), decoder: str = "upernet", **overrides):
         super().__init__()
         self.vit = build_vit(name, img_size, **overrides)
         dim = self.vit.embed_dim
+        scales = check_scales(scales, self.vit.patch_embed.grid_size[0])
         self.out_indices = tuple(out_indices or default_out_indices(len(self.vit.blocks)))
         if len(self.out_indices) != 4:
             raise ValueError(f"out_indices must name 4 blocks, got {self.out_indices}")
         channels = channels or dim
         aux_channels = aux_channels or max(channels // 2, 1)
         self.num_classes = num_classes
-        self.pyramid = ViTPyramid(dim)
-        self.decode_head = UPerHead(dim, channels, num_classes, tuple(pool_scales), dropout)
+        self.pyramid = ViTPyramid(dim, scales)
+        if decoder == "upernet":
+            self.decode_head = UPerHead(dim, channels, num_classes, tuple(pool_scales), dropout)
+        elif decoder == "mlp":
+            self.decode_head = MLPHead(dim, channels, num_classes, dropout)
+        else:
+            raise ValueError(f"decoder must be 'upernet' or 'mlp', got {decoder!r}")
         self.auxiliary_head = FCNHead(dim, aux_channels, num_classes, dropout)
         self.arch = {"builder": "segmenter", "name": name, "num_classes": num_classes, "img_size": img_size,
                      "out_indices": list(self.out_indices), "channels": channels, "aux_channels": aux_channels,
-                     "pool_scales": list(pool_scales), "dropout": dropout, **overrides}
+                     "pool_scales": list(pool_scales), "dropout": dropout, "scales": list(scales), "decoder": decoder, **overrides}
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C, H, W) -> 4 maps (B, D, 4h, 4w), (2h, 2w), (h, w), (h/2, w/2), h = H / patch."""
+        """(B, C, H, W) -> 4 maps (B, D, s_i h, s_i w), h = H / patch: (4h, 4w) .. (h/2, w/2) officially."""
         return self.pyramid(vit_feature_maps(self.vit, x, self.out_indices))
 
     def forward(self, x: torch.Tensor) -> dict:
