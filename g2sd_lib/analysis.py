@@ -44,17 +44,26 @@ def gd_alignment(teacher, student, x: torch.Tensor, target_block: int, mask_rati
 
 
 @torch.no_grad()
-def block_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Output tokens (B, N, D) of every block of a ViT classifier, in eval mode."""
-    feats = []
-    hooks = [blk.register_forward_hook(lambda m, i, o: feats.append(o.float())) for blk in model.blocks]
+def capture_outputs(model: nn.Module, modules, x: torch.Tensor, keep=lambda output: output) -> list:
+    """``keep(output)`` of each of ``modules`` (in call order) during one ``model(x)`` in eval mode.
+
+    The forward hooks are removed and the model's training mode restored afterwards, even on error.
+    """
+    outputs, was_training = [], model.training
+    hooks = [m.register_forward_hook(lambda mod, inputs, output: outputs.append(keep(output))) for m in modules]
     try:
         model.eval()
         model(x)
     finally:
         for h in hooks:
             h.remove()
-    return feats
+        model.train(was_training)
+    return outputs
+
+
+def block_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Output tokens (B, N, D) of every block of a ViT classifier, in eval mode."""
+    return capture_outputs(model, model.blocks, x, lambda o: o.float())
 
 
 def patch_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from .analysis import capture_outputs  # noqa: E402
+
 
 @torch.no_grad()
 def cls_attention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -22,21 +24,15 @@ def cls_attention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     grid = model.patch_embed.grid_size
     n_patches = grid[0] * grid[1]
-    maps, hooks, fused = [], [], []
+    fused = [blk.attn.fused_attn for blk in model.blocks]
     for blk in model.blocks:
-        fused.append(blk.attn.fused_attn)
         blk.attn.fused_attn = False
-        hooks.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o[:, :, 0, 1:1 + n_patches])))
-    was_training = model.training
     try:
-        model.eval()
-        model(x)
+        maps = capture_outputs(model, [blk.attn.attn_drop for blk in model.blocks], x,
+                               lambda o: o[:, :, 0, 1:1 + n_patches])
     finally:
-        for h in hooks:
-            h.remove()
         for blk, f in zip(model.blocks, fused):
             blk.attn.fused_attn = f
-        model.train(was_training)
     att = torch.stack(maps)  # (depth, B, heads, L)
     return att.reshape(*att.shape[:3], *grid).float()
 

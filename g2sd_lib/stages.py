@@ -123,21 +123,23 @@ def run_stage(cfg: dict) -> list[dict]:
     return train(task, train_loader, train_cfg, evaluate)
 
 
-def launch(cfg: dict, nproc: int = 1) -> list[dict]:
+def launch(cfg: dict, nproc: int = 1, run=None, module: str = "g2sd_lib.stages") -> list[dict]:
     """Run a stage in this process (``nproc`` 1) or under ``torchrun`` with ``nproc`` processes.
 
     torchrun cannot start workers from a notebook kernel (functions defined there do not pickle), so
-    several processes run this module as a subprocess on a JSON copy of the configuration; the
-    history is then read back from the run directory.
+    several processes run ``python -m module`` as a subprocess on a JSON copy of the configuration;
+    the history is then read back from the run directory. ``run`` / ``module``: the in-process
+    runner and the module of the same stage kind (default :func:`run_stage`; the dense stages
+    pass their own).
     """
     if nproc <= 1:
-        return run_stage(cfg)
+        return (run or run_stage)(cfg)
     out_dir = Path(cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "config.json"
     cfg_path.write_text(json.dumps(cfg, indent=1))
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.stages", str(cfg_path)]
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", module, str(cfg_path)]
     subprocess.run(cmd, check=True)
     return json.loads((out_dir / "history.json").read_text())
 

@@ -13,7 +13,7 @@ Sizes ``tiny/small/base/large/huge`` are the paper's (224 x 224 RGB); ``fm*`` ar
 
 import re
 
-from .classifier import DistilledViT, plain_classifier, teacher_classifier
+from .classifier import DistilledViT, teacher_classifier
 from .mae import MaskedAutoencoderViT, random_masking
 from .student import G2SDStudent
 
@@ -119,5 +119,5 @@ def create_classifier(name: str, kind: str = "avg", num_classes: int = 1000, **o
 
 
 __all__ = ["ENCODER_SIZES", "DistilledViT", "build_model", "G2SDStudent", "MaskedAutoencoderViT", "create_classifier",
-           "create_mae", "create_student", "mae_kwargs", "plain_classifier", "random_masking",
+           "create_mae", "create_student", "mae_kwargs", "random_masking",
            "teacher_classifier", "vit_kwargs"]

@@ -63,7 +63,3 @@ def teacher_classifier(**kwargs) -> VisionTransformer:
     kwargs.setdefault("norm_layer", LayerNorm)
     return VisionTransformer(global_pool="avg", **kwargs)
 
-
-def plain_classifier(**kwargs) -> VisionTransformer:
-    """Student without a distillation token (scratch / MAE / GD-then-fine-tune baselines): avg pool."""
-    return teacher_classifier(**kwargs)
