@@ -1,0 +1,180 @@
+"""The dense pipeline stages on tiny models: configurations of every profile, canvases from the
+pinned splits, whole teacher -> student runs for both tasks, resume, and the report's dense tables."""
+
+import pytest
+import torch
+
+from g2sd_lib import report
+from g2sd_lib.checkpoints import save_model
+from g2sd_lib.config import deep_merge
+from g2sd_lib.dense import load_dense, make_canvases, save_dense, stages
+from g2sd_lib.engine import TrainConfig
+from g2sd_lib.models import create_mae
+from g2sd_lib.profiles import PROFILES, load_profile
+
+
+def _key_tree(d):
+    """The nested keys of a section; the ``*_train`` override dicts are free-form, so they are leaves."""
+    return {k: _key_tree(v) if isinstance(v, dict) and not k.endswith("_train") else None for k, v in d.items()}
+
+
+def test_profiles_share_the_dense_schema():
+    trees = {name: _key_tree(load_profile(name)["dense"]) for name in PROFILES}
+    assert trees["smoke"] == trees["fmnist"] == trees["paper"]
+
+
+@pytest.mark.parametrize("name", ["smoke", "fmnist"])
+def test_every_dense_run_builds_a_valid_config(name):
+    params = load_profile(name)
+    for task in stages.DENSE_TASKS:
+        teacher = stages.dense_stage_config(params, task, "teacher")
+        assert teacher["init"].endswith("runs/teacher/mae.safetensors") and teacher["distill"] is None
+        assert teacher["out_dir"].endswith(f"runs/dense/{task}/teacher")
+        for run in params["dense"]["runs"]:
+            for seed in params["dense"]["seeds"]:
+                cfg = stages.dense_stage_config(params, task, run, seed=seed)
+                TrainConfig(out_dir=cfg["out_dir"], **cfg["train"]).validate()
+                assert cfg["out_dir"].endswith(f"runs/dense/{task}/{run}/seed{seed}") and cfg["train"]["seed"] == seed
+        g2sd = stages.dense_stage_config(params, task, "g2sd", seed=0)
+        assert g2sd["init"].endswith("runs/pretrain/gd/model.safetensors")
+        assert g2sd["teacher"].endswith(f"runs/dense/{task}/teacher/model.safetensors") and g2sd["distill"]
+        assert stages.dense_stage_config(params, task, "gd_only", seed=0)["distill"] is None
+    with pytest.raises(ValueError, match="no dense run 'nope'"):
+        stages.dense_stage_config(params, "segmentation", "nope")
+    with pytest.raises(ValueError, match="unknown dense task"):
+        stages.dense_stage_config(params, "depth", "teacher")
+
+
+def test_the_paper_profile_points_to_the_external_libraries():
+    params = load_profile("paper")
+    with pytest.raises(RuntimeError, match="detectron2.*mmsegmentation"):
+        stages.dense_stage_config(params, "detection", "teacher")
+    recipes = stages.external_recipes()
+    assert recipes["detection"]["library"].startswith("detectron2")
+    assert recipes["segmentation"]["library"].startswith("mmsegmentation")
+    assert params["dense"]["segmentation"]["distill"] == {"tau": 1.0, "weight": 3.0}
+    assert params["dense"]["detection"]["distill"] == {"feat_weight": 0.001, "obj_weight": 0.1, "warmup_iters": 500}
+
+
+def test_build_canvases_from_the_pinned_splits(fmnist_available, tmp_path):
+    params = load_profile("smoke")
+    params["data"]["root"] = str(fmnist_available)
+    params["dense"]["data"].update(train=12, val=6, test=6)
+    made = stages.build_canvases(params, tmp_path)
+    paths = stages.canvas_paths(tmp_path)
+    assert {s: len(made[s]["images"]) for s in stages.SPLITS} == {"train": 12, "val": 6, "test": 6}
+    again = stages.build_canvases(params, tmp_path / "again")
+    for split in stages.SPLITS:
+        assert torch.equal(load_dense(paths[split])["images"], again[split]["images"])
+    assert not torch.equal(made["train"]["images"][:6], made["val"]["images"])  # own items, own seed
+    assert made["train"]["images"].shape[-1] == params["dense"]["data"]["size"]
+
+
+def test_canvas_items_on_a_grid():
+    items = torch.full((3, 1, 28, 28), 200, dtype=torch.uint8)  # solid squares: box = item frame
+    data = make_canvases(items, torch.arange(3), 40, size=56, max_items=1, seed=0, grid=7)
+    corners = torch.stack([b[0, :2] for b in data["boxes"]])
+    assert (corners % 7 == 0).all() and len(corners.unique()) > 1
+    with pytest.raises(ValueError, match="grid"):
+        make_canvases(items, torch.arange(3), 1, size=56, grid=0)
+
+
+# ------------------------------------------------------------------------------------ whole runs
+@pytest.fixture()
+def tiny_workdir(tmp_path):
+    """A work directory with what the dense stages read: canvases, the teacher MAE, a GD student."""
+    g = torch.Generator().manual_seed(0)
+    items = torch.zeros(10, 1, 28, 28, dtype=torch.uint8)
+    for i in range(10):
+        s = 8 + 2 * i
+        items[i, 0, :s, :s] = torch.randint(100, 256, (s, s), generator=g, dtype=torch.uint8)
+    for offset, (split, path) in enumerate(stages.canvas_paths(tmp_path).items()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_dense(path, make_canvases(items, torch.arange(10), 8, size=56, max_items=3, seed=offset))
+    torch.manual_seed(0)
+    save_model(create_mae("mae_vit_smokebase_patch7_dec16d1b"), tmp_path / "runs/teacher/mae.safetensors")
+    save_model(create_mae("mae_vit_smokesmall_patch7_dec16d1b"), tmp_path / "runs/pretrain/gd/model.safetensors")
+    params = load_profile("smoke")
+    params["dense"]["common"]["train"].update(batch_size=4, progress=False, device="cpu")
+    return tmp_path, params
+
+
+def test_teacher_then_distilled_students_for_both_tasks(tiny_workdir):
+    workdir, params = tiny_workdir
+    for task, metric, distill_part in (("segmentation", "miou", "train_cwd"),
+                                       ("detection", "box_ap", "train_distill_obj")):
+        teacher = stages.run_dense_stage(stages.dense_stage_config(params, task, "teacher", workdir))
+        assert 0.0 <= teacher[-1][f"val_{metric}"] <= 1.0
+        g2sd = stages.run_dense_stage(stages.dense_stage_config(params, task, "g2sd", workdir, seed=0))
+        plain = stages.run_dense_stage(stages.dense_stage_config(params, task, "gd_only", workdir, seed=0))
+        assert distill_part in g2sd[-1] and distill_part not in plain[-1]
+        models = stages.trained_models(params, task, workdir)
+        assert set(models) == {"teacher", "g2sd", "gd_only"} and all(p.exists() for p in models["g2sd"].values())
+        student = stages.build_dense_model(stages.dense_stage_config(params, task, "g2sd", workdir, seed=0), 56)
+        vit = student.vit if task == "segmentation" else student.backbone.vit
+        assert vit.embed_dim == 16  # the smoke student, not the teacher
+
+
+def test_resumed_detection_distillation_continues_its_warmup(tiny_workdir, monkeypatch):
+    workdir, params = tiny_workdir
+    stages.run_dense_stage(stages.dense_stage_config(params, "detection", "teacher", workdir))
+    cfg = stages.dense_stage_config(params, "detection", "g2sd", workdir, seed=0)
+    stages.run_dense_stage(cfg)  # 1 epoch of 2 steps, then ask for a second epoch
+    seen = []
+    real_train = stages.train
+    monkeypatch.setattr(stages, "train", lambda task, *a, **k: seen.append(task.iteration) or real_train(task, *a, **k))
+    stages.run_dense_stage(deep_merge(cfg, {"train": {"epochs": 2}}))
+    assert seen == [2]
+
+
+# ------------------------------------------------------------------------------------ report
+def _dense_evaluation():
+    def task(metric, teacher, g2sd, gd_only):
+        return {"metric": metric, "teacher": {metric: teacher, "params": 2.0e6},
+                "students": {"g2sd": {"seeds": {"0": {metric: g2sd[0]}, "1": {metric: g2sd[1]}}, "params": 5.0e5},
+                             "gd_only": {"seeds": {"0": {metric: gd_only[0]}, "1": {metric: gd_only[1]}},
+                                         "params": 5.0e5}}}
+    return {"dataset": "canvases", "test_canvases": 100,
+            "tasks": {"segmentation": task("miou", 0.5, (0.49, 0.51), (0.40, 0.42)),
+                      "detection": task("box_ap", 0.4, (0.30, 0.34), (0.30, 0.32))}}
+
+
+def test_dense_summary_tables_and_claims():
+    summary = report.summarize_dense(_dense_evaluation())
+    seg, det = summary["segmentation"], summary["detection"]
+    assert seg["metric"] == "miou" and det["metric"] == "box_ap" and seg["teacher"] == {"miou": 0.5}
+    assert seg["students"]["g2sd"]["miou"] == pytest.approx(0.5) and seg["students"]["g2sd"]["seeds"] == [0, 1]
+    assert seg["students"]["g2sd"]["ratio_to_teacher"] == pytest.approx(1.0)
+    assert det["students"]["g2sd"]["ratio_to_teacher"] == pytest.approx(0.8)
+    rows = report.dense_rows(summary, _dense_evaluation())
+    assert [(r["task"], r["method"]) for r in rows][:2] == [("segmentation", "teacher"), ("segmentation", "G2SD (GD + dense SD)")]
+    g2sd_det = next(r for r in rows if r["task"] == "detection" and r["method"].startswith("G2SD"))
+    assert g2sd_det["paper"] == "98.1 % of teacher" and g2sd_det["% of teacher"] == "80.00"
+    assert next(r for r in rows if r["task"] == "detection" and r["method"] == "teacher")["paper"] == "51.6 box AP"
+    assert next(r for r in rows if r["task"] == "segmentation" and r["method"] == "teacher")["paper"] == "unavailable"
+    claims = {r["claim"]: r["holds here"] for r in report.dense_claims_rows(summary)}
+    assert claims["segmentation: the ViT-S student reaches 99.3 % of its ViT-B teacher"] == "yes"
+    assert claims["detection: the ViT-S student reaches 98.1 % of its ViT-B teacher"] == "no"
+    assert claims["segmentation: dense specific distillation helps after GD (G2SD > GD only)"] == "yes"
+    assert claims["detection: dense specific distillation helps after GD (G2SD > GD only)"] == \
+        "not resolved (within the seed spread)"
+    external = report.summarize_dense({"dataset": "external", "status": "external: run elsewhere", "tasks": {}})
+    assert external["detection"] == {"metric": "box_ap", "status": "external: run elsewhere"}
+    assert report.dense_rows(external, {}) == [] and report.dense_claims_rows(external) == []
+
+
+def test_several_processes_run_the_dense_module_under_torchrun(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    calls = []
+
+    def fake_run(cmd, check):
+        calls.append(cmd)
+        (tmp_path / "history.json").write_text(json.dumps([{"epoch": 1}]))
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    history = stages.launch({"out_dir": str(tmp_path), "task": "segmentation"}, nproc=2)
+    assert history == [{"epoch": 1}]
+    assert calls[0][1:5] == ["--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.dense.stages"]
+    assert json.loads((tmp_path / "config.json").read_text())["task"] == "segmentation"
