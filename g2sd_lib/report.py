@@ -70,6 +70,44 @@ def summarize(evaluation: dict) -> dict:
     return {"classification": {"teacher": teacher, "students": students}}
 
 
+# The dense tasks: metric key in the evaluation, its label, and the paper's teacher ratio / teacher value.
+DENSE = {
+    "segmentation": {"metric": "miou", "label": "mIoU", "ratio": "segmentation_ratio", "benchmark": "ADE20K",
+                     "teacher": None},
+    "detection": {"metric": "box_ap", "label": "box AP", "ratio": "detection_ratio", "benchmark": "COCO",
+                  "teacher": (51.6, "ViTDet README: Mask R-CNN ViT-B box AP (the checkpoint the official code distils from)")},
+}
+DENSE_METHODS = {
+    "g2sd": ("G2SD (GD + dense SD)", "GD student, then the task's specific distillation from the dense teacher"),
+    "gd_only": ("GD only", "GD student, then fine-tuning on the dense labels"),
+}
+
+
+def summarize_dense(evaluation: dict) -> dict:
+    """The ``segmentation`` / ``detection`` sections of ``summary.json``, shaped like ``classification``.
+
+    Per task: ``metric`` (its name, e.g. ``miou``), ``teacher`` ``{metric: value}`` and per student
+    ``{metric, metric_mean, metric_std, seeds, ratio_to_teacher}`` (fractions). A profile whose dense
+    tasks run outside the pipeline gives ``{"metric", "status"}`` only.
+    """
+    out = {}
+    for task, spec in DENSE.items():
+        metric = spec["metric"]
+        ev = evaluation.get("tasks", {}).get(task)
+        if ev is None:
+            out[task] = {"metric": metric, "status": evaluation.get("status", "not run")}
+            continue
+        teacher = ev["teacher"][metric]
+        students = {}
+        for name, s in ev["students"].items():
+            values = [s["seeds"][k][metric] for k in s["seeds"]]
+            m, sd = mean_std(values)
+            students[name] = {metric: m, f"{metric}_mean": m, f"{metric}_std": sd,
+                              "seeds": [int(k) for k in s["seeds"]], "ratio_to_teacher": m / teacher if teacher else None}
+        out[task] = {"metric": metric, "teacher": {metric: teacher}, "students": students}
+    return out
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -150,6 +188,63 @@ def claims_rows(summary: dict) -> list[dict]:
             verdict = "yes" if diff > spread else ("no" if diff <= 0 else "not resolved (within the seed spread)")
         rows.append({"claim": claim, "paper": "yes", "ours": f"{100 * diff:+.2f} points (± {100 * spread:.2f})",
                      "holds here": verdict, "source": CLAIM_SOURCE})
+    return rows
+
+
+def _metric_text(s: dict, metric: str) -> str:
+    m, sd = s[f"{metric}_mean"], s[f"{metric}_std"]
+    return f"{_pct(m)} ± {_pct(sd)}" if len(s["seeds"]) > 1 else _pct(m)
+
+
+def dense_rows(summary: dict, evaluation: dict) -> list[dict]:
+    """Per dense task: teacher and students, their metric, % of teacher and the paper's value with its source."""
+    rows = []
+    for task, spec in DENSE.items():
+        sec = summary.get(task)
+        if not sec or "teacher" not in sec:
+            continue
+        metric, ev = spec["metric"], evaluation["tasks"][task]
+        paper_t = spec["teacher"]
+        rows.append({"task": task, "method": "teacher", "params (M)": f"{ev['teacher']['params'] / 1e6:.3g}",
+                     "test metric (%)": f"{spec['label']} {_pct(sec['teacher'][metric])}",
+                     "% of teacher": "100.00",
+                     "paper": f"{paper_t[0]} {spec['label']}" if paper_t else UNAVAILABLE,
+                     "paper source": paper_t[1] if paper_t else f"no published {spec['benchmark']} value for the "
+                                                                  "G2SD teacher is available to this project"})
+        for name, s in sec["students"].items():
+            paper, source = ((f"{PAPER[spec['ratio']][0]} % of teacher", PAPER[spec["ratio"]][1]) if name == "g2sd"
+                             else (UNAVAILABLE, "not in the sources available to this project"))
+            rows.append({"task": task, "method": DENSE_METHODS.get(name, (name, ""))[0],
+                         "params (M)": f"{ev['students'][name]['params'] / 1e6:.3g}",
+                         "test metric (%)": f"{spec['label']} {_metric_text(s, metric)}",
+                         "% of teacher": _pct(s["ratio_to_teacher"]), "paper": paper, "paper source": source})
+    return rows
+
+
+def dense_claims_rows(summary: dict) -> list[dict]:
+    """The paper's dense claims: the student's % of teacher, and whether dense SD beats fine-tuning (GD only)."""
+    rows = []
+    for task, spec in DENSE.items():
+        sec = summary.get(task)
+        if not sec or "g2sd" not in sec.get("students", {}):
+            continue
+        metric, g2sd = spec["metric"], sec["students"]["g2sd"]
+        target = PAPER[spec["ratio"]][0] / 100
+        rows.append({"claim": f"{task}: the ViT-S student reaches {PAPER[spec['ratio']][0]} % of its ViT-B teacher",
+                     "paper": f"{PAPER[spec['ratio']][0]} %", "ours": f"{_pct(g2sd['ratio_to_teacher'])} %",
+                     "holds here": "yes" if g2sd["ratio_to_teacher"] >= target else "no",
+                     "source": PAPER[spec["ratio"]][1]})
+        if "gd_only" in sec["students"]:
+            other = sec["students"]["gd_only"]
+            diff = g2sd[f"{metric}_mean"] - other[f"{metric}_mean"]
+            spread = (g2sd[f"{metric}_std"] ** 2 + other[f"{metric}_std"] ** 2) ** 0.5
+            if min(len(g2sd["seeds"]), len(other["seeds"])) < 2:
+                verdict = f"{'yes' if diff > 0 else 'no'} (one seed, no spread measured)"
+            else:
+                verdict = "yes" if diff > spread else ("no" if diff <= 0 else "not resolved (within the seed spread)")
+            rows.append({"claim": f"{task}: dense specific distillation helps after GD (G2SD > GD only)",
+                         "paper": "yes", "ours": f"{100 * diff:+.2f} points (± {100 * spread:.2f})",
+                         "holds here": verdict, "source": CLAIM_SOURCE})
     return rows
 
 

@@ -14,7 +14,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ["teacher", "pretrain@gd", "pretrain@mae_student"] + [
-    f"students@{s}" for s in ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")] + ["evaluate", "report"]
+    f"students@{s}" for s in ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")] + ["evaluate", "report"] + [
+    "dense_data", "dense_teacher@segmentation", "dense_teacher@detection"] + [
+    f"dense_students@{t}-{r}" for t in ("segmentation", "detection") for r in ("g2sd", "gd_only")] + ["dense_evaluate"]
 
 pytestmark = pytest.mark.slow
 
@@ -79,8 +81,27 @@ def test_dvc_repro_runs_every_stage_and_writes_sane_reports(smoke_repo):
                 "pretrain/mae_student/reconstructions.png", "students/g2sd/curves.png",
                 "attention/comparison.png", "attention/teacher.png", "attention/g2sd.png"):
         assert (repo / "reports/figures" / fig).stat().st_size > 5000, fig
-    for nb in ("01_teacher", "02_pretrain_gd", "03_student_kd", "04_evaluation", "05_report"):
+    for nb in ("01_teacher", "02_pretrain_gd", "03_student_kd", "04_evaluation", "05_report", "06_dense_data",
+               "07_dense_detection_g2sd", "08_dense_evaluation"):
         assert (repo / f"reports/notebooks/{nb}.ipynb").exists()
+
+
+def test_dense_stages_write_summary_tables_and_figures(smoke_repo):
+    repo, _ = smoke_repo
+    summary = json.loads((repo / "reports/summary.json").read_text())
+    for task, metric in (("segmentation", "miou"), ("detection", "box_ap")):
+        sec = summary[task]
+        assert sec["metric"] == metric and 0.0 <= sec["teacher"][metric] <= 1.0
+        assert set(sec["students"]) == {"g2sd", "gd_only"}
+        for s in sec["students"].values():
+            assert 0.0 <= s[metric] <= 1.0 and s["seeds"] == [0]
+    dense = (repo / "reports/tables/dense.md").read_text()
+    assert "98.1 % of teacher" in dense and "99.3 % of teacher" in dense and "51.6 box AP" in dense
+    assert "dense specific distillation helps after GD" in (repo / "reports/tables/claims.md").read_text()
+    for fig in ("canvases/examples.png", "predictions/segmentation.png", "predictions/detection.png",
+                "segmentation/g2sd/curves.png", "detection/teacher/curves.png"):
+        assert (repo / "reports/figures/dense" / fig).stat().st_size > 5000, fig
+    assert "## Dense tasks" in (repo / "reports/README.md").read_text()
 
 
 def test_second_repro_is_up_to_date(smoke_repo):
@@ -99,6 +120,7 @@ def test_changing_a_student_parameter_reruns_only_that_student(smoke_repo):
         log = _sh([str(BIN / "dvc"), "repro", "--dry"], repo)
         assert "Running stage 'students@kd'" in log
         assert "Running stage 'students@g2sd'" not in log and "Running stage 'teacher'" not in log
+        assert "Running stage 'dense_teacher@detection'" not in log
     finally:
         params.write_text(original)
 
