@@ -18,3 +18,15 @@ def test_readme_fmnist_numbers_match_the_committed_summary():
     timing = json.loads((REPO / "benchmarks/results/pipeline_fmnist.json").read_text())
     assert f"{timing['total_seconds'] / 60:.1f} min" in row
     assert re.search(r"README quickstart|make repro", readme)
+
+
+def test_readme_quotes_the_committed_dense_results():
+    readme = (REPO / "README.md").read_text()
+    summary = json.loads((REPO / "reports/summary.json").read_text())
+    row = next(line for line in readme.splitlines() if line.startswith("| `fmnist` (default)"))
+    for task, label in (("segmentation", "mIoU"), ("detection", "box AP")):
+        sec = summary[task]
+        metric = sec["metric"]
+        g2sd = sec["students"]["g2sd"]
+        assert (f"{task} teacher {label} {100 * sec['teacher'][metric]:.2f}, G2SD {100 * g2sd[metric]:.2f} "
+                f"({100 * g2sd['ratio_to_teacher']:.2f} % of the teacher)") in row, task
