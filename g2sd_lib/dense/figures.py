@@ -81,17 +81,23 @@ def plot_segmentation_predictions(images: torch.Tensor, truth: torch.Tensor, pre
 
 
 def plot_detection_predictions(images: torch.Tensor, truths: list[dict], predictions: dict[str, list[dict]],
-                               score_threshold: float = 0.5):
-    """One row per image: true boxes, then each model's boxes scoring at least ``score_threshold``."""
+                               score_threshold: float | None = 0.5, best: list[int] | None = None):
+    """One row per image: true boxes, then each model's detections.
+
+    Shown per model and image: those scoring at least ``score_threshold``, or, with ``best`` (one
+    count per image), the ``best[i]`` highest-scored ones whatever their score (torchvision sorts
+    its detections by score), which suits weak detectors whose scores stay low.
+    """
     cols = 1 + len(predictions)
+    rule = "best k" if best is not None else f"score >= {score_threshold}"
     fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols, 1.9 * len(images) + 0.6), squeeze=False)
     for i in range(len(images)):
-        _image(axes[i, 0], images[i], "truth" if i == 0 else None)
+        _image(axes[i, 0], images[i], "truth (k boxes)" if i == 0 and best is not None else ("truth" if i == 0 else None))
         _boxes(axes[i, 0], truths[i]["boxes"], truths[i]["labels"])
         for j, (name, preds) in enumerate(predictions.items()):
             p = preds[i]
-            keep = p["scores"] >= score_threshold
-            _image(axes[i, 1 + j], images[i], f"{name} (score >= {score_threshold})" if i == 0 else None)
+            keep = slice(0, best[i]) if best is not None else p["scores"] >= score_threshold
+            _image(axes[i, 1 + j], images[i], f"{name} ({rule})" if i == 0 else None)
             _boxes(axes[i, 1 + j], p["boxes"][keep], p["labels"][keep], p["scores"][keep])
     _legend(fig)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
