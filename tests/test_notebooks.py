@@ -20,6 +20,7 @@ def test_committed_without_outputs_with_kernel_and_parameters_cell(path):
     nb = json.loads(path.read_text())
     assert nb["metadata"]["kernelspec"]["name"] == "python3"  # papermill refuses notebooks without it
     for cell in nb["cells"]:
+        assert cell.get("id"), f"{path.name} has a cell without an id (nbformat 4.5)"
         if cell["cell_type"] == "code":
             assert not cell["outputs"] and cell["execution_count"] is None, f"{path.name} has outputs"
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -28,9 +29,10 @@ def test_committed_without_outputs_with_kernel_and_parameters_cell(path):
 
 @pytest.mark.parametrize("path", STAGE_NOTEBOOKS, ids=lambda p: p.name)
 def test_declared_parameters_are_params_yaml_sections(path):
-    """Every parameter a notebook declares is a top-level key of the profiles (or the stage's run)."""
+    """Every parameter a notebook declares is a top-level key of the profiles (or the stage's run
+    and, for the dense stages, task)."""
     declared = pm.inspect_notebook(str(path))
-    sections = set(load_profile("smoke")) | {"run"}
+    sections = set(load_profile("smoke")) | {"run", "task"}
     assert set(declared) <= sections, set(declared) - sections
     for name in PROFILES:
         assert set(load_profile(name)) == set(load_profile("smoke")), name
