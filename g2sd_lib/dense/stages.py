@@ -36,6 +36,7 @@ from . import load_dense_model
 from .backbone import load_backbone
 from .data import DenseLoader, load_dense, make_canvases, save_dense
 from .detection import DetectionDistillation, DetectionTraining, build_detector, evaluate_detection
+from .paper import ADE20K_SEGMENTATION, COCO_DETECTION
 from .segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
 
 DENSE_TASKS = ("segmentation", "detection")
@@ -66,7 +67,6 @@ def check_canvases(params: dict) -> None:
 
 def external_recipes() -> dict:
     """What the ``external`` profiles record in place of dense runs: the paper-scale recipes."""
-    from .paper import ADE20K_SEGMENTATION, COCO_DETECTION
     return {"segmentation": ADE20K_SEGMENTATION, "detection": COCO_DETECTION}
 
 
@@ -163,16 +163,14 @@ def build_dense_task(cfg: dict, img_size: int):
     if cfg.get("distill") is None:
         return (SegmentationTraining if seg else DetectionTraining)(model, **cfg["options"])
     teacher = load_dense_model(cfg["teacher"])
-    opts = {k: v for k, v in cfg["options"].items() if k in ("aux_weight", "layer_decay")} if seg else \
-        {k: v for k, v in cfg["options"].items() if k == "layer_decay"}
-    return (SegmentationDistillation if seg else DetectionDistillation)(teacher, model, **cfg["distill"], **opts)
+    return (SegmentationDistillation if seg else DetectionDistillation)(teacher, model, **cfg["distill"],
+                                                                         **cfg["options"])
 
 
 def evaluate_dense(model, loader, task: str) -> dict:
     """``{"miou", "aacc"}`` or ``{"box_ap", "box_ap50", ...}`` (fractions) of ``model`` over ``loader``."""
-    if task == "segmentation":
-        return {k.lower(): v for k, v in evaluate_segmentation(model, loader).items()}
-    return {k.lower(): v for k, v in evaluate_detection(model, loader).items()}
+    evaluate = evaluate_segmentation if task == "segmentation" else evaluate_detection
+    return {k.lower(): v for k, v in evaluate(model, loader).items()}
 
 
 def run_dense_stage(cfg: dict) -> list[dict]:
@@ -192,8 +190,8 @@ def run_dense_stage(cfg: dict) -> list[dict]:
                          seed=train_cfg.seed, rank=rank, world_size=world, flip=cfg.get("flip", True))
     val_loader = DenseLoader(val_data, cfg["task"], cfg.get("eval_batch_size", 256), shuffle=False)
     state = Path(cfg["out_dir"]) / "last.pt"
-    if isinstance(task, DetectionDistillation) and state.exists():
-        task.iteration = load_training_state(state)["epoch"] * (len(loader) // train_cfg.accum_steps)
+    if isinstance(task, DetectionDistillation) and state.exists():  # the counter counts training loss calls
+        task.iteration = load_training_state(state)["epoch"] * len(loader)
 
     def evaluate(model):
         return {f"val_{k}": v for k, v in evaluate_dense(model, val_loader, cfg["task"]).items()}
