@@ -112,8 +112,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _acc(s: dict) -> str:
-    return f"{_pct(s['top1_mean'])} ± {_pct(s['top1_std'])}" if len(s["seeds"]) > 1 else _pct(s["top1"])
+def _metric_text(s: dict, metric: str = "top1") -> str:
+    """Mean ± std over seeds, in percent (the mean alone for one seed)."""
+    m, sd = s[f"{metric}_mean"], s[f"{metric}_std"]
+    return f"{_pct(m)} ± {_pct(sd)}" if len(s["seeds"]) > 1 else _pct(m)
 
 
 def comparison_rows(summary: dict, evaluation: dict, teacher_name: str) -> list[dict]:
@@ -131,7 +133,7 @@ def comparison_rows(summary: dict, evaluation: dict, teacher_name: str) -> list[
         paper, source = ((f"{PAPER['g2sd_ratio'][0]} % of teacher", PAPER["g2sd_ratio"][1]) if name == "g2sd"
                          else (UNAVAILABLE, "not in the sources available to this project"))
         rows.append({"method": label, "teacher": teacher_col, "params (M)": f"{ev['params'] / 1e6:.3g}",
-                     "GFLOPs": f"{ev['flops'] / 1e9:.3g}", "top-1 (%)": _acc(s),
+                     "GFLOPs": f"{ev['flops'] / 1e9:.3g}", "top-1 (%)": _metric_text(s),
                      "% of teacher": _pct(s["ratio_to_teacher"]), "paper": paper, "paper source": source})
     return rows
 
@@ -145,7 +147,7 @@ def ablation_rows(summary: dict) -> list[dict]:
         if name in cls["students"]:
             s = cls["students"][name]
             rows.append({"run": name, "generic distillation": gd, "specific distillation": sd,
-                         "top-1 (%)": _acc(s), "% of teacher": _pct(s["ratio_to_teacher"])})
+                         "top-1 (%)": _metric_text(s), "% of teacher": _pct(s["ratio_to_teacher"])})
     return rows
 
 
@@ -176,24 +178,21 @@ def claims_rows(summary: dict) -> list[dict]:
                      "ours": f"{_pct(ratio)} %", "holds here": "yes" if ratio >= 0.987 else "no",
                      "source": PAPER["g2sd_ratio"][1]})
     for claim, a, b in CLAIMS:
-        if a not in students or b not in students:
-            continue
-        sa, sb = students[a], students[b]
-        diff = sa["top1_mean"] - sb["top1_mean"]
-        spread = (sa["top1_std"] ** 2 + sb["top1_std"] ** 2) ** 0.5
-        n = min(len(sa["seeds"]), len(sb["seeds"]))
-        if n < 2:
-            verdict = ("yes (one seed, no spread measured)" if diff > 0 else "no (one seed, no spread measured)")
-        else:
-            verdict = "yes" if diff > spread else ("no" if diff <= 0 else "not resolved (within the seed spread)")
-        rows.append({"claim": claim, "paper": "yes", "ours": f"{100 * diff:+.2f} points (± {100 * spread:.2f})",
-                     "holds here": verdict, "source": CLAIM_SOURCE})
+        if a in students and b in students:
+            rows.append(_comparison_row(claim, students[a], students[b], "top1"))
     return rows
 
 
-def _metric_text(s: dict, metric: str) -> str:
-    m, sd = s[f"{metric}_mean"], s[f"{metric}_std"]
-    return f"{_pct(m)} ± {_pct(sd)}" if len(s["seeds"]) > 1 else _pct(m)
+def _comparison_row(claim: str, sa: dict, sb: dict, metric: str) -> dict:
+    """Claim row "a beats b" on ``metric``: the mean difference, the combined seed spread, the verdict."""
+    diff = sa[f"{metric}_mean"] - sb[f"{metric}_mean"]
+    spread = (sa[f"{metric}_std"] ** 2 + sb[f"{metric}_std"] ** 2) ** 0.5
+    if min(len(sa["seeds"]), len(sb["seeds"])) < 2:
+        verdict = f"{'yes' if diff > 0 else 'no'} (one seed, no spread measured)"
+    else:
+        verdict = "yes" if diff > spread else ("no" if diff <= 0 else "not resolved (within the seed spread)")
+    return {"claim": claim, "paper": "yes", "ours": f"{100 * diff:+.2f} points (± {100 * spread:.2f})",
+            "holds here": verdict, "source": CLAIM_SOURCE}
 
 
 def dense_rows(summary: dict, evaluation: dict) -> list[dict]:
@@ -235,16 +234,8 @@ def dense_claims_rows(summary: dict) -> list[dict]:
                      "holds here": "yes" if g2sd["ratio_to_teacher"] >= target else "no",
                      "source": PAPER[spec["ratio"]][1]})
         if "gd_only" in sec["students"]:
-            other = sec["students"]["gd_only"]
-            diff = g2sd[f"{metric}_mean"] - other[f"{metric}_mean"]
-            spread = (g2sd[f"{metric}_std"] ** 2 + other[f"{metric}_std"] ** 2) ** 0.5
-            if min(len(g2sd["seeds"]), len(other["seeds"])) < 2:
-                verdict = f"{'yes' if diff > 0 else 'no'} (one seed, no spread measured)"
-            else:
-                verdict = "yes" if diff > spread else ("no" if diff <= 0 else "not resolved (within the seed spread)")
-            rows.append({"claim": f"{task}: dense specific distillation helps after GD (G2SD > GD only)",
-                         "paper": "yes", "ours": f"{100 * diff:+.2f} points (± {100 * spread:.2f})",
-                         "holds here": verdict, "source": CLAIM_SOURCE})
+            rows.append(_comparison_row(f"{task}: dense specific distillation helps after GD (G2SD > GD only)",
+                                        g2sd, sec["students"]["gd_only"], metric))
     return rows
 
 
