@@ -3,7 +3,11 @@
 AdamW on the task's parameter groups, lr = blr x effective batch / 256 with per-iteration warm-up
 + cosine, gradient accumulation, bf16 autocast where the hardware supports it (CPU included), DDP
 through ``torchrun`` (gloo on CPU, nccl on GPU) with rank-0 I/O, resume from the last training
-state, tqdm progress and per-epoch metrics in ``history.json`` / ``history.csv``.
+state (refused when the configuration changed), a progress bar on terminals and per-epoch lines
+and metrics in ``history.json`` / ``history.csv``.
+
+``train`` = ``_setup`` (device, optimiser, output check, resume) + ``train_one_epoch`` per epoch
+(MAE's shape) + ``_end_epoch`` (validation, history, ``last.pt``).
 
 Randomness (masking noise, mixup, drop path, data order) is re-seeded at every epoch start from
 (seed, epoch, rank), so a run resumed at an epoch boundary repeats an uninterrupted one exactly.
@@ -13,6 +17,7 @@ import csv
 import json
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -25,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoints import load_training_state, save_model, save_training_state
+from .errors import NonFiniteLossError, ResumeMismatchError, check_writable, writing
 from .optim import lr_at, scaled_lr, set_lr
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -48,8 +54,9 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 1
     eval_every: int = 1
-    progress: bool = True
+    progress: bool | str = "auto"  # per-iteration bar: auto = on a terminal only (see show_progress)
     extra: dict = field(default_factory=dict)  # recorded in the model sidecar (e.g. the stage name)
+    run_config: dict = field(default_factory=dict)  # the stage configuration; a resumed run must match it
 
     def validate(self):
         errors = []
@@ -138,15 +145,189 @@ def _set_epoch(loader, epoch):
 
 
 def _write_history(out_dir: Path, history: list[dict]):
-    tmp = out_dir / "history.json.tmp"
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, out_dir / "history.json")
+    """``history.json`` and ``history.csv`` (one row per epoch), each replaced atomically."""
     keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    with open(out_dir / "history.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    os.replace(out_dir / "history.csv.tmp", out_dir / "history.csv")
+    for name in ("history.json", "history.csv"):
+        tmp = out_dir / f"{name}.tmp"
+        with writing(out_dir / name):
+            with open(tmp, "w", newline="") as f:
+                if name.endswith(".json"):
+                    f.write(json.dumps(history, indent=1))
+                else:
+                    w = csv.DictWriter(f, fieldnames=keys)
+                    w.writeheader()
+                    w.writerows(history)
+            os.replace(tmp, out_dir / name)
+
+
+def show_progress(setting) -> bool:
+    """``progress: auto`` draws a per-iteration bar on a terminal only: in notebooks and logs the
+    per-epoch lines are the record (a bar there leaves hundreds of partial lines)."""
+    if setting == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
+
+
+@dataclass
+class _Run:
+    """What one training run holds between epochs."""
+
+    model: torch.nn.Module
+    ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    device: torch.device
+    amp_dtype: object
+    lr: float
+    rank: int
+    world: int
+    out_dir: Path
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+
+def _setup(task, loader, cfg: "TrainConfig") -> _Run:
+    """Device, optimiser, scaler and DDP wrapper of a run; the output directory is checked writable
+    here, before the first epoch, and a ``last.pt`` there is resumed from."""
+    rank, world = world_info()
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    out_dir = Path(cfg.out_dir)
+    if rank == 0:
+        check_writable(out_dir)
+    model = task.model.to(device)
+    if getattr(task, "teacher", None) is not None:
+        task.teacher.to(device)
+    if len(loader) < cfg.accum_steps:
+        raise ValueError(f"the loader gives {len(loader)} batches per epoch, fewer than accum_steps={cfg.accum_steps}")
+    lr = scaled_lr(cfg.blr, cfg.batch_size * cfg.accum_steps * world)
+    optimizer = torch.optim.AdamW(task.param_groups(cfg.weight_decay), lr=lr, betas=tuple(cfg.betas))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    run = _Run(model, model, optimizer, scaler, device, amp_dtype, lr, rank, world, out_dir)
+    if run.state_path.exists():
+        _resume(run, cfg)
+    if world > 1:
+        run.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
+
+
+def _resume(run: _Run, cfg: "TrainConfig") -> None:
+    """Load ``last.pt`` into ``run``; refuse it when it was written under another configuration."""
+    state = load_training_state(run.state_path)
+    saved = {"train": state.get("config", {}), "world_size": state.get("world_size", run.world),
+             "stage": state.get("run_config", _plain(cfg.run_config))}
+    now = {"train": _plain(asdict(cfg)), "world_size": run.world, "stage": _plain(cfg.run_config)}
+    changes = config_changes(saved, now)
+    if changes:
+        raise ResumeMismatchError(
+            f"{run.state_path} was saved by a run with another configuration ({'; '.join(changes)}); resuming "
+            f"would mix two runs. Delete {run.state_path} to start this configuration afresh, or restore the "
+            "old values to continue the saved run.")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.history = state["epoch"], list(state["history"])
+    if run.rank == 0:
+        print(f"resuming from {run.state_path} at epoch {run.start_epoch}/{cfg.epochs}")
+
+
+# TrainConfig fields that change how a run is watched or saved, never what it computes.
+_UNCHECKED_ON_RESUME = ("device", "save_every", "eval_every", "progress", "out_dir", "extra", "run_config")
+
+
+def config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key.path old -> new`` for every value that differs between two nested configurations."""
+    out = []
+    for key in sorted(set(saved) | set(now), key=str):
+        if key in _UNCHECKED_ON_RESUME and prefix == "train.":
+            continue
+        a, b, path = saved.get(key), now.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{path}.")
+        elif a != b:
+            out.append(f"{path} {a!r} -> {b!r}")
+    return out
+
+
+def _nonfinite_hint(task) -> str:
+    ratio = getattr(task, "mask_ratio", None)
+    if ratio is not None and not 0 < ratio < 1:
+        left = "masked" if ratio <= 0 else "visible"
+        return (f"mask_ratio {ratio} leaves no {left} patch, so the loss averages over nothing: use a ratio "
+                "strictly between 0 and 1")
+    return "lower the learning rate (blr), or set amp: none if it runs in fp16/bf16"
+
+
+def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> dict:
+    """One pass over ``loader`` (MAE's ``train_one_epoch``): per-iteration lr, accumulation, autocast;
+    returns the epoch's row of sample-weighted mean losses, lr, seconds and img/s."""
+    steps, world = len(loader), run.world
+    seed_epoch(cfg.seed, epoch, run.rank)
+    _set_epoch(loader, epoch)
+    run.model.train()
+    sums, n_seen, t0 = {}, 0, time.perf_counter()
+    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not show_progress(cfg.progress) or run.rank != 0, mininterval=2.0)
+    run.optimizer.zero_grad(set_to_none=True)
+    for it, batch in enumerate(bar):
+        batch = _to(batch, run.device)
+        if it % cfg.accum_steps == 0:
+            cur_lr = lr_at(epoch + it / steps, run.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+            set_lr(run.optimizer, cur_lr)
+        sync = (it + 1) % cfg.accum_steps == 0 or it + 1 == steps
+        with run.ddp.no_sync() if world > 1 and not sync else nullcontext():
+            with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                loss, parts = task.loss(run.ddp, batch)
+            if not torch.isfinite(loss):
+                detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                raise NonFiniteLossError(f"non-finite loss {float(loss.detach())} at epoch {epoch + 1}, step {it + 1} "
+                                         f"({detail}); likely cause: {_nonfinite_hint(task)}")
+            scaled = loss / cfg.accum_steps
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        if sync:
+            if run.scaler is not None:
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
+            else:
+                run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        bs = batch[0].shape[0]
+        n_seen += bs
+        for k, v in {"loss": loss.detach(), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * bs
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{cur_lr:.2e}", refresh=False)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    row = {"epoch": epoch + 1, "lr": cur_lr, "seconds": elapsed, **{f"train_{k}": v / n_seen for k, v in sums.items()},
+           "img_per_s": n_seen * world / elapsed}
+    if world > 1:
+        row.update(_all_reduce_mean({k: v for k, v in row.items() if k.startswith("train_")}, run.device))
+    return row
+
+
+def _end_epoch(run: _Run, row: dict, cfg: "TrainConfig", evaluate) -> None:
+    """Validation (every ``eval_every`` epochs and the last), history, ``last.pt``, the epoch's line."""
+    epoch, last = row["epoch"], row["epoch"] == cfg.epochs
+    if evaluate is not None and run.rank == 0 and (epoch % cfg.eval_every == 0 or last):
+        run.model.eval()
+        row.update(evaluate(run.model))
+    run.history.append(row)
+    if run.rank == 0:
+        _write_history(run.out_dir, run.history)
+        if epoch % cfg.save_every == 0 or last:
+            save_training_state(run.state_path, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+                                scaler=run.scaler.state_dict() if run.scaler is not None else {},
+                                epoch=epoch, history=run.history, config=_plain(asdict(cfg)),
+                                run_config=_plain(cfg.run_config), world_size=run.world)
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+        print(f"epoch {epoch}/{cfg.epochs}: {summary}", flush=True)
+    if run.world > 1:
+        dist.barrier()
 
 
 def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
@@ -154,108 +335,19 @@ def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
 
     ``loader`` yields batches (tuples of tensors) and may have ``set_epoch``; ``evaluate(model)``
     returns a dict of metrics (rank 0). Writes to ``cfg.out_dir``: ``last.pt`` (training state,
-    every ``save_every`` epochs; resumed from when present), ``history.{json,csv}`` and, at the end,
-    ``model.safetensors`` + sidecar.
+    every ``save_every`` epochs; resumed from when present and made by the same configuration),
+    ``history.{json,csv}`` and, at the end, ``model.safetensors`` + sidecar.
     """
     cfg.validate()
-    rank, world = world_info()
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    out_dir = Path(cfg.out_dir)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    model = task.model.to(device)
-    if getattr(task, "teacher", None) is not None:
-        task.teacher.to(device)
-    steps = len(loader)
-    if steps < cfg.accum_steps:
-        raise ValueError(f"the loader gives {steps} batches per epoch, fewer than accum_steps={cfg.accum_steps}")
-    eff_batch = cfg.batch_size * cfg.accum_steps * world
-    lr = scaled_lr(cfg.blr, eff_batch)
-    optimizer = torch.optim.AdamW(task.param_groups(cfg.weight_decay), lr=lr, betas=tuple(cfg.betas))
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
-    start_epoch, history = 0, []
-    state_path = out_dir / "last.pt"
-    if state_path.exists():
-        state = load_training_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"], list(state["history"])
-        if rank == 0:
-            print(f"resuming from {state_path} at epoch {start_epoch}/{cfg.epochs}")
-
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-
-    for epoch in range(start_epoch, cfg.epochs):
-        seed_epoch(cfg.seed, epoch, rank)
-        _set_epoch(loader, epoch)
-        model.train()
-        sums, n_seen, t0 = {}, 0, time.perf_counter()
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress or rank != 0, mininterval=2.0)
-        optimizer.zero_grad(set_to_none=True)
-        for it, batch in enumerate(bar):
-            batch = _to(batch, device)
-            if it % cfg.accum_steps == 0:
-                cur_lr = lr_at(epoch + it / steps, lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
-                set_lr(optimizer, cur_lr)
-            sync = (it + 1) % cfg.accum_steps == 0 or it + 1 == steps
-            ctx = ddp.no_sync() if world > 1 and not sync else nullcontext()
-            with ctx:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, parts = task.loss(ddp, batch)
-                if not torch.isfinite(loss):
-                    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-                    raise FloatingPointError(f"non-finite loss {float(loss.detach())} at epoch {epoch + 1}, step {it + 1} "
-                                             f"({detail}); lower the learning rate or disable amp")
-                scaled = loss / cfg.accum_steps
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if sync:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            bs = batch[0].shape[0]
-            n_seen += bs
-            for k, v in {"loss": loss.detach(), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * bs
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{cur_lr:.2e}", refresh=False)
-        bar.close()
-        elapsed = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "lr": cur_lr, "seconds": elapsed,
-               **{f"train_{k}": v / n_seen for k, v in sums.items()}}
-        row["img_per_s"] = n_seen * world / elapsed
-        if world > 1:
-            row.update(_all_reduce_mean({k: v for k, v in row.items() if k.startswith("train_")}, device))
-        last = epoch + 1 == cfg.epochs
-        if evaluate is not None and rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
-            model.eval()
-            row.update(evaluate(model))
-        history.append(row)
-        if rank == 0:
-            _write_history(out_dir, history)
-            if (epoch + 1) % cfg.save_every == 0 or last:
-                save_training_state(state_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                    scaler=scaler.state_dict() if scaler is not None else {},
-                                    epoch=epoch + 1, history=history, config=_plain(asdict(cfg)))
-            summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
-            print(f"epoch {epoch + 1}/{cfg.epochs}: {summary}", flush=True)
-        if world > 1:
-            dist.barrier()
-
-    if rank == 0:
-        save_model(model, out_dir / "model.safetensors",
-                   extra={"history": history[-1] if history else {}, "train_config": _plain(asdict(cfg))})
-    if world > 1:
+    run = _setup(task, loader, cfg)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        _end_epoch(run, train_one_epoch(task, run, loader, cfg, epoch), cfg, evaluate)
+    if run.rank == 0:
+        save_model(run.model, run.out_dir / "model.safetensors",
+                   extra={"history": run.history[-1] if run.history else {}, "train_config": _plain(asdict(cfg))})
+    if run.world > 1:
         dist.barrier()
-    return history
+    return run.history
 
 
 def _all_reduce_mean(values: dict, device) -> dict:

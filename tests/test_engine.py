@@ -152,3 +152,89 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
         results.append(model.state_dict())
     for k in results[0]:
         torch.testing.assert_close(results[1][k], results[0][k], atol=1e-6, rtol=0, msg=k)
+
+
+class _LinearTask:
+    """A linear model on constant data; ``mask_ratio`` mimics the masked tasks for the NaN hint."""
+
+    def __init__(self, nan=False, mask_ratio=None):
+        self.model, self.teacher, self.calls, self.nan = nn.Linear(4, 1), None, 0, nan
+        if mask_ratio is not None:
+            self.mask_ratio = mask_ratio
+
+    def param_groups(self, wd):
+        return [{"params": list(self.model.parameters()), "weight_decay": wd}]
+
+    def loss(self, model, batch):
+        self.calls += 1
+        out = model(batch[0]).pow(2).mean()
+        return (out * float("nan") if self.nan else out), {"mse": out.detach()}
+
+
+def _linear_loader():
+    return [(torch.ones(8, 4), torch.zeros(8)) for _ in range(3)]
+
+
+@pytest.fixture
+def no_model_file(monkeypatch):
+    """The linear model has no ``arch`` to record: the engine tests on it skip the final safetensors."""
+    from g2sd_lib import engine
+    monkeypatch.setattr(engine, "save_model", lambda *a, **k: None)
+
+
+def test_resume_refuses_a_changed_configuration_naming_keys_and_last_pt(tmp_path, no_model_file):
+    def cfg(**kw):
+        base = dict(epochs=2, batch_size=8, blr=1e-3, out_dir=str(tmp_path), amp="none", progress=False,
+                    run_config={"kind": "mae", "task": {"mask_ratio": 0.75}})
+        return TrainConfig(**{**base, **kw})
+
+    train(_LinearTask(), _linear_loader(), cfg())
+    train(_LinearTask(), _linear_loader(), cfg(eval_every=2))  # watching differently is not a change
+    with pytest.raises(ValueError) as e:
+        train(_LinearTask(), _linear_loader(), cfg(epochs=1))
+    msg = str(e.value)
+    assert "train.epochs 2 -> 1" in msg and str(tmp_path / "last.pt") in msg and "Delete" in msg
+    with pytest.raises(ValueError, match=r"stage\.task\.mask_ratio 0\.75 -> 0\.5"):
+        train(_LinearTask(), _linear_loader(), cfg(run_config={"kind": "mae", "task": {"mask_ratio": 0.5}}))
+
+
+def test_an_unwritable_output_directory_fails_before_the_first_step(tmp_path, no_model_file):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    task = _LinearTask()
+    with pytest.raises(OSError, match=f"cannot write into the output directory {blocker / 'run'}"):
+        train(task, _linear_loader(), TrainConfig(epochs=1, batch_size=8, blr=1e-3, out_dir=str(blocker / "run"),
+                                                  amp="none", progress=False))
+    assert task.calls == 0
+
+
+def test_disk_full_is_named_and_leaves_no_partial_history(tmp_path, monkeypatch, no_model_file):
+    import errno
+
+    from g2sd_lib import engine
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine.json, "dumps", full)
+    with pytest.raises(OSError, match="disk full.*history.json"):
+        train(_LinearTask(), _linear_loader(), TrainConfig(epochs=1, batch_size=8, blr=1e-3, out_dir=str(tmp_path),
+                                                           amp="none", progress=False))
+    assert not (tmp_path / "history.json").exists()
+
+
+@pytest.mark.parametrize("ratio, says", [(0.0, "no masked patch"), (1.0, "no visible patch"),
+                                         (None, "lower the learning rate")])
+def test_nan_message_names_the_cause_it_can_know(tmp_path, ratio, says, no_model_file):
+    with pytest.raises(FloatingPointError, match=says):
+        train(_LinearTask(nan=True, mask_ratio=ratio), _linear_loader(),
+              TrainConfig(epochs=1, batch_size=8, blr=1e-3, out_dir=str(tmp_path), amp="none", progress=False))
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from g2sd_lib.engine import show_progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert show_progress("auto") is False and show_progress(True) is True
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert show_progress("auto") is True and show_progress(False) is False

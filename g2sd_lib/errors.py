@@ -1,0 +1,96 @@
+"""Errors a user can fix, and how command lines and notebooks show them.
+
+A :class:`UserError` (or one of the library's other input errors, :func:`user_errors`) is a
+mistake in the input (configuration, data, checkpoint, output directory), not a bug: its message
+already says what is wrong and the fix, so the command-line entry points print it as one paragraph
+and exit with status 2 instead of dumping a traceback. ``--debug`` or ``G2SD_DEBUG=1`` shows the
+traceback too.
+"""
+
+import errno
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake in the input that the user can fix; the message names it and the fix."""
+
+
+class OutputError(UserError, OSError):
+    """An output cannot be written: read-only directory, disk full."""
+
+
+class ResumeMismatchError(UserError, ValueError):
+    """``last.pt`` was written by a run with another configuration."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the likely cause."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Every exception class that reports a user mistake (imported lazily: no import cycles)."""
+    from .checkpoints import CheckpointError
+    from .download import ChecksumError, DownloadError
+    from .fmnist import DatasetNotFoundError, DataIntegrityError
+    from .schema import ConfigError
+    return (UserError, CheckpointError, ChecksumError, DownloadError, DatasetNotFoundError, DataIntegrityError,
+            ConfigError)
+
+
+def debug_enabled(argv=()) -> bool:
+    return "--debug" in argv or os.environ.get("G2SD_DEBUG", "") not in ("", "0")
+
+
+def run_main(main, argv=None) -> None:
+    """Call ``main(argv)``; print a user error as one paragraph and exit 2 (traceback with ``--debug``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(argv)
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        code = main(argv)
+    except user_errors() as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        if not debug:
+            print("(run with --debug or G2SD_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
+@contextmanager
+def writing(path):
+    """Turn the OSErrors of writing ``path`` that a user can fix into :class:`OutputError` naming it."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise OutputError(f"disk full (no space left on device) while writing {path}: free some space "
+                              "and rerun; the run resumes from its last complete checkpoint") from e
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise OutputError(f"cannot write {path}: {e.strerror}. Make {Path(path).parent} writable or "
+                              "choose another output directory") from e
+        raise
+
+
+def check_writable(directory) -> Path:
+    """Create ``directory`` if needed and prove a file can be written there, before any training."""
+    directory = Path(directory)
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        with writing(probe):
+            directory.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write into the output directory {directory}: {e.strerror or e}. Choose a "
+                          "writable place (out_dir) or fix the path") from e
+    return directory
