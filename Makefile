@@ -31,12 +31,14 @@ data: setup
 	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	    || echo "apt-get failed; falling back to torchvision's download"; \
 	fi
-	$(BIN)/python -m g2sd_lib.data fetch --dest $(DATA) $(if $(SOURCE),--source $(SOURCE))
+	$(BIN)/python -m g2sd_lib.fmnist fetch --dest $(DATA) $(if $(SOURCE),--source $(SOURCE))
 
 test: data
 	$(BIN)/python -m pytest -q
 
+# `dvc repro` records whatever data/ holds in data.dvc; verify the bytes and the pin first.
 repro: data
+	$(BIN)/python -m g2sd_lib.fmnist verify --dest $(DATA)
 	$(BIN)/dvc repro
 
 benchmark: setup

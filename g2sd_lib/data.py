@@ -1,214 +1,22 @@
-"""Data: Fashion-MNIST held in memory with batched augmentation, and ImageNet as an ImageFolder.
+"""Data: splits, batched augmentation and loaders for Fashion-MNIST, ImageNet as an ImageFolder, mixup.
 
-The `smoke` and `fmnist` profiles read the four Fashion-MNIST IDX files into uint8 tensors and
-augment whole batches at once (`TensorLoader` + `RandomResizedCropFlip` ...), because per-image PIL
-transforms dominate the step time of tiny ViTs on a CPU. The `paper` profile uses
-`torchvision.datasets.ImageFolder` with the official MAE / G2SD transforms (`imagenet_transform`).
+The `smoke` and `fmnist` profiles hold Fashion-MNIST (read and checked by :mod:`g2sd_lib.fmnist`)
+as uint8 tensors and augment whole batches at once (`TensorLoader` + `RandomResizedCropFlip` ...),
+because per-image PIL transforms dominate the step time of tiny ViTs on a CPU. The `paper`
+profile uses `torchvision.datasets.ImageFolder` with the official MAE / G2SD transforms
+(`imagenet_transform`).
 """
-import argparse
-import gzip
-import hashlib
-import logging
 import math
-import os
-import shutil
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
+from .fmnist import FASHION_MNIST_CLASSES, DatasetNotFoundError, load_fashion_mnist  # noqa: F401  (re-exported)
 
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-# md5 of the official .gz files (torchvision's FashionMNIST.resources).
-FASHION_MNIST_MD5 = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
-# md5 of the decompressed IDX bytes (torchvision's FashionMNIST.raw_data). The Debian package
-# re-gzipped the files (new gzip mtime), so its .gz bytes differ from the official ones while the
-# content is identical; a .gz is accepted if either hash matches.
-FASHION_MNIST_RAW_MD5 = {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-                         "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-                         "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-                         "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
-DEFAULT_DEST = Path("data/fashion-mnist")
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # package `dataset-fashion-mnist`
-
-_IDX_MAGIC = {0x00000803: 3, 0x00000801: 1}  # uint8 images (N, rows, cols) / uint8 labels (N,)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is missing or laid out wrongly; the message says where we looked and the fix."""
-
-
-def read_idx(path) -> torch.Tensor:
-    """Parse one IDX file, gzip-compressed or raw (told apart by the gzip magic bytes).
-
-    Returns uint8 images (N, rows, cols) for magic 0x00000803, int64 labels (N,) for 0x00000801.
-    Raises ValueError naming the file when it is truncated, garbled or of another IDX type.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from None
-    elif path.suffix == ".gz":
-        raise ValueError(f"{path}: has a .gz suffix but is not gzip data")
-    magic = int.from_bytes(data[:4], "big")
-    if len(data) >= 4 and magic not in _IDX_MAGIC:
-        raise ValueError(f"{path}: bad IDX magic 0x{magic:08x}, expected 0x00000803 (images) "
-                         "or 0x00000801 (labels)")
-    ndim = _IDX_MAGIC.get(magic, 1)
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    expected, found = math.prod(shape), len(data) - header
-    if found != expected:
-        what = "truncated" if found < expected else "trailing bytes"
-        raise ValueError(f"{path}: {what}: header says shape {shape} = {expected} data bytes, "
-                         f"file has {found}")
-    arr = torch.from_numpy(np.frombuffer(bytearray(data), np.uint8, offset=header).reshape(shape))
-    return arr if ndim == 3 else arr.long()
-
-
-def _idx_file(directory: Path, name: str) -> Path | None:
-    # Raw before .gz: torchvision's raw/ folder holds both, and raw skips decompression.
-    return next((p for p in (directory / name, directory / f"{name}.gz") if p.is_file()), None)
-
-
-def find_fashion_mnist(root=None) -> Path:
-    """The directory holding all four IDX files (each raw or .gz).
-
-    Looks in `root`, `root/FashionMNIST/raw` (torchvision's layout), `./data/fashion-mnist`, then
-    the Debian package dir; raises DatasetNotFoundError listing every place looked otherwise.
-    """
-    candidates = [Path(root), Path(root) / "FashionMNIST" / "raw"] if root is not None else []
-    candidates += [Path.cwd() / DEFAULT_DEST, DEBIAN_DIR]
-    names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
-    for d in candidates:
-        if all(_idx_file(d, n) for n in names):
-            return d
-    looked = "".join(f"\n  {d}" for d in candidates)
-    raise DatasetNotFoundError(
-        f"Fashion-MNIST not found (need {', '.join(names)}, raw or .gz). Looked in:{looked}\n"
-        "Fix: run `make data` (it runs `python -m g2sd_lib.data fetch`, which copies the files "
-        "from the package of `apt-get install dataset-fashion-mnist` or downloads them with "
-        "torchvision), or pass root=<dir holding the four files>.")
-
-
-def load_fashion_mnist(split: str, root=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load split "train" (N = 60000) or "test" (N = 10000).
-
-    Returns uint8 images (N, 1, 28, 28) and int64 labels (N,) in 0..9 (FASHION_MNIST_CLASSES).
-    """
-    if split not in FASHION_MNIST_FILES:
-        raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
-    d = find_fashion_mnist(root)
-    img_name, lbl_name = FASHION_MNIST_FILES[split]
-    images, labels = read_idx(_idx_file(d, img_name)), read_idx(_idx_file(d, lbl_name))
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{d}: {split} images {tuple(images.shape)} do not match labels "
-                         f"{tuple(labels.shape)}")
-    return images.unsqueeze(1), labels
-
-
-def _raw_md5_ok(path: Path, name: str) -> bool:
-    """True if `path` holds the official decompressed IDX bytes of `name`."""
-    return hashlib.md5(path.read_bytes()).hexdigest() == FASHION_MNIST_RAW_MD5[name]
-
-
-def _gunzip_or_copy(src: Path, tmp: Path) -> None:
-    """Copy `src` to `tmp`, decompressing it when it is gzip (detected by its magic bytes)."""
-    with open(src, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    with (gzip.open(src, "rb") if gz else open(src, "rb")) as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout)
-
-
-def _install(target: Path, put, origin: str) -> None:
-    """Write `target` atomically: `put(tmp)` fills a temp file, verified, then os.replace'd."""
-    tmp = target.with_name(f".{target.name}.part")
-    try:
-        put(tmp)
-        if not _raw_md5_ok(tmp, target.name):
-            raise ValueError(f"{origin}: content differs from the official {target.name} "
-                             f"(md5 of the IDX bytes should be {FASHION_MNIST_RAW_MD5[target.name]}); "
-                             "refusing to use it")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _download_torchvision(name: str, path: Path) -> None:
-    """Download the official `name`.gz with torchvision's mirror list and md5 check, decompressed to `path`."""
-    from torchvision.datasets import FashionMNIST
-    from torchvision.datasets.utils import download_url
-    errors = []
-    gz_name = f"{name}.gz"
-    for mirror in FashionMNIST.mirrors:
-        try:
-            download_url(mirror + gz_name, path.parent, f"{path.name}.gz", FASHION_MNIST_MD5[gz_name])
-            gz = path.parent / f"{path.name}.gz"
-            _gunzip_or_copy(gz, path)
-            gz.unlink()
-            return
-        except Exception as e:  # noqa: BLE001  (any failure, network or md5: try the next mirror)
-            errors.append(f"{mirror}: {e}")
-    raise OSError("; ".join(errors))
-
-
-def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
-    """Materialise the four decompressed IDX files in `dest`, idempotently, and return `dest`.
-
-    The decompressed bytes are the same whatever the source (the Debian package re-gzipped the
-    official files, so .gz bytes differ), which lets `data.dvc` pin them. Each file comes from the
-    first of: `source` (a dir, or its FashionMNIST/raw; raw or .gz), the Debian dir, torchvision's
-    download. A file already in `dest` with the official content is kept; one with other bytes
-    stops with ValueError (never silently replaced: DVC would record the change); a file no source
-    has raises DatasetNotFoundError listing what was tried.
-    """
-    dest = Path(dest)
-    if source is not None and not Path(source).is_dir():
-        raise DatasetNotFoundError(f"source {source} is not a directory")
-    dirs = [Path(source), Path(source) / "FashionMNIST" / "raw"] if source is not None else []
-    dirs.append(DEBIAN_DIR)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in FASHION_MNIST_RAW_MD5:
-        target = dest / name
-        if target.is_file():
-            if not _raw_md5_ok(target, name):
-                raise ValueError(f"{target} differs from the official Fashion-MNIST file (md5 should be "
-                                 f"{FASHION_MNIST_RAW_MD5[name]}). Delete it and run `make data` again.")
-            log.info("%s: already present with the official content", target)
-            continue
-        src = next((p for d in dirs for p in (d / name, d / f"{name}.gz") if p.is_file()), None)
-        if src is not None:
-            _install(target, lambda tmp: _gunzip_or_copy(src, tmp), str(src))
-            log.info("%s: copied from %s", target, src)
-            continue
-        try:
-            _install(target, lambda tmp: _download_torchvision(name, tmp), "torchvision download")
-        except OSError as e:
-            tried = "".join(f"\n  {d}" for d in dirs)
-            raise DatasetNotFoundError(
-                f"Could not obtain {name}. Tried:{tried}\n  torchvision download (failed: {e})\n"
-                "Install it with `apt-get install dataset-fashion-mnist`, connect to the network, "
-                "or pass --source <dir with the four files, raw or .gz>.") from None
-        log.info("%s: downloaded by torchvision", target)
-    return dest
 
 
 def train_val_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -416,21 +224,6 @@ def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, smoot
                  num_classes=num_classes)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m g2sd_lib.data",
-                                     description="Fashion-MNIST set-up for g2sd_lib.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="materialise the four Fashion-MNIST IDX files (decompressed)")
-    fetch.add_argument("--dest", type=Path, default=DEFAULT_DEST)
-    fetch.add_argument("--source", type=Path, default=None, help="a dir holding the four files (raw or .gz)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        dest = fetch_fashion_mnist(args.dest, args.source)
-    except (DatasetNotFoundError, ValueError) as e:
-        parser.exit(1, f"error: {e}\n")
-    print(f"Fashion-MNIST ready in {dest}")
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m g2sd_lib.data fetch` of older instructions
+    from .fmnist import main
     main()
