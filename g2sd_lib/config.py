@@ -1,8 +1,9 @@
 """From ``params.yaml`` sections to the stage configurations ``stages.run_stage`` takes.
 
-``params.yaml`` groups runs: ``pretrain`` (GD and the MAE-student baseline) and ``students`` (the
-G2SD student and the baselines). Inside a group, ``common`` holds the shared settings and each run
-overrides them (deep merge). Run outputs live under ``<workdir>/runs/<group>/<run>``.
+``params.yaml`` groups runs: ``pretrain`` (GD and the MAE-student baseline), ``students`` (the
+G2SD student and the baselines) and ``dense`` (the dense teachers and students). Inside a group,
+``common`` holds the shared settings and each run overrides them (deep merge). Run outputs live
+under ``<workdir>/runs/<group>/<run>[/seed<k>]`` (dense: group ``dense/<task>``).
 """
 
 import copy
@@ -11,6 +12,8 @@ from pathlib import Path
 # The paper's comparison: every student and what initialises it.
 PRETRAIN_RUNS = ("gd", "mae_student")
 STUDENT_RUNS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
+DENSE_TASKS = ("segmentation", "detection")
+EVAL_BATCH_SIZE = 256  # validation / evaluation batch when a profile does not set one
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -71,4 +74,45 @@ def teacher_stage_config(params: dict, step: str, workdir=".") -> dict:
     cfg["out_dir"] = str(run_dir(workdir, "teacher", step))
     if step == "finetune":
         cfg["init"] = str(run_dir(workdir, "teacher", "pretrain") / "model.safetensors")
+    return cfg
+
+
+def dense_stage_config(params: dict, task: str, run: str, workdir=".", seed: int | None = None) -> dict:
+    """The ``run_stage`` configuration (kind ``segmentation`` / ``detection``) of ``run`` of ``task``:
+    ``teacher`` or a ``dense.runs`` name.
+
+    The teacher's ViT starts from the teacher stage's MAE encoder (as the official dense teachers
+    start from MAE ViT-B); a student's from the pretrain run its ``init`` names, or at random.
+    A distilled student learns from ``runs/dense/<task>/teacher``.
+    """
+    from .dense.stages import canvas_paths, check_canvases
+    if task not in DENSE_TASKS:
+        raise ValueError(f"unknown dense task {task!r}; choose one of {', '.join(DENSE_TASKS)}")
+    check_canvases(params)
+    dense = params["dense"]
+    section, common = dense[task], dense.get("common", {})
+    cfg = {"kind": task, "run": run, "head": dict(section.get("head") or {}), "task": dict(section.get("task") or {}),
+           "flip": common.get("flip", True),
+           "data": {"canvases": str(canvas_paths(workdir)["train"].parent),
+                    "eval_batch_size": dense["data"].get("eval_batch_size", EVAL_BATCH_SIZE)}}
+    group = f"dense/{task}"
+    if run == "teacher":
+        cfg.update(model=section["teacher_model"], init=str(teacher_paths(workdir)["gd"]), distill=None,
+                   train=deep_merge(common.get("train", {}), section.get("teacher_train", {})),
+                   out_dir=str(run_dir(workdir, group, "teacher")))
+        cfg["train"].setdefault("seed", dense["seeds"][0])
+        return cfg
+    runs = dense["runs"]
+    if run not in runs:
+        raise ValueError(f"no dense run {run!r}; known: teacher, {', '.join(runs)}")
+    spec = runs[run]
+    cfg.update(model=section["student_model"],
+               init=str(run_dir(workdir, "pretrain", spec["init"]) / "model.safetensors") if spec.get("init") else None,
+               train=deep_merge(common.get("train", {}), section.get("student_train", {})),
+               out_dir=str(run_dir(workdir, group, run, seed)))
+    cfg["distill"] = dict(section.get("distill") or {}) if spec.get("distill") else None
+    if spec.get("distill"):
+        cfg["teacher"] = str(run_dir(workdir, group, "teacher") / "model.safetensors")
+    if seed is not None:
+        cfg["train"]["seed"] = seed
     return cfg

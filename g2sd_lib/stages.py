@@ -1,11 +1,13 @@
-"""Run one training stage from a plain configuration dict (a ``params.yaml`` section).
+"""Run one training stage, classification or dense, from a plain configuration dict.
 
-The same function serves the notebooks (in-process, one device) and ``torchrun`` (several
-processes): ``torchrun --standalone --nproc-per-node N -m g2sd_lib.stages CONFIG.json``.
+The configurations come from ``params.yaml`` through :mod:`g2sd_lib.config`. The same function
+serves the notebooks (in-process, one device) and ``torchrun`` (several processes):
+``torchrun --standalone --nproc-per-node N -m g2sd_lib.stages CONFIG.json``.
 
-Configuration keys (``kind`` selects the stage)::
+Configuration keys (``kind`` selects the stage; the dense kinds ``segmentation`` / ``detection``
+take the keys of :func:`g2sd_lib.config.dense_stage_config`)::
 
-    kind: mae | gd | sd | finetune | kd
+    kind: mae | gd | sd | finetune | kd | segmentation | detection
     model: model name (mae_vit_* for mae/gd, mae_vit_* or vit_* for classifiers)
     teacher: checkpoint path (gd: full MAE with decoder; sd/kd: fine-tuned classifier)
     init: checkpoint whose encoder initialises the classifier (sd/finetune/kd), or null
@@ -30,11 +32,14 @@ import torch
 import yaml
 
 from . import checkpoints, data, tasks
+from .config import DENSE_TASKS, EVAL_BATCH_SIZE
 from .engine import TrainConfig, init_distributed, train, world_info
+from .errors import run_main
 from .evaluate import classification_report
 from .models import create_classifier, create_mae, create_student
 
-KINDS = ("mae", "gd", "sd", "finetune", "kd")
+CLASSIFICATION_KINDS = ("mae", "gd", "sd", "finetune", "kd")
+KINDS = CLASSIFICATION_KINDS + DENSE_TASKS
 NUM_CLASSES = {"fmnist": 10, "imagenet": 1000}
 
 
@@ -47,7 +52,7 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
     """
     d, aug, kind = cfg.get("data", {}), cfg.get("augment", {}), cfg["kind"]
     seed = cfg.get("train", {}).get("seed", 0)
-    eval_bs = d.get("eval_batch_size", 512)
+    eval_bs = d.get("eval_batch_size", EVAL_BATCH_SIZE)
     labelled = kind not in ("mae", "gd")
     if d.get("dataset", "fmnist") == "imagenet":
         from torch.utils.data import DataLoader, DistributedSampler
@@ -80,8 +85,6 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
 def build_task(cfg: dict):
     """The stage's task (models built, teacher and init checkpoints loaded strictly)."""
     kind = cfg["kind"]
-    if kind not in KINDS:
-        raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(KINDS)}")
     opts, mkw = dict(cfg.get("task") or {}), dict(cfg.get("model_kwargs") or {})
     aug = cfg.get("augment", {})
     num_classes = NUM_CLASSES[cfg.get("data", {}).get("dataset", "fmnist")]
@@ -108,38 +111,55 @@ def build_task(cfg: dict):
     return tasks.KnowledgeDistillation(teacher, model, mixup=mixup, smoothing=aug.get("smoothing", 0.0), **opts)
 
 
+def _classification_run(cfg: dict, batch_size: int, rank: int, world: int):
+    """``(task, train loader, evaluate)`` of a classification kind (evaluate: None for pretraining)."""
+    task = build_task(cfg)
+    train_loader, val_loader = _datasets(cfg, rank, world, batch_size)
+    if cfg["kind"] not in ("sd", "finetune", "kd"):
+        return task, train_loader, None
+
+    def evaluate(model):
+        return {f"val_{k}": v for k, v in classification_report(model, val_loader).items()}
+    return task, train_loader, evaluate
+
+
 def run_stage(cfg: dict) -> list[dict]:
-    """Build data, models and task from ``cfg`` and train; returns the per-epoch history."""
-    train_cfg = TrainConfig(out_dir=cfg["out_dir"], **cfg["train"]).validate()
+    """Build data, models and task from ``cfg`` and train; returns the per-epoch history.
+
+    The whole configuration but ``out_dir`` and ``train`` travels into ``last.pt``, so a resumed
+    run that was started with other settings is refused (``engine._resume``).
+    """
+    kind = cfg.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(KINDS)}")
+    run_config = {k: v for k, v in cfg.items() if k not in ("out_dir", "train")}
+    train_cfg = TrainConfig(out_dir=cfg["out_dir"], run_config=run_config, **cfg["train"]).validate()
     init_distributed()
     rank, world = world_info()
     torch.manual_seed(train_cfg.seed)  # model initialisation
-    task = build_task(cfg)
-    train_loader, val_loader = _datasets(cfg, rank, world, train_cfg.batch_size)
-    evaluate = None
-    if cfg["kind"] in ("sd", "finetune", "kd"):
-        def evaluate(model):
-            return {f"val_{k}": v for k, v in classification_report(model, val_loader).items()}
-    return train(task, train_loader, train_cfg, evaluate)
+    if kind in DENSE_TASKS:
+        from .dense.stages import dense_run
+        task, loader, evaluate = dense_run(cfg, train_cfg.batch_size, train_cfg.seed, rank, world)
+    else:
+        task, loader, evaluate = _classification_run(cfg, train_cfg.batch_size, rank, world)
+    return train(task, loader, train_cfg, evaluate)
 
 
-def launch(cfg: dict, nproc: int = 1, run=None, module: str = "g2sd_lib.stages") -> list[dict]:
+def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     """Run a stage in this process (``nproc`` 1) or under ``torchrun`` with ``nproc`` processes.
 
     torchrun cannot start workers from a notebook kernel (functions defined there do not pickle), so
-    several processes run ``python -m module`` as a subprocess on a JSON copy of the configuration;
-    the history is then read back from the run directory. ``run`` / ``module``: the in-process
-    runner and the module of the same stage kind (default :func:`run_stage`; the dense stages
-    pass their own).
+    several processes run ``python -m g2sd_lib.stages`` as a subprocess on a JSON copy of the
+    configuration; the history is then read back from the run directory.
     """
     if nproc <= 1:
-        return (run or run_stage)(cfg)
+        return run_stage(cfg)
     out_dir = Path(cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "config.json"
     cfg_path.write_text(json.dumps(cfg, indent=1))
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", module, str(cfg_path)]
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.stages", str(cfg_path)]
     subprocess.run(cmd, check=True)
     return json.loads((out_dir / "history.json").read_text())
 
@@ -149,14 +169,17 @@ def load_config(path) -> dict:
     return json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        sys.exit("usage: python -m g2sd_lib.stages CONFIG.{json,yaml}")
-    run_stage(load_config(argv[0]))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        print("usage: python -m g2sd_lib.stages [--debug] CONFIG.{json,yaml}", file=sys.stderr)
+        return 2
+    try:
+        run_stage(load_config(argv[0]))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

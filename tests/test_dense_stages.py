@@ -6,7 +6,8 @@ import torch
 
 from g2sd_lib import report
 from g2sd_lib.checkpoints import save_model
-from g2sd_lib.config import deep_merge
+from g2sd_lib import stages as runner
+from g2sd_lib.config import DENSE_TASKS, deep_merge, dense_stage_config
 from g2sd_lib.dense import load_dense, make_canvases, save_dense, stages
 from g2sd_lib.engine import TrainConfig
 from g2sd_lib.models import create_mae
@@ -26,29 +27,29 @@ def test_profiles_share_the_dense_schema():
 @pytest.mark.parametrize("name", ["smoke", "fmnist"])
 def test_every_dense_run_builds_a_valid_config(name):
     params = load_profile(name)
-    for task in stages.DENSE_TASKS:
-        teacher = stages.dense_stage_config(params, task, "teacher")
+    for task in DENSE_TASKS:
+        teacher = dense_stage_config(params, task, "teacher")
         assert teacher["init"].endswith("runs/teacher/mae.safetensors") and teacher["distill"] is None
         assert teacher["out_dir"].endswith(f"runs/dense/{task}/teacher")
         for run in params["dense"]["runs"]:
             for seed in params["dense"]["seeds"]:
-                cfg = stages.dense_stage_config(params, task, run, seed=seed)
+                cfg = dense_stage_config(params, task, run, seed=seed)
                 TrainConfig(out_dir=cfg["out_dir"], **cfg["train"]).validate()
                 assert cfg["out_dir"].endswith(f"runs/dense/{task}/{run}/seed{seed}") and cfg["train"]["seed"] == seed
-        g2sd = stages.dense_stage_config(params, task, "g2sd", seed=0)
+        g2sd = dense_stage_config(params, task, "g2sd", seed=0)
         assert g2sd["init"].endswith("runs/pretrain/gd/model.safetensors")
         assert g2sd["teacher"].endswith(f"runs/dense/{task}/teacher/model.safetensors") and g2sd["distill"]
-        assert stages.dense_stage_config(params, task, "gd_only", seed=0)["distill"] is None
+        assert dense_stage_config(params, task, "gd_only", seed=0)["distill"] is None
     with pytest.raises(ValueError, match="no dense run 'nope'"):
-        stages.dense_stage_config(params, "segmentation", "nope")
+        dense_stage_config(params, "segmentation", "nope")
     with pytest.raises(ValueError, match="unknown dense task"):
-        stages.dense_stage_config(params, "depth", "teacher")
+        dense_stage_config(params, "depth", "teacher")
 
 
 def test_the_paper_profile_points_to_the_external_libraries():
     params = load_profile("paper")
     with pytest.raises(RuntimeError, match="detectron2.*mmsegmentation"):
-        stages.dense_stage_config(params, "detection", "teacher")
+        dense_stage_config(params, "detection", "teacher")
     recipes = stages.external_recipes()
     assert recipes["detection"]["library"].startswith("detectron2")
     assert recipes["segmentation"]["library"].startswith("mmsegmentation")
@@ -103,28 +104,46 @@ def test_teacher_then_distilled_students_for_both_tasks(tiny_workdir):
     workdir, params = tiny_workdir
     for task, metric, distill_part in (("segmentation", "miou", "train_cwd"),
                                        ("detection", "box_ap", "train_distill_obj")):
-        teacher = stages.run_dense_stage(stages.dense_stage_config(params, task, "teacher", workdir))
+        teacher = runner.run_stage(dense_stage_config(params, task, "teacher", workdir))
         assert 0.0 <= teacher[-1][f"val_{metric}"] <= 1.0
-        g2sd = stages.run_dense_stage(stages.dense_stage_config(params, task, "g2sd", workdir, seed=0))
-        plain = stages.run_dense_stage(stages.dense_stage_config(params, task, "gd_only", workdir, seed=0))
+        g2sd = runner.run_stage(dense_stage_config(params, task, "g2sd", workdir, seed=0))
+        plain = runner.run_stage(dense_stage_config(params, task, "gd_only", workdir, seed=0))
         assert distill_part in g2sd[-1] and distill_part not in plain[-1]
         models = stages.trained_models(params, task, workdir)
         assert set(models) == {"teacher", "g2sd", "gd_only"} and all(p.exists() for p in models["g2sd"].values())
-        student = stages.build_dense_model(stages.dense_stage_config(params, task, "g2sd", workdir, seed=0), 56)
+        student = stages.build_dense_model(dense_stage_config(params, task, "g2sd", workdir, seed=0), 56)
         vit = student.vit if task == "segmentation" else student.backbone.vit
         assert vit.embed_dim == 16  # the smoke student, not the teacher
 
 
 def test_resumed_detection_distillation_continues_its_warmup(tiny_workdir, monkeypatch):
+    """A 2-epoch distillation interrupted after its first epoch (2 steps) resumes with the warm-up
+    counter at 2 loss calls."""
+    from g2sd_lib import engine
+
     workdir, params = tiny_workdir
-    stages.run_dense_stage(stages.dense_stage_config(params, "detection", "teacher", workdir))
-    cfg = stages.dense_stage_config(params, "detection", "g2sd", workdir, seed=0)
-    stages.run_dense_stage(cfg)  # 1 epoch of 2 steps, then ask for a second epoch
+    runner.run_stage(dense_stage_config(params, "detection", "teacher", workdir))
+    cfg = deep_merge(dense_stage_config(params, "detection", "g2sd", workdir, seed=0), {"train": {"epochs": 2}})
+
+    class Interrupted(Exception):
+        pass
+
+    real_end = engine._end_epoch
+
+    def end_then_stop(run, row, *args):
+        real_end(run, row, *args)
+        if row["epoch"] == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(engine, "_end_epoch", end_then_stop)
+    with pytest.raises(Interrupted):
+        runner.run_stage(cfg)
+    monkeypatch.setattr(engine, "_end_epoch", real_end)
     seen = []
-    real_train = stages.train
-    monkeypatch.setattr(stages, "train", lambda task, *a, **k: seen.append(task.iteration) or real_train(task, *a, **k))
-    stages.run_dense_stage(deep_merge(cfg, {"train": {"epochs": 2}}))
-    assert seen == [2]
+    real_train = runner.train
+    monkeypatch.setattr(runner, "train", lambda task, *a, **k: seen.append(task.iteration) or real_train(task, *a, **k))
+    history = runner.run_stage(cfg)
+    assert seen == [2] and [row["epoch"] for row in history] == [1, 2]
 
 
 # ------------------------------------------------------------------------------------ report
@@ -163,7 +182,7 @@ def test_dense_summary_tables_and_claims():
     assert report.dense_rows(external, {}) == [] and report.dense_claims_rows(external) == []
 
 
-def test_several_processes_run_the_dense_module_under_torchrun(tmp_path, monkeypatch):
+def test_several_processes_run_the_one_stage_module_under_torchrun(tmp_path, monkeypatch):
     import json
     import subprocess
 
@@ -174,7 +193,7 @@ def test_several_processes_run_the_dense_module_under_torchrun(tmp_path, monkeyp
         (tmp_path / "history.json").write_text(json.dumps([{"epoch": 1}]))
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    history = stages.launch({"out_dir": str(tmp_path), "task": "segmentation"}, nproc=2)
+    history = runner.launch({"out_dir": str(tmp_path), "kind": "segmentation"}, nproc=2)
     assert history == [{"epoch": 1}]
-    assert calls[0][1:5] == ["--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.dense.stages"]
-    assert json.loads((tmp_path / "config.json").read_text())["task"] == "segmentation"
+    assert calls[0][1:5] == ["--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.stages"]
+    assert json.loads((tmp_path / "config.json").read_text())["kind"] == "segmentation"

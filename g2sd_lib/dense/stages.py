@@ -17,21 +17,19 @@
 
 Outputs live under ``<workdir>/runs/dense``: ``canvases/{train,val,test}.pt`` and
 ``<task>/teacher``, ``<task>/<run>/seed<k>`` (each a training run directory of
-:func:`g2sd_lib.engine.train`). ``python -m g2sd_lib.dense.stages CONFIG.json`` runs one stage
-(under ``torchrun`` for several processes).
+:func:`g2sd_lib.engine.train`). The configurations come from :func:`g2sd_lib.config.dense_stage_config`
+(kinds ``segmentation`` / ``detection``) and run through :func:`g2sd_lib.stages.run_stage`, the
+one runner of every stage; this module holds what is dense-specific: canvases, models, tasks,
+metrics.
 """
 
-import json
-import sys
 from pathlib import Path
 
 import torch
 
 from ..checkpoints import load_training_state
-from ..config import deep_merge, run_dir, teacher_paths
+from ..config import DENSE_TASKS, run_dir  # noqa: F401  (DENSE_TASKS: read here by the notebooks)
 from ..data import load_fashion_mnist, train_val_split
-from ..engine import TrainConfig, init_distributed, train, world_info
-from ..stages import launch as stage_launch
 from . import load_dense_model
 from .backbone import load_backbone
 from .data import DenseLoader, load_dense, make_canvases, save_dense
@@ -39,7 +37,6 @@ from .detection import DetectionDistillation, DetectionTraining, build_detector,
 from .paper import ADE20K_SEGMENTATION, COCO_DETECTION
 from .segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
 
-DENSE_TASKS = ("segmentation", "detection")
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
 METRIC = {"segmentation": "miou", "detection": "box_ap"}  # the headline metric of each task (a fraction)
@@ -48,11 +45,6 @@ METRIC = {"segmentation": "miou", "detection": "box_ap"}  # the headline metric 
 def canvas_paths(workdir=".") -> dict[str, Path]:
     root = Path(workdir) / "runs" / "dense" / "canvases"
     return {split: root / f"{split}.pt" for split in SPLITS}
-
-
-def dense_run_dir(workdir, task: str, run: str, seed: int | None = None) -> Path:
-    path = Path(workdir) / "runs" / "dense" / task / run
-    return path / f"seed{seed}" if seed is not None else path
 
 
 def check_canvases(params: dict) -> None:
@@ -94,58 +86,18 @@ def build_canvases(params: dict, workdir=".") -> dict[str, dict]:
     return out
 
 
-def dense_stage_config(params: dict, task: str, run: str, workdir=".", seed: int | None = None) -> dict:
-    """The :func:`run_dense_stage` configuration of ``run`` (``teacher`` or a ``dense.runs`` name) of ``task``.
-
-    The teacher's ViT starts from the teacher stage's MAE encoder (as the official dense teachers
-    start from MAE ViT-B); a student's from the pretrain run its ``init`` names, or at random.
-    A distilled student learns from ``runs/dense/<task>/teacher``.
-    """
-    if task not in DENSE_TASKS:
-        raise ValueError(f"unknown dense task {task!r}; choose one of {', '.join(DENSE_TASKS)}")
-    check_canvases(params)
-    dense = params["dense"]
-    section = dense[task]
-    common = dense.get("common", {})
-    cfg = {"task": task, "run": run, "head": dict(section.get("head") or {}),
-           "options": dict(section.get("task") or {}), "flip": common.get("flip", True),
-           "canvases": str(canvas_paths(workdir)["train"].parent),
-           "eval_batch_size": dense["data"].get("eval_batch_size", 256)}
-    if run == "teacher":
-        cfg.update(model=section["teacher_model"], init=str(teacher_paths(workdir)["gd"]), distill=None,
-                   train=deep_merge(common.get("train", {}), section.get("teacher_train", {})),
-                   out_dir=str(dense_run_dir(workdir, task, "teacher")))
-        cfg["train"].setdefault("seed", dense["seeds"][0])
-        return cfg
-    runs = dense["runs"]
-    if run not in runs:
-        raise ValueError(f"no dense run {run!r}; known: teacher, {', '.join(runs)}")
-    spec = runs[run]
-    cfg.update(model=section["student_model"],
-               init=str(run_dir(workdir, "pretrain", spec["init"]) / "model.safetensors") if spec.get("init") else None,
-               train=deep_merge(common.get("train", {}), section.get("student_train", {})),
-               out_dir=str(dense_run_dir(workdir, task, run, seed)))
-    if spec.get("distill"):
-        cfg["distill"] = dict(section.get("distill") or {})
-        cfg["teacher"] = str(dense_run_dir(workdir, task, "teacher") / "model.safetensors")
-    else:
-        cfg["distill"] = None
-    if seed is not None:
-        cfg["train"]["seed"] = seed
-    return cfg
-
-
 def trained_models(params: dict, task: str, workdir=".") -> dict[str, dict]:
     """The trained models of ``task``: ``{"teacher": {None: path}, run: {seed: path}}`` (``model.safetensors``)."""
-    out = {"teacher": {None: dense_run_dir(workdir, task, "teacher") / "model.safetensors"}}
+    group = f"dense/{task}"
+    out = {"teacher": {None: run_dir(workdir, group, "teacher") / "model.safetensors"}}
     for run in params["dense"]["runs"]:
-        out[run] = {seed: dense_run_dir(workdir, task, run, seed) / "model.safetensors" for seed in params["dense"]["seeds"]}
+        out[run] = {seed: run_dir(workdir, group, run, seed) / "model.safetensors" for seed in params["dense"]["seeds"]}
     return out
 
 
 def build_dense_model(cfg: dict, img_size: int) -> torch.nn.Module:
     """The untrained segmenter / detector of ``cfg`` with its ViT initialised from ``cfg['init']``."""
-    if cfg["task"] == "segmentation":
+    if cfg["kind"] == "segmentation":
         model = ViTSegmenter(cfg["model"], num_classes=NUM_CLASSES, img_size=img_size, **cfg["head"])
         vit = model.vit
     else:
@@ -159,12 +111,12 @@ def build_dense_model(cfg: dict, img_size: int) -> torch.nn.Module:
 def build_dense_task(cfg: dict, img_size: int):
     """The training task of ``cfg``: supervised, or G2SD's specific distillation from ``cfg['teacher']``."""
     model = build_dense_model(cfg, img_size)
-    seg = cfg["task"] == "segmentation"
+    seg = cfg["kind"] == "segmentation"
     if cfg.get("distill") is None:
-        return (SegmentationTraining if seg else DetectionTraining)(model, **cfg["options"])
+        return (SegmentationTraining if seg else DetectionTraining)(model, **cfg["task"])
     teacher = load_dense_model(cfg["teacher"])
     return (SegmentationDistillation if seg else DetectionDistillation)(teacher, model, **cfg["distill"],
-                                                                         **cfg["options"])
+                                                                         **cfg["task"])
 
 
 def evaluate_dense(model, loader, task: str) -> dict:
@@ -173,45 +125,24 @@ def evaluate_dense(model, loader, task: str) -> dict:
     return {k.lower(): v for k, v in evaluate(model, loader).items()}
 
 
-def run_dense_stage(cfg: dict) -> list[dict]:
-    """Train one dense run of ``cfg`` (see :func:`dense_stage_config`); returns the per-epoch history.
+def dense_run(cfg: dict, batch_size: int, seed: int, rank: int, world: int):
+    """What :func:`g2sd_lib.stages.run_stage` trains for a dense kind: ``(task, train loader, evaluate)``.
 
-    Validation (mIoU / box AP on the val canvases) runs after each ``eval_every`` epochs. A
-    detection distillation resumed from ``last.pt`` continues its warm-up where it stopped.
+    Validation is mIoU / box AP on the val canvases. A detection distillation resumed from
+    ``last.pt`` continues its warm-up where it stopped (its counter counts training loss calls).
     """
-    train_cfg = TrainConfig(out_dir=cfg["out_dir"], **cfg["train"]).validate()
-    init_distributed()
-    rank, world = world_info()
-    root = Path(cfg["canvases"])
+    root = Path(cfg["data"]["canvases"])
     train_data, val_data = load_dense(root / "train.pt"), load_dense(root / "val.pt")
-    torch.manual_seed(train_cfg.seed)
     task = build_dense_task(cfg, img_size=train_data["images"].shape[-1])
-    loader = DenseLoader(train_data, cfg["task"], train_cfg.batch_size, shuffle=True, drop_last=True,
-                         seed=train_cfg.seed, rank=rank, world_size=world, flip=cfg.get("flip", True))
-    val_loader = DenseLoader(val_data, cfg["task"], cfg.get("eval_batch_size", 256), shuffle=False)
+    kind = cfg["kind"]
+    loader = DenseLoader(train_data, kind, batch_size, shuffle=True, drop_last=True, seed=seed, rank=rank,
+                         world_size=world, flip=cfg.get("flip", True))
+    val_loader = DenseLoader(val_data, kind, cfg["data"]["eval_batch_size"], shuffle=False)
     state = Path(cfg["out_dir"]) / "last.pt"
-    if isinstance(task, DetectionDistillation) and state.exists():  # the counter counts training loss calls
+    if isinstance(task, DetectionDistillation) and state.exists():
         task.iteration = load_training_state(state)["epoch"] * len(loader)
 
     def evaluate(model):
-        return {f"val_{k}": v for k, v in evaluate_dense(model, val_loader, cfg["task"]).items()}
+        return {f"val_{k}": v for k, v in evaluate_dense(model, val_loader, kind).items()}
 
-    return train(task, loader, train_cfg, evaluate)
-
-
-def launch(cfg: dict, nproc: int = 1) -> list[dict]:
-    """:func:`run_dense_stage` in this process (``nproc`` 1) or under ``torchrun`` (see :func:`g2sd_lib.stages.launch`)."""
-    return stage_launch(cfg, nproc, run=run_dense_stage, module="g2sd_lib.dense.stages")
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m g2sd_lib.dense.stages CONFIG.json")
-    run_dense_stage(json.loads(Path(argv[0]).read_text()))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+    return task, loader, evaluate
