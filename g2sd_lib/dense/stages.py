@@ -146,3 +146,12 @@ def dense_run(cfg: dict, batch_size: int, seed: int, rank: int, world: int):
         return {f"val_{k}": v for k, v in evaluate_dense(model, val_loader, kind).items()}
 
     return task, loader, evaluate
+
+
+# TEMPORARY (removed when the notebooks call config / stages directly): the names notebooks 06-08 use.
+from ..config import dense_stage_config  # noqa: E402,F401
+from ..stages import launch  # noqa: E402,F401
+
+
+def dense_run_dir(workdir, task: str, run: str, seed: int | None = None) -> Path:
+    return run_dir(workdir, f"dense/{task}", run, seed)
