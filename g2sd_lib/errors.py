@@ -3,8 +3,9 @@
 A :class:`UserError` (or one of the library's other input errors, :func:`user_errors`) is a
 mistake in the input (configuration, data, checkpoint, output directory), not a bug: its message
 already says what is wrong and the fix, so the command-line entry points print it as one paragraph
-and exit with status 2 instead of dumping a traceback. ``--debug`` or ``G2SD_DEBUG=1`` shows the
-traceback too.
+and exit with status 2 instead of dumping a traceback, and in a notebook (IPython kernel,
+papermill included) the failing cell shows that paragraph alone; the cell still fails. ``--debug``
+or ``G2SD_DEBUG=1`` shows the traceback too.
 """
 
 import errno
@@ -60,6 +61,27 @@ def run_main(main, argv=None) -> None:
             print("(run with --debug or G2SD_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def install_notebook_handler() -> None:
+    """In an IPython kernel, show user errors as their message (the cell still fails), other
+    exceptions as usual. Called on ``import g2sd_lib``; does nothing outside IPython or in debug mode."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or debug_enabled() or getattr(shell, "_g2sd_handler", False):
+        return
+
+    def show(shell, etype, value, tb, tb_offset=None):
+        # IPython discards what a custom handler returns when the cell's own code raised: show it here.
+        if isinstance(value, user_errors()):
+            stb = [f"{etype.__name__}: {value}", "(set G2SD_DEBUG=1 before importing g2sd_lib for the traceback)"]
+        else:
+            stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+        shell._showtraceback(etype, value, stb)
+        return stb
+
+    shell.set_custom_exc((Exception,), show)
+    shell._g2sd_handler = True
 
 
 @contextmanager
