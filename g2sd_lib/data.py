@@ -170,7 +170,7 @@ class Compose:
         return x
 
 
-def imagenet_transform(kind: str, input_size: int = 224):
+def imagenet_transform(recipe: str, input_size: int = 224):
     """The official per-image PIL -> float (3, input_size, input_size) transforms.
 
     "gd": MAE pretrain / G2SD GD (RandomResizedCrop scale 0.2-1 bicubic + flip); "sd": MAE fine-tune
@@ -181,22 +181,22 @@ def imagenet_transform(kind: str, input_size: int = 224):
     from timm.data import create_transform
     from torchvision import transforms as T
     bicubic = T.InterpolationMode.BICUBIC
-    if kind == "gd":
+    if recipe == "gd":
         return T.Compose([T.RandomResizedCrop(input_size, scale=(0.2, 1.0), interpolation=bicubic),
                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
-    if kind == "sd":
+    if recipe == "sd":
         return create_transform(input_size, is_training=True, color_jitter=None,
                                 auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic",
                                 re_prob=0.25, re_mode="pixel", re_count=1, mean=MEAN, std=STD)
-    if kind == "eval":
+    if recipe == "eval":
         crop_pct = 224 / 256 if input_size <= 224 else 1.0
         return T.Compose([T.Resize(int(input_size / crop_pct), interpolation=bicubic),
                           T.CenterCrop(input_size), T.ToTensor(), T.Normalize(MEAN, STD)])
-    raise ValueError(f"kind must be 'gd', 'sd' or 'eval', got {kind!r}")
+    raise ValueError(f"recipe must be 'gd', 'sd' or 'eval', got {recipe!r}")
 
 
-def build_imagenet(root, split: str, kind: str, input_size: int = 224):
-    """ImageFolder over `root/{train,val}/<class>/<image>.JPEG` with `imagenet_transform(kind)`."""
+def build_imagenet(root, split: str, recipe: str, input_size: int = 224):
+    """ImageFolder over `root/{train,val}/<class>/<image>.JPEG` with `imagenet_transform(recipe)`."""
     from torchvision.datasets import ImageFolder
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -206,7 +206,7 @@ def build_imagenet(root, split: str, kind: str, input_size: int = 224):
         problem = "has no class subfolders" if d.is_dir() else "does not exist"
         raise DatasetNotFoundError(f"ImageNet {split} split not found: {d} {problem}; {layout}")
     try:
-        return ImageFolder(str(d), transform=imagenet_transform(kind, input_size))
+        return ImageFolder(str(d), transform=imagenet_transform(recipe, input_size))
     except FileNotFoundError as e:
         raise DatasetNotFoundError(f"ImageNet {split} split at {d}: {e}; {layout}") from None
 

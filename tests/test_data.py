@@ -140,9 +140,9 @@ def tiny_imagenet(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("kind", ["gd", "sd", "eval"])
-def test_build_imagenet_kinds(tiny_imagenet, kind):
-    ds = D.build_imagenet(tiny_imagenet, "train" if kind != "eval" else "val", kind, input_size=32)
+@pytest.mark.parametrize("recipe", ["gd", "sd", "eval"])
+def test_build_imagenet_recipes(tiny_imagenet, recipe):
+    ds = D.build_imagenet(tiny_imagenet, "train" if recipe != "eval" else "val", recipe, input_size=32)
     x, y = ds[3]
     assert len(ds) == 4 and ds.classes == ["n01", "n02"]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 1
