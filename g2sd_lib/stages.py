@@ -31,16 +31,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import checkpoints, data, tasks
+from . import checkpoints, data, schema, tasks
 from .config import DENSE_TASKS, EVAL_BATCH_SIZE
 from .engine import TrainConfig, init_distributed, train, world_info
 from .errors import run_main
 from .evaluate import classification_report
 from .models import create_classifier, create_mae, create_student
+from .schema import NUM_CLASSES
 
 CLASSIFICATION_KINDS = ("mae", "gd", "sd", "finetune", "kd")
 KINDS = CLASSIFICATION_KINDS + DENSE_TASKS
-NUM_CLASSES = {"fmnist": 10, "imagenet": 1000}
 
 
 def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
@@ -93,6 +93,7 @@ def build_task(cfg: dict):
         return tasks.MAEPretraining(model, **opts)
     if kind == "gd":
         teacher, _ = checkpoints.load_model(cfg["teacher"], "gd-teacher")
+        schema.check_target_block(opts.get("target_block", 4), len(teacher.decoder_blocks), cfg["teacher"])
         student = create_student(cfg["model"], teacher_decoder_dim=teacher.decoder_embed.out_features,
                                  teacher_embed_dim=teacher.cls_token.shape[-1],
                                  encoder_branch=bool(opts.get("encoder_loss_weight", 0)), **mkw)
@@ -106,6 +107,8 @@ def build_task(cfg: dict):
     if kind == "finetune":
         return tasks.Finetuning(model, mixup=mixup, smoothing=aug.get("smoothing", 0.0), **opts)
     teacher, _ = checkpoints.load_model(cfg["teacher"], "sd-teacher")
+    schema.check_num_classes(teacher.num_classes, num_classes, cfg.get("data", {}).get("dataset", "fmnist"),
+                             cfg["teacher"])
     if kind == "sd":
         return tasks.SpecificDistillation(teacher, model, mixup=mixup, **opts)
     return tasks.KnowledgeDistillation(teacher, model, mixup=mixup, smoothing=aug.get("smoothing", 0.0), **opts)
@@ -124,14 +127,13 @@ def _classification_run(cfg: dict, batch_size: int, rank: int, world: int):
 
 
 def run_stage(cfg: dict) -> list[dict]:
-    """Build data, models and task from ``cfg`` and train; returns the per-epoch history.
+    """Validate ``cfg``, build data, models and task from it and train; returns the per-epoch history.
 
     The whole configuration but ``out_dir`` and ``train`` travels into ``last.pt``, so a resumed
     run that was started with other settings is refused (``engine._resume``).
     """
-    kind = cfg.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(KINDS)}")
+    schema.validate_stage(cfg)
+    kind = cfg["kind"]
     run_config = {k: v for k, v in cfg.items() if k not in ("out_dir", "train")}
     train_cfg = TrainConfig(out_dir=cfg["out_dir"], run_config=run_config, **cfg["train"]).validate()
     init_distributed()

@@ -26,13 +26,17 @@ def load_profile(name: str) -> dict:
 
 
 def complete(profile: str = "smoke", **sections) -> dict:
-    """The notebooks' parameters: each section given as None is taken from ``profile``.
+    """The notebooks' parameters, validated: each section given as None is taken from ``profile``.
 
     ``dvc repro`` injects every section from params.yaml (papermill ``-f``); opened by hand or run
-    by the tests, a notebook falls back to the smoke profile and runs in seconds.
+    by the tests, a notebook falls back to the smoke profile and runs in seconds. A typo or an
+    out-of-range value stops the stage here, before any work (:func:`g2sd_lib.schema.validate_params`).
     """
+    from ..schema import validate_params
     preset = load_profile(profile)
-    return {name: (preset[name] if value is None else value) for name, value in sections.items()}
+    params = {name: (preset[name] if value is None else value) for name, value in sections.items()}
+    given = any(value is not None for value in sections.values())
+    return validate_params(params, source="params.yaml" if given else str(profile_path(profile)), partial=True)
 
 
 def use_profile(name: str, dest="params.yaml") -> Path:
