@@ -126,7 +126,10 @@ class SpecificDistillation(Finetuning):
         super().__init__(student, mixup=mixup, layer_decay=layer_decay)
         self.teacher, self.loss_type = freeze(teacher), loss_type
         if loss_type == "nkd":
+            # NKD never trains the dist head, so the student predicts with its cls head alone; the
+            # arch records it, so a saved and reloaded student predicts the same way
             student.average_heads = False
+            student.arch = {**student.arch, "average_heads": False}
 
     def loss(self, model, batch):
         x, y = self.mixed(batch)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from g2sd_lib.models import (ENCODER_SIZES, build_model, create_classifier, create_mae, create_student,
-                             random_masking)
+                             model_kwargs, random_masking)
 
 TEACHER, STUDENT = "mae_vit_smokebase_patch7_dec32d2b", "mae_vit_smokesmall_patch7_dec16d1b"
 
@@ -92,5 +92,31 @@ def test_factories_parse_names_and_rebuild_from_arch():
     with pytest.raises(ValueError, match="not an MAE model name"):
         create_mae("vit_base_patch16")
     with pytest.raises(ValueError, match="kind"):
-        create_classifier("vit_smokebase_patch7", "token")
+        create_classifier("vit_smokebase_patch7", "max")
     assert set(ENCODER_SIZES) >= {"tiny", "small", "base", "large", "huge", "fmbase", "fmsmall"}
+
+
+def test_explicit_size_names_any_encoder():
+    m = create_mae("mae_vit_w48d2h1_patch8_dec32d1b", img_size=32)
+    assert m.cls_token.shape[-1] == 48 and len(m.blocks) == 2 and m.blocks[0].attn.num_heads == 1
+    assert m.num_patches == 16 and m.in_chans == 3  # 224 x 224 RGB defaults, img_size overridden
+    c = create_classifier("vit_w128d3h4_patch7", "token", num_classes=5, img_size=28, in_chans=1)
+    assert c.blocks[0].attn.num_heads == 4 and c.global_pool == "token" and "norm.weight" in c.state_dict()
+    assert model_kwargs(c.arch)["num_heads"] == 4 and model_kwargs(m.arch)["decoder_num_heads"] == 1
+    with pytest.raises(ValueError, match="w<width>d<depth>h<heads>"):
+        create_mae("mae_vit_w48d2_patch8_dec32d1b")
+
+
+def test_one_registry_rebuilds_classification_and_dense_models():
+    from g2sd_lib.dense import ViTSegmenter, build_detector
+
+    for model in (create_classifier("vit_smokesmall_patch7", "distilled", num_classes=10, average_heads=False),
+                  ViTSegmenter("vit_smokesmall_patch7", img_size=56),
+                  build_detector("vit_smokesmall_patch7", img_size=56, out_channels=8, box_head_fc=16)):
+        rebuilt = build_model(model.arch)
+        assert type(rebuilt) is type(model) and rebuilt.arch == model.arch
+        assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert build_model(create_classifier("vit_smokesmall_patch7", "distilled", average_heads=False).arch) \
+        .average_heads is False
+    with pytest.raises(ValueError, match="unknown model builder"):
+        build_model({"builder": "resnet", "name": "r50"})

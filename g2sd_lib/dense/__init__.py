@@ -8,10 +8,12 @@ FRS-style pyramid + objectness distillation (:mod:`.detection`, official ``G2SD_
 where our losses plug in.
 
 Dense models record ``model.arch`` (``builder`` ``segmenter`` or ``detector``), so the training
-engine's ``save_model`` writes them and :func:`load_dense_model` rebuilds them.
+engine's ``save_model`` writes them and :func:`g2sd_lib.models.build_model`, the one registry of
+every model, rebuilds them: ``load_dense_model`` is :func:`g2sd_lib.checkpoints.load_saved_model`
+(sha256 and sidecar checked, strict load) under the name the dense notebooks use.
 """
 
-from ..checkpoints import CheckpointError, _load_strict, read_state_dict
+from ..checkpoints import load_saved_model as load_dense_model
 from .backbone import build_vit, default_out_indices, dense_param_groups, load_backbone, vit_feature_maps
 from .data import DenseLoader, dense_subset, load_dense, make_canvases, save_dense
 from .detection import (DetectionDistillation, DetectionTraining, SimpleFeaturePyramid, add_adapters, build_detector,
@@ -20,30 +22,8 @@ from .metrics import box_ap, confusion_matrix, iou_per_class, mean_iou
 from .segmentation import (SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation,
                            seg_loss)
 
-
-def build_dense_model(arch: dict):
-    """Inverse of a dense model's ``.arch``: an untrained ``ViTSegmenter`` or detector."""
-    arch = dict(arch)
-    builder = arch.pop("builder")
-    if builder == "segmenter":
-        return ViTSegmenter(**arch)
-    if builder == "detector":
-        return build_detector(**arch)
-    raise ValueError(f"not a dense model builder: {builder!r} (expected 'segmenter' or 'detector')")
-
-
-def load_dense_model(path):
-    """Rebuild a dense model from a ``save_model`` file and its sidecar, and load it strictly."""
-    state_dict, meta = read_state_dict(path)
-    if "arch" not in meta:
-        raise CheckpointError(f"{path} has no sidecar with an 'arch'; the dense model it holds is unknown")
-    model = build_dense_model(meta["arch"])
-    _load_strict(model, state_dict, path)
-    return model
-
-
 __all__ = ["DenseLoader", "DetectionDistillation", "DetectionTraining", "SegmentationDistillation",
-           "SegmentationTraining", "SimpleFeaturePyramid", "ViTSegmenter", "add_adapters", "box_ap", "build_dense_model",
+           "SegmentationTraining", "SimpleFeaturePyramid", "ViTSegmenter", "add_adapters", "box_ap",
            "build_detector", "build_vit", "confusion_matrix", "default_out_indices", "dense_param_groups",
            "dense_subset", "evaluate_detection", "evaluate_segmentation", "iou_per_class", "load_backbone",
            "load_dense", "load_dense_model", "make_canvases", "mean_iou", "save_dense", "seg_loss",

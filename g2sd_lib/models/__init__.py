@@ -1,4 +1,6 @@
-"""Model factories. A model name carries its hyper-parameters, as in the official code:
+"""Model factories and the one registry that rebuilds any saved model from its ``arch`` dict.
+
+A model name carries its hyper-parameters, as in the official code:
 
 * ``mae_vit_{size}_patch{p}_dec{D}d{N}b``: MAE ViT (teacher) or G2SD student, encoder ``size``,
   patch ``p``, decoder of width ``D`` and ``N`` blocks (``D // 32`` heads, as the official 512/16,
@@ -6,11 +8,15 @@
   ``mae_vit_small_patch16_dec256d4b`` and ``mae_vit_tiny_patch16_dec128d4b`` (official students).
 * ``vit_{size}_patch{p}``: a classifier with the same encoder.
 
-Sizes ``tiny/small/base/large/huge`` are the paper's (224 x 224 RGB); ``fm*`` are for Fashion-MNIST
+``size`` is a name of ``ENCODER_SIZES`` or, for any other encoder, ``w{width}d{depth}h{heads}``
+(e.g. ``vit_w48d2h1_patch8``; 224 x 224 RGB unless ``img_size`` / ``in_chans`` are overridden), the
+form :mod:`g2sd_lib.checkpoints` gives a checkpoint of a size the table lacks. Named sizes
+``tiny/small/base/large/huge`` are the paper's (224 x 224 RGB); ``fm*`` are for Fashion-MNIST
 (28 x 28 grayscale) in ViT-B -> ViT-S proportions (student half the teacher's width, same depth);
 ``smoke*`` are tiny models for tests. Any constructor argument can be overridden by keyword.
 """
 
+import importlib
 import re
 
 from .classifier import DistilledViT, teacher_classifier
@@ -31,17 +37,32 @@ ENCODER_SIZES = {
     "smokesmall": (16, 2, 2, 28, 1),
 }
 
-_MAE_NAME = re.compile(r"^mae_vit_(?P<size>[a-z]+)_patch(?P<patch>\d+)_dec(?P<dec>\d+)d(?P<depth>\d+)b$")
-_VIT_NAME = re.compile(r"^vit_(?P<size>[a-z]+)_patch(?P<patch>\d+)$")
+_SIZE = r"(?P<size>[a-z][a-z0-9]*)"
+_MAE_NAME = re.compile(rf"^mae_vit_{_SIZE}_patch(?P<patch>\d+)_dec(?P<dec>\d+)d(?P<depth>\d+)b$")
+_VIT_NAME = re.compile(rf"^vit_{_SIZE}_patch(?P<patch>\d+)$")
+_EXPLICIT_SIZE = re.compile(r"^w(\d+)d(\d+)h(\d+)$")
 
 
-def _encoder_kwargs(size: str, patch: str, name: str) -> dict:
-    if size not in ENCODER_SIZES:
-        raise ValueError(f"unknown encoder size {size!r} in model name {name!r}; "
-                         f"known sizes: {', '.join(ENCODER_SIZES)}")
-    dim, depth, heads, img, chans = ENCODER_SIZES[size]
-    return dict(embed_dim=dim, depth=depth, num_heads=heads, img_size=img, in_chans=chans,
-                patch_size=int(patch))
+def size_name(embed_dim: int, depth: int, num_heads: int) -> str:
+    """The ``w{width}d{depth}h{heads}`` size of an encoder that ``ENCODER_SIZES`` does not name."""
+    return f"w{embed_dim}d{depth}h{num_heads}"
+
+
+def encoder_size(size: str) -> tuple:
+    """``(embed_dim, depth, num_heads, img_size, in_chans)`` of a named or ``w{W}d{D}h{H}`` size."""
+    if size in ENCODER_SIZES:
+        return ENCODER_SIZES[size]
+    explicit = _EXPLICIT_SIZE.match(size)
+    if explicit is None:
+        raise ValueError(f"unknown encoder size {size!r}; known sizes: {', '.join(ENCODER_SIZES)}, "
+                         f"or w<width>d<depth>h<heads>")
+    width, depth, heads = map(int, explicit.groups())
+    return width, depth, heads, 224, 3
+
+
+def _encoder_kwargs(size: str, patch: str) -> dict:
+    dim, depth, heads, img, chans = encoder_size(size)
+    return dict(embed_dim=dim, depth=depth, num_heads=heads, img_size=img, in_chans=chans, patch_size=int(patch))
 
 
 def mae_kwargs(name: str, **overrides) -> dict:
@@ -49,7 +70,7 @@ def mae_kwargs(name: str, **overrides) -> dict:
     m = _MAE_NAME.match(name)
     if not m:
         raise ValueError(f"not an MAE model name: {name!r} (expected mae_vit_<size>_patch<p>_dec<D>d<N>b)")
-    kw = _encoder_kwargs(m["size"], m["patch"], name)
+    kw = _encoder_kwargs(m["size"], m["patch"])
     dec = int(m["dec"])
     kw.update(decoder_embed_dim=dec, decoder_depth=int(m["depth"]), decoder_num_heads=max(1, dec // 32))
     kw.update(overrides)
@@ -61,7 +82,16 @@ def vit_kwargs(name: str, **overrides) -> dict:
     m = _VIT_NAME.match(name)
     if not m:
         raise ValueError(f"not a classifier model name: {name!r} (expected vit_<size>_patch<p>)")
-    kw = _encoder_kwargs(m["size"], m["patch"], name)
+    kw = _encoder_kwargs(m["size"], m["patch"])
+    kw.update(overrides)
+    return kw
+
+
+def classifier_kwargs(name: str, **overrides) -> dict:
+    """Encoder arguments of a classifier on ``vit_*`` or ``mae_vit_*`` (whose decoder is ignored)."""
+    if not name.startswith("mae_"):
+        return vit_kwargs(name, **overrides)
+    kw = {k: v for k, v in mae_kwargs(name).items() if not k.startswith("decoder_")}
     kw.update(overrides)
     return kw
 
@@ -70,16 +100,6 @@ def _with_arch(model, builder: str, name: str, **kwargs):
     """Record how ``model`` was built: ``build_model(model.arch)`` rebuilds it (checkpoint sidecars)."""
     model.arch = {"builder": builder, "name": name, **kwargs}
     return model
-
-
-def build_model(arch: dict):
-    """Inverse of ``model.arch``: rebuild an (untrained) model from its recorded description."""
-    arch = dict(arch)
-    builder, name = arch.pop("builder"), arch.pop("name")
-    factories = {"mae": create_mae, "student": create_student, "classifier": create_classifier}
-    if builder not in factories:
-        raise ValueError(f"unknown model builder {builder!r}; known: {', '.join(factories)}")
-    return factories[builder](name, **arch)
 
 
 def create_mae(name: str, **overrides) -> MaskedAutoencoderViT:
@@ -96,28 +116,67 @@ def create_student(name: str, teacher_decoder_dim: int, teacher_embed_dim: int |
                       teacher_embed_dim=teacher_embed_dim, encoder_branch=encoder_branch, **overrides)
 
 
+CLASSIFIER_KINDS = ("avg", "distilled", "token")
+
+
 def create_classifier(name: str, kind: str = "avg", num_classes: int = 1000, **overrides):
     """Classifier on the encoder of ``name`` (``vit_*`` or ``mae_vit_*``, the decoder is ignored).
 
-    ``kind``: ``avg`` (fine-tuned MAE / teacher layout: global average pooling, ``fc_norm``) or
-    ``distilled`` (G2SD student with a distillation token and ``head_dist``).
+    ``kind``: ``avg`` (fine-tuned MAE / teacher layout: global average pooling, ``fc_norm``),
+    ``distilled`` (G2SD student with a distillation token and ``head_dist``; ``average_heads=False``
+    makes it predict with the cls head only) or ``token`` (timm's cls-token ViT with a final
+    ``norm``; with ``num_classes=0`` exactly the MAE encoder).
     """
-    if name.startswith("mae_"):
-        kw = {k: v for k, v in mae_kwargs(name).items() if not k.startswith("decoder_")}
-        kw.pop("norm_pix_loss", None)
-        kw.update(overrides)
-    else:
-        kw = vit_kwargs(name, **overrides)
+    if kind not in CLASSIFIER_KINDS:
+        raise ValueError(f"classifier kind must be one of {', '.join(CLASSIFIER_KINDS)}, got {kind!r}")
+    kw = classifier_kwargs(name, **overrides)
     kw["num_classes"] = num_classes
     if kind == "avg":
         model = teacher_classifier(**kw)
     elif kind == "distilled":
         model = DistilledViT(**kw)
     else:
-        raise ValueError(f"classifier kind must be 'avg' or 'distilled', got {kind!r}")
+        model = teacher_classifier(global_pool="token", **kw)
     return _with_arch(model, "classifier", name, kind=kind, num_classes=num_classes, **overrides)
 
 
-__all__ = ["ENCODER_SIZES", "DistilledViT", "build_model", "G2SDStudent", "MaskedAutoencoderViT", "create_classifier",
-           "create_mae", "create_student", "mae_kwargs", "random_masking",
-           "teacher_classifier", "vit_kwargs"]
+# builder -> "module:factory", called with the rest of the arch dict as keywords. Dense models are
+# imported on use: they need torchvision, which classification never imports.
+BUILDERS = {"mae": "g2sd_lib.models:create_mae", "student": "g2sd_lib.models:create_student",
+            "classifier": "g2sd_lib.models:create_classifier",
+            "segmenter": "g2sd_lib.dense.segmentation:ViTSegmenter",
+            "detector": "g2sd_lib.dense.detection:build_detector"}
+
+
+def build_model(arch: dict):
+    """Inverse of ``model.arch`` for every model of the library, classification and dense: rebuild an
+    untrained model from its recorded description (checkpoint sidecars)."""
+    arch = dict(arch)
+    builder = arch.pop("builder", None)
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown model builder {builder!r}; known: {', '.join(BUILDERS)}")
+    module, factory = BUILDERS[builder].split(":")
+    return getattr(importlib.import_module(module), factory)(**arch)
+
+
+def model_kwargs(arch: dict) -> dict:
+    """All constructor arguments an ``mae`` / ``student`` / ``classifier`` arch implies, sizes spelt
+    out (``embed_dim``, ``num_heads``, ...): what a checkpoint's tensors are checked against."""
+    rest = {k: v for k, v in arch.items() if k not in ("builder", "name")}
+    builder, name = arch.get("builder"), arch.get("name", "")
+    if builder == "mae":
+        return mae_kwargs(name, **rest)
+    if builder == "student":
+        own = ("teacher_decoder_dim", "teacher_embed_dim", "encoder_branch")
+        return {**mae_kwargs(name, **{k: v for k, v in rest.items() if k not in own}),
+                **{k: rest.get(k) for k in own}}
+    if builder == "classifier":
+        own = ("kind", "num_classes", "average_heads")
+        return {**classifier_kwargs(name, **{k: v for k, v in rest.items() if k not in own}),
+                "kind": rest.get("kind", "avg"), "num_classes": rest.get("num_classes", 1000)}
+    raise ValueError(f"not an encoder model builder: {builder!r} (expected mae, student or classifier)")
+
+
+__all__ = ["BUILDERS", "CLASSIFIER_KINDS", "ENCODER_SIZES", "DistilledViT", "G2SDStudent", "MaskedAutoencoderViT",
+           "build_model", "classifier_kwargs", "create_classifier", "create_mae", "create_student", "encoder_size",
+           "mae_kwargs", "model_kwargs", "random_masking", "size_name", "teacher_classifier", "vit_kwargs"]

@@ -59,7 +59,9 @@ class DistilledViT(VisionTransformer):
 
 
 def teacher_classifier(**kwargs) -> VisionTransformer:
-    """Fine-tuned MAE classifier: timm ViT with global average pooling (``fc_norm``, ``head``)."""
+    """Fine-tuned MAE classifier: timm ViT with global average pooling (``fc_norm``, ``head``);
+    ``global_pool="token"`` gives timm's cls-token ViT (final ``norm``, ``head``) instead."""
     kwargs.setdefault("norm_layer", LayerNorm)
-    return VisionTransformer(global_pool="avg", **kwargs)
+    kwargs.setdefault("global_pool", "avg")
+    return VisionTransformer(**kwargs)
 
