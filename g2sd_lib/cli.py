@@ -1,8 +1,9 @@
 """The ``g2sd`` command line.
 
-``g2sd inspect-checkpoint PATH [--role ROLE]`` says what a checkpoint is (kind, architecture,
-parameter count) and which roles of G2SD it can fill. Exit status: 0 fine, 1 the file cannot fill
-``--role`` (the reason goes to stderr), 2 the file cannot be read or described.
+``g2sd inspect-checkpoint PATH [--role ROLE]`` says what a checkpoint of any size is (kind,
+architecture, parameter count, where its head count comes from) and which roles of G2SD it can
+fill. Exit status: 0 fine, 1 the file cannot fill ``--role`` (the reason goes to stderr), 2 the
+file cannot be read or described (its sidecar disagreeing with its weights included).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoints import KINDS, ROLES, CheckpointError, CheckpointInfo, describe, read_state_dict
+from .checkpoints import KINDS, ROLES, CheckpointError, CheckpointInfo, describe, read_state_dict, role_problem
 
 
 def format_count(n: int) -> str:
@@ -18,6 +19,10 @@ def format_count(n: int) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.1f} M"
     return f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def _heads(n: int) -> str:
+    return f"{n} head" + "s" * (n != 1)
 
 
 def format_info(info: CheckpointInfo) -> str:
@@ -28,18 +33,19 @@ def format_info(info: CheckpointInfo) -> str:
         lines.append(f"architecture {info.arch['name']} (builder {info.arch['builder']}"
                      + "".join(f", {k} {v}" for k, v in info.arch.items() if k not in ("builder", "name")) + ")")
     if d:
-        heads = f", {d['num_heads']} heads" if "num_heads" in d else ""
+        heads = f", {_heads(d['num_heads'])} ({d['heads_from']})" if "num_heads" in d else ""
         lines.append(f"encoder      width {d['embed_dim']}, depth {d['depth']}{heads}, patch {d['patch_size']}, "
                      f"images {d['img_size']}x{d['img_size']}x{d['in_chans']}")
     if "decoder_embed_dim" in d:
-        lines.append(f"decoder      width {d['decoder_embed_dim']}, depth {d['decoder_depth']}")
+        heads = f", {_heads(d['decoder_num_heads'])} ({d['decoder_heads_from']})" if "decoder_num_heads" in d else ""
+        lines.append(f"decoder      width {d['decoder_embed_dim']}, depth {d['decoder_depth']}{heads}")
     if "teacher_decoder_dim" in d:
         enc = f", encoder {d['teacher_embed_dim']}" if "teacher_embed_dim" in d else ""
         lines.append(f"feature head to teacher decoder width {d['teacher_decoder_dim']}{enc}")
     if "num_classes" in d:
         lines.append(f"classes      {d['num_classes']}")
     lines.append(f"parameters   {format_count(info.num_params)} ({info.num_params:,}) in {info.num_tensors} tensors")
-    roles = [f"{r} " + ("ok" if not info.problem(r) else "no" + (f" (missing {', '.join(info.missing_for[r])})"
+    roles = [f"{r} " + ("ok" if not role_problem(info, r) else "no" + (f" (missing {', '.join(info.missing_for[r])})"
                                                                    if info.missing_for[r] else ""))
              for r in sorted(ROLES)]
     lines.append("roles        " + "; ".join(roles))
@@ -56,7 +62,7 @@ def _inspect_checkpoint(args) -> int:
     print(format_info(info))
     if args.role is None:
         return 0
-    problem = info.problem(args.role)
+    problem = role_problem(info, args.role)
     if problem:
         print(f"role {args.role}: refused")
         print(problem, file=sys.stderr)

@@ -1,14 +1,20 @@
 """Tests of g2sd_lib.checkpoints on tiny models written in every official key layout."""
 
 import argparse
+import ast
+import errno
 import fractions
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from g2sd_lib import checkpoints as ck
+from g2sd_lib.checkpoints import files as ck_files
 from g2sd_lib.models import DistilledViT, G2SDStudent, MaskedAutoencoderViT, create_classifier, create_mae, \
     create_student
 
@@ -145,11 +151,19 @@ def test_unknown_role_is_a_programming_error():
         ck.check_role(LAYOUTS["mae-full"][1], "teacher")
 
 
-def test_unknown_architecture_names_what_was_inferred():
-    odd = MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=40, depth=3, num_heads=2,
-                               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1)
-    with pytest.raises(ck.CheckpointError, match="unknown architecture.*embed_dim 40, depth 3"):
-        ck.describe(odd.state_dict(), source="odd.pth")
+def test_any_size_is_described_and_built(tmp_path):
+    odd = _seeded(MaskedAutoencoderViT, img_size=28, patch_size=7, in_chans=1, embed_dim=40, depth=3, num_heads=1,
+                  decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1)
+    info = ck.describe(odd.state_dict(), source="odd.pth")
+    assert info.arch == {"builder": "mae", "name": "mae_vit_w40d3h1_patch7_dec32d1b", "img_size": 28, "in_chans": 1}
+    assert info.dims["num_heads"] == 1 and "assumed: one head" in info.dims["heads_from"]
+    model, _ = ck.load_model(_write(tmp_path, "odd", odd.state_dict()), "gd-teacher")
+    _assert_same_outputs(model, odd)
+    wide = MaskedAutoencoderViT(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=1, num_heads=2,
+                                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1)
+    info = ck.describe(wide.state_dict())
+    assert info.arch["name"] == "mae_vit_w128d1h2_patch7_dec32d1b" and "head width 64" in info.dims["heads_from"]
+    assert ck.describe(LAYOUTS["mae-full"][1]).dims["heads_from"] == "size smokebase"  # named sizes stay aliases
 
 
 def test_image_size_override_is_inferred(tmp_path):
@@ -170,7 +184,7 @@ def test_wrappers_and_ddp_prefix(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["missing", "empty", "text", "truncated", "directory", "unsafe", "no-tensors",
-                                    "safetensors-truncated"])
+                                    "safetensors-truncated", "random-pickle-bytes"])
 def test_unreadable_files(tmp_path, damage):
     good = _write(tmp_path, "good", LAYOUTS["mae-full"][1])
     path = tmp_path / "bad.pth"
@@ -185,6 +199,8 @@ def test_unreadable_files(tmp_path, damage):
         path.mkdir()
     elif damage == "unsafe":
         torch.save({"model": LAYOUTS["mae-full"][1], "x": fractions.Fraction(1, 3)}, path)
+    elif damage == "random-pickle-bytes":  # 0x80 is how a pickle starts, but nothing after it is one
+        path.write_bytes(b"\x80" + np.random.default_rng(0).bytes(300))
     elif damage == "no-tensors":
         torch.save({"model": {"epoch": 3}}, path)
     elif damage == "safetensors-truncated":
@@ -195,8 +211,13 @@ def test_unreadable_files(tmp_path, damage):
     with pytest.raises(ck.CheckpointError, match="bad") as err:
         ck.read_state_dict(path)
     assert "\n" not in str(err.value)
+    # only a real pickle with a disallowed class is called unsafe; damaged bytes are called corrupt
+    assert ("weights_only=False" in str(err.value)) == (damage == "unsafe")
+    if damage in ("truncated", "random-pickle-bytes"):
+        assert "corrupt" in str(err.value)
     if damage != "missing":
         assert err.value.__cause__ is not None or damage in ("empty", "text", "truncated", "directory", "no-tensors")
+
 
 
 def test_save_and_load_saved_model(tmp_path):
@@ -261,6 +282,7 @@ def test_training_state_round_trip(tmp_path):
     fresh.load_state_dict(state["optimizer"])
     assert ck.read_state_dict(path)[0].keys() == model.state_dict().keys()  # 'model' is unwrapped
 
+
 def test_training_state_refuses_what_weights_only_cannot_load(tmp_path):
     with pytest.raises(TypeError, match=r"state\['config'\]\['lr'\].*numpy"):
         ck.save_training_state(tmp_path / "s.pt", config={"lr": np.float64(1e-3)})
@@ -296,3 +318,196 @@ def test_load_encoder_shape_mismatch():
     small = create_classifier("vit_smokesmall_patch7", kind="distilled", num_classes=10)
     with pytest.raises(ck.CheckpointError, match="missing"):
         ck.load_encoder(small, {k: v for k, v in LAYOUTS["mae-encoder"][1].items() if k != "cls_token"})
+
+
+# ------------------------------------------------------------------------------------ every classifier kind
+def _nkd_student():
+    """The SD student as specific distillation with NKD leaves it: predicting with the cls head alone."""
+    from g2sd_lib.tasks import SpecificDistillation
+
+    student = _seeded(create_classifier, "vit_smokesmall_patch7", kind="distilled", num_classes=10)
+    SpecificDistillation(LAYOUTS["mae-finetuned"][0], student, loss_type="nkd")
+    return student
+
+
+CLASSIFIERS = {
+    "avg (teacher)": lambda: LAYOUTS["mae-finetuned"][0],
+    "distilled (g2sd)": lambda: LAYOUTS["sd-student"][0],
+    "distilled (nkd)": _nkd_student,
+    "token": lambda: _seeded(create_classifier, "vit_smokebase_patch7", kind="token", num_classes=10),
+    "on an mae name": lambda: _seeded(create_classifier, TEACHER, kind="distilled", num_classes=10),
+}
+
+
+@pytest.mark.parametrize("kind", CLASSIFIERS)
+def test_every_classifier_kind_saves_and_reloads_to_the_same_logits(tmp_path, kind):
+    source = CLASSIFIERS[kind]()
+    path = tmp_path / "model.safetensors"
+    ck.save_model(source, path)
+    _assert_same_outputs(ck.load_saved_model(path), source)
+    teacher, _ = ck.load_model(path, "sd-teacher")  # the role loader rebuilds from the sidecar too
+    _assert_same_outputs(teacher, source)
+
+
+def test_nkd_student_predicts_with_its_cls_head_after_reloading(tmp_path):
+    source = _nkd_student().eval()
+    ck.save_model(source, tmp_path / "nkd.safetensors")
+    loaded = ck.load_saved_model(tmp_path / "nkd.safetensors").eval()
+    assert loaded.average_heads is False and loaded.arch["average_heads"] is False
+    with torch.no_grad():
+        cls, dist = loaded.forward_heads(loaded.forward_features(IMGS))
+        assert not torch.allclose(cls, dist)
+        torch.testing.assert_close(loaded(IMGS), cls, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------ one registry, small modules
+def test_load_saved_model_rebuilds_dense_models_through_the_one_registry(tmp_path):
+    from g2sd_lib import dense
+    from g2sd_lib.dense import ViTSegmenter
+
+    seg = _seeded(ViTSegmenter, "vit_smokesmall_patch7", img_size=56).eval()
+    ck.save_model(seg, tmp_path / "seg.safetensors")
+    loaded = ck.load_saved_model(tmp_path / "seg.safetensors").eval()
+    x = torch.randn(1, 1, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["logits"], seg(x)["logits"], rtol=0, atol=0)
+    assert dense.load_dense_model is ck.load_saved_model
+    dense_init = Path(dense.__file__).read_text()
+    assert "build_dense_model" not in dense_init and "import _" not in dense_init and ", _" not in dense_init
+
+
+def test_checkpoint_modules_are_small_and_split_by_job():
+    package = Path(ck.__file__).parent
+    modules = {p.stem: p.read_text() for p in package.glob("*.py")}
+    assert {"files", "inspection", "roles", "loading"} <= set(modules)
+    for name, text in modules.items():
+        assert len(text.splitlines()) < 300, name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 60, f"{name}.{node.name}"
+    for public in ("load_model", "load_saved_model", "read_state_dict", "save_model", "save_training_state",
+                   "load_training_state", "load_encoder", "describe", "check_role", "CheckpointError",
+                   "CheckpointInfo", "load_strict"):
+        assert hasattr(ck, public), public
+
+
+# ------------------------------------------------------------------------------------ checked sidecars
+def _saved(tmp_path, name="m", source=None):
+    path = tmp_path / f"{name}.safetensors"
+    ck.save_model(source or LAYOUTS["mae-full"][0], path)
+    return path
+
+
+def _edit_sidecar(path, **arch):
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "arch": {**meta["arch"], **arch}}))
+
+
+LOADERS = {"load_model": lambda p: ck.load_model(p, "gd-teacher"), "load_saved_model": ck.load_saved_model,
+           "read_state_dict": ck.read_state_dict, "load_encoder": lambda p: ck.load_encoder(
+               create_classifier("vit_smokebase_patch7", kind="distilled", num_classes=10), p)}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_every_loader_verifies_the_sidecar_sha256(tmp_path, loader):
+    path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one weight changes; the file still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError, match=rf"{path.name} has sha256 .* but its sidecar says"):
+        LOADERS[loader](path)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("edit, field, claimed, actual", [
+    ({"name": "mae_vit_smokesmall_patch7_dec32d2b"}, "embed_dim", 16, 32),
+    ({"name": "mae_vit_smokebase_patch7_dec32d2b", "depth": 5}, "depth", 5, 2),
+    ({"name": "mae_vit_smokebase_patch7_dec32d1b"}, "decoder_depth", 1, 2),
+    ({"img_size": 56}, "img_size", 56, 28),
+    ({"num_heads": 3}, "num_heads", 3, 32),  # 3 heads cannot split a width of 32
+    ({"num_heads": 8}, "num_heads", 8, 2),  # divides 32, but the file's header records 2
+])
+def test_every_loader_refuses_a_sidecar_that_disagrees_with_the_tensors(tmp_path, loader, edit, field, claimed,
+                                                                         actual):
+    path = _saved(tmp_path)
+    _edit_sidecar(path, **edit)
+    with pytest.raises(ck.CheckpointError) as err:
+        LOADERS[loader](path)
+    msg = str(err.value)
+    assert str(path) in msg and "sidecar" in msg and f"{field}: it says {claimed}," in msg and str(actual) in msg
+
+
+def test_sidecar_of_another_kind_and_files_without_a_header(tmp_path):
+    path = _saved(tmp_path)
+    _edit_sidecar(path, builder="classifier", name="vit_smokebase_patch7", kind="avg", num_classes=10)
+    with pytest.raises(ck.CheckpointError, match="kind: it says mae-finetuned, the tensors are mae-full"):
+        ck.read_state_dict(path)
+    # files saved before the header recorded the architecture (the bundled teachers) still load
+    for bundled in sorted(Path(__file__).parents[1].glob("teachers/*.safetensors")):
+        assert ck.load_saved_model(bundled) is not None
+    with pytest.raises(ck.CheckpointError, match="num_heads: it says 3"):
+        ck.describe(LAYOUTS["mae-full"][1], {"arch": {"builder": "mae", "name": TEACHER, "num_heads": 3}})
+
+
+def test_header_alone_rebuilds_a_file_without_its_sidecar(tmp_path):
+    source = _seeded(create_mae, TEACHER, num_heads=4)  # not the size's 2 heads: only the header knows
+    path = _saved(tmp_path, source=source)
+    path.with_suffix(".json").unlink()
+    model, info = ck.load_model(path, "gd-teacher")
+    assert info.arch == source.arch and info.dims["heads_from"] == "recorded with the weights"
+    _assert_same_outputs(model, source)
+
+
+# ------------------------------------------------------------------------------------ writing
+def _expected_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_files_get_normal_permissions(tmp_path):
+    path = _saved(tmp_path)
+    ck.save_training_state(tmp_path / "last.pt", epoch=1)
+    for p in (path, path.with_suffix(".json"), tmp_path / "last.pt"):
+        assert stat.S_IMODE(p.stat().st_mode) == _expected_mode(), p
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_training_state_says_delete_to_restart(tmp_path, damage):
+    path = tmp_path / "last.pt"
+    ck.save_training_state(path, epoch=1)
+    data = {"truncated": path.read_bytes()[:100], "garbage": b"\x80" + bytes(range(256)), "empty": b""}[damage]
+    path.write_bytes(data)
+    with pytest.raises(ck.CheckpointError, match=rf"training state: {path} is .*; delete it to restart the run"):
+        ck.load_training_state(path)
+
+
+def _failing_writer(error):
+    def write(path, data):
+        path.write_bytes(data[: len(data) // 2])  # a partial file, as a full disk leaves it
+        raise OSError(error, os.strerror(error), str(path))
+    return write
+
+
+@pytest.mark.parametrize("save", ["model", "training-state"])
+def test_disk_full_names_the_path_and_leaves_no_partial_file(tmp_path, monkeypatch, save):
+    previous = _saved(tmp_path, "model")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(ck_files, "_write_file", _failing_writer(errno.ENOSPC))
+    target = previous if save == "model" else tmp_path / "last.pt"
+    with pytest.raises(OSError, match="disk full") as err:
+        if save == "model":
+            ck.save_model(LAYOUTS["mae-full"][0], previous)
+        else:
+            ck.save_training_state(target, epoch=2)
+    assert err.value.errno == errno.ENOSPC and "no space left on device" in str(err.value)
+    assert str(target) in str(err.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old files intact, no temp files
+
+
+def test_read_only_directory_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(ck_files, "_write_file", _failing_writer(errno.EACCES))
+    with pytest.raises(PermissionError, match=rf"directory {tmp_path / 'out'} is read-only or not writable"):
+        ck.save_model(LAYOUTS["mae-full"][0], tmp_path / "out" / "m.safetensors")
+    assert list((tmp_path / "out").iterdir()) == []

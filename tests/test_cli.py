@@ -1,5 +1,6 @@
 """Tests of the ``g2sd`` command line (``inspect-checkpoint``)."""
 
+import json
 import runpy
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 
 from g2sd_lib import checkpoints as ck
 from g2sd_lib.cli import format_count, main
-from g2sd_lib.models import create_mae
+from g2sd_lib.models import MaskedAutoencoderViT, create_mae
 
 TEACHER = "mae_vit_smokebase_patch7_dec32d2b"
 
@@ -109,3 +110,41 @@ def test_inspect_unknown_kind(tmp_path, capsys):
     assert main(["inspect-checkpoint", str(path), "--role", "sd-init"]) == 1
     assert "cls_token" in capsys.readouterr().err
 
+
+
+def test_inspect_any_size_official_mae(tmp_path, capsys):
+    """An official-layout MAE of no named size (48 wide, 2 blocks, patch 8, 32 x 32 RGB) is described
+    from its shapes, and serves as the GD teacher."""
+    torch.manual_seed(0)
+    mae = MaskedAutoencoderViT(img_size=32, patch_size=8, in_chans=3, embed_dim=48, depth=2, num_heads=1,
+                               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1)
+    path = tmp_path / "odd_mae.pth"
+    torch.save({"model": mae.state_dict()}, path)
+    assert main(["inspect-checkpoint", str(path), "--role", "gd-teacher"]) == 0
+    out = capsys.readouterr().out
+    assert "mae_vit_w48d2h1_patch8_dec32d1b (builder mae, img_size 32)" in out
+    assert "width 48, depth 2, 1 head (assumed: one head" in out and "images 32x32x3" in out
+    assert "decoder      width 32, depth 1, 1 head" in out and "role gd-teacher: ok" in out
+    model, info = ck.load_model(path, "gd-teacher")
+    assert info.kind == "mae-full" and model.blocks[0].attn.num_heads == 1
+    noise = torch.rand(2, 16)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x, noise=noise)[0], mae.eval()(x, noise=noise)[0], rtol=0, atol=0)
+
+
+def test_inspect_names_sizes_as_aliases(files, capsys):
+    root, _, _ = files
+    assert main(["inspect-checkpoint", str(root / "full.pth")]) == 0
+    assert "2 heads (size smokebase)" in capsys.readouterr().out
+
+
+def test_inspect_refuses_a_lying_sidecar(tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    ck.save_model(create_mae(TEACHER), path)
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "arch": {**meta["arch"], "depth": 4}}))
+    assert main(["inspect-checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "depth: it says 4, the tensors say 2" in err and "Traceback" not in err
