@@ -58,8 +58,11 @@ def test_paper_profile_has_the_official_recipe():
 
 
 def test_complete_and_use_profile(tmp_path):
-    filled = complete("smoke", data=None, students={"x": 1})
-    assert filled["data"] == load_profile("smoke")["data"] and filled["students"] == {"x": 1}
+    students = load_profile("fmnist")["students"]
+    filled = complete("smoke", data=None, students=students)
+    assert filled["data"] == load_profile("smoke")["data"] and filled["students"] is students
+    with pytest.raises(ValueError, match=r"students\.x: wrong type"):  # the sections are validated
+        complete("smoke", data=None, students={"x": 1})
     dest = use_profile("paper", tmp_path / "params.yaml")
     assert dest.read_text() == profile_path("paper").read_text()
     with pytest.raises(ValueError, match="unknown profile"):
