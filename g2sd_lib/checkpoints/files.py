@@ -9,7 +9,6 @@ directory leaves no partial file, and the files get the usual permissions (``066
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import io
 import json
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
+
+from ..errors import writing
 
 # the safetensors header key under which save_model records the architecture, so the weights file
 # itself says what the sidecar claims (num_heads, which no tensor shape shows), covered by its sha256
@@ -151,33 +152,23 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _write_error(err: OSError, path: Path) -> OSError:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OSError(err.errno, f"disk full (no space left on device) while writing {path}; nothing was "
-                                  f"written: free some space and save again", str(path))
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionError(err.errno, f"cannot write {path}: the directory {path.parent} is read-only or "
-                                          f"not writable by this user ({os.strerror(err.errno)})", str(path))
-    return err
-
-
 def write_atomic(files: dict[Path, bytes]) -> None:
     """Write every ``path: bytes`` of one save, or none of them: temporary files next to the targets,
-    renamed into place once all are complete. Disk-full and permission errors name the path."""
+    renamed into place once all are complete. A full disk or an unwritable directory raises
+    :class:`g2sd_lib.errors.OutputError` naming the path."""
     temps: dict[Path, Path] = {}
-    path = next(iter(files))
     try:
         for path, data in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temps[path] = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-            _write_file(temps[path], data)
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temps[path] = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+                _write_file(temps[path], data)
         for path, tmp in temps.items():
-            os.replace(tmp, path)
-    except BaseException as err:
+            with writing(path):
+                os.replace(tmp, path)
+    except BaseException:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _write_error(err, path) from err
         raise
 
 
