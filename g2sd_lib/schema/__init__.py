@@ -1,0 +1,90 @@
+"""One validated configuration: every ``params.yaml`` section and every stage configuration is
+checked against this schema before any work starts.
+
+Pydantic models (:mod:`.stages`, :mod:`.sections`) give keys, types and ranges; plain functions
+(:mod:`.rules`) add the cross-field rules (class counts, decoder depth, patch sizes, warm-up within
+the epochs, teacher mode). Every failure becomes one line ``path: problem (got value); allowed:
+what`` (:mod:`.messages`, with a did-you-mean for unknown keys and choices), and all lines of a
+configuration are raised together as one :class:`ConfigError`. Validation never fills defaults
+into the configuration: the pipeline hashes params as written.
+"""
+
+from .messages import ConfigError, Problem, _check, _close, _describe, _raise
+from .rules import _dense_problems, _dense_stage, _run_problems, _stage, _target_block, _teacher_problems
+from .sections import SECTIONS
+from .stages import DENSE_STAGES, NUM_CLASSES, STAGES, Data, Train
+
+__all__ = ["ConfigError", "validate_params", "validate_stage", "validate_dense_stage", "check_target_block",
+           "check_num_classes", "NUM_CLASSES", "Train", "Data", "STAGES", "DENSE_STAGES"]
+
+
+def validate_params(params: dict, source: str = "params.yaml", partial: bool = False) -> dict:
+    """Check a whole params dict (any profile) against the schema; returns ``params`` unchanged.
+
+    Every section is checked (keys, types, ranges), every run as the stage configuration it
+    becomes, plus the cross-section rules (teacher mode and dataset, decoder depth of a ``train``
+    teacher, encoders the ``init`` runs hand over, dense canvases). ``partial``: only the sections
+    present are checked (the notebooks receive some sections only). Raises :class:`ConfigError`
+    listing every problem, each at its key path in ``source``.
+    """
+    if not isinstance(params, dict):
+        raise ConfigError(f"invalid configuration in {source}", [Problem((), "wrong type", "a mapping", params).line()])
+    problems = [Problem((k,), "unknown key", ", ".join(SECTIONS), params[k], _close(k, SECTIONS))
+                for k in params if k not in SECTIONS]
+    problems += [Problem((k,), "required key missing", _describe(tp)) for k, tp in SECTIONS.items()
+                 if k not in params and not partial]
+    valid = {}
+    for key, tp in SECTIONS.items():
+        if key in params:
+            found, value = _check(tp, params[key])
+            problems += [p._replace(loc=(key, *p.loc)) for p in found]
+            if not found:
+                valid[key] = value
+    if "teacher" in valid:
+        problems += _teacher_problems(params, valid)
+    found, encoders = _run_problems(params, valid)
+    problems += found
+    if "dense" in valid:
+        problems += _dense_problems(params, valid, encoders)
+    _raise(problems, f"invalid configuration in {source}")
+    return params
+
+
+def validate_stage(cfg: dict) -> dict:
+    """Check one stage configuration (``config.stage_config`` / ``config.teacher_stage_config``;
+    the dense kinds go to :func:`validate_dense_stage`): keys allowed for its ``kind``, types,
+    ranges, the model name against the dataset's images, warm-up within the epochs. Returns
+    ``cfg`` unchanged."""
+    if isinstance(cfg, dict) and str(cfg.get("kind")) in DENSE_STAGES:
+        return validate_dense_stage(cfg)
+    where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
+    _raise(_stage(cfg)[0], f"invalid stage configuration ({where})")
+    return cfg
+
+
+def validate_dense_stage(cfg: dict) -> dict:
+    """Check one dense stage configuration (``config.dense_stage_config``); returns ``cfg`` unchanged."""
+    where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
+    _raise(_dense_stage(cfg), f"invalid dense stage configuration ({where})")
+    return cfg
+
+
+def check_target_block(target_block: int, decoder_depth: int, teacher: str = "the GD teacher") -> None:
+    """At GD stage time: ``task.target_block`` must name a block of the loaded teacher's decoder
+    (1-based, ``decoder_depth`` blocks); ``teacher`` names it (model or file) in the message."""
+    _raise(_target_block(target_block, decoder_depth, teacher), "invalid stage configuration")
+
+
+def check_num_classes(teacher_classes: int, student_classes: int, dataset: str,
+                      teacher_file: str = "the teacher checkpoint") -> None:
+    """At stage time, after loading a classifier teacher: its class count, the student's and the
+    dataset's (fmnist 10, imagenet 1000) must agree; the message names both counts and the file."""
+    if dataset not in NUM_CLASSES:
+        problems = [Problem(("data", "dataset"), "not an allowed choice", " | ".join(NUM_CLASSES), dataset)]
+    elif teacher_classes != NUM_CLASSES[dataset] or student_classes != NUM_CLASSES[dataset]:
+        problems = [Problem((teacher_file,), "class counts differ",
+                            f"{NUM_CLASSES[dataset]} classes for teacher and student (data.dataset {dataset!r})",
+                            {"teacher": teacher_classes, "student": student_classes})]
+    else:
+        problems = []
+    _raise(problems, "teacher and student do not fit the dataset")
