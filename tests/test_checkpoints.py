@@ -167,6 +167,21 @@ def test_any_size_is_described_and_built(tmp_path):
     assert ck.describe(LAYOUTS["mae-full"][1]).dims["heads_from"] == "size smokebase"  # named sizes stay aliases
 
 
+@pytest.mark.parametrize("role", ["gd-student", "sd-teacher"])
+def test_any_size_student_and_classifier_fill_their_roles(tmp_path, role):
+    size = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=40, depth=3, num_heads=1)
+    if role == "gd-student":
+        source = _seeded(G2SDStudent, teacher_decoder_dim=24, decoder_embed_dim=32, decoder_depth=1,
+                         decoder_num_heads=1, **size)
+        name = "mae_vit_w40d3h1_patch7_dec32d1b"
+    else:
+        source = _seeded(DistilledViT, num_classes=10, **size)
+        name = "vit_w40d3h1_patch7"
+    model, info = ck.load_model(_write(tmp_path, role, source.state_dict()), role)
+    assert info.arch["name"] == name and type(model) is type(source)
+    _assert_same_outputs(model, source)
+
+
 def test_image_size_override_is_inferred(tmp_path):
     source = create_mae(TEACHER, img_size=56)
     model, info = ck.load_model(_write(tmp_path, "big", source.state_dict()), "gd-teacher")
