@@ -34,13 +34,15 @@ def _name_problems(name, loc, mae: bool = False) -> list[Problem]:
     return [Problem(loc, "not a model name", f"{pattern}, size one of {', '.join(ENCODER_SIZES)}", name)]
 
 
-def _model_problems(name, loc, *, mae: bool, size: int, chans: int, exact: bool, multiple: int = 1):
-    """The model name parses, fits images of ``size`` px x ``chans`` and its patch divides ``size``."""
+def _model_problems(name, loc, *, mae: bool, size: int, chans: int, exact: bool, multiple: int = 1,
+                    overrides: dict | None = None):
+    """The model name parses, fits images of ``size`` px x ``chans`` (after the ``model_kwargs``
+    ``overrides`` of img_size / in_chans) and its patch divides ``size``."""
     from ..models import ENCODER_SIZES
 
     if problems := _name_problems(name, loc, mae):
         return problems
-    arch = _arch(name)
+    arch = {**_arch(name), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     if arch["in_chans"] != chans or exact and arch["img_size"] != size:
         fit = [s for s, v in ENCODER_SIZES.items() if v[4] == chans and (not exact or v[3] == size)]
         return [Problem(loc, f"built for {arch['img_size']} px x {arch['in_chans']} channel images",
@@ -85,7 +87,9 @@ def _stage(cfg) -> tuple[list[Problem], Stage | None]:
         return problems, None
     data = stage.data or Data()
     size, chans = (28, 1) if data.dataset == "fmnist" else (data.input_size, 3)
-    problems += _model_problems(stage.model, ("model",), mae=kind in ("mae", "gd"), size=size, chans=chans, exact=True)
+    overrides = stage.model_kwargs.model_dump(include={"img_size", "in_chans"}) if stage.model_kwargs else None
+    problems += _model_problems(stage.model, ("model",), mae=kind in ("mae", "gd"), size=size, chans=chans, exact=True,
+                                overrides=overrides)
     problems += _train_problems(stage.train, cfg["train"])
     if data.dataset == "imagenet" and not data.root:
         problems.append(Problem(("data", "root"), "required for imagenet", "a directory with train/ and val/",

@@ -57,6 +57,8 @@ class ModelKwargs(Section):
     drop_rate: Rate = 0.0
     proj_drop_rate: Rate = 0.0
     attn_drop_rate: Rate = 0.0
+    img_size: Count | None = None  # a model built for other images than its name's (e.g. small ImageNet tests)
+    in_chans: Count | None = None
 
 
 class Train(Section):
