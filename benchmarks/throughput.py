@@ -28,7 +28,7 @@ from pathlib import Path
 import timm
 import torch
 
-from g2sd_lib.engine import autocast_dtype
+from g2sd_lib.device import autocast_dtype
 from g2sd_lib.evaluate import flops_per_image
 from g2sd_lib.models import create_classifier, create_mae, create_student, mae_kwargs
 from g2sd_lib.profiles import load_profile

@@ -33,7 +33,8 @@ import yaml
 
 from . import checkpoints, data, schema, tasks
 from .config import DENSE_TASKS, EVAL_BATCH_SIZE
-from .engine import TrainConfig, init_distributed, train, world_info
+from .device import init_distributed, world_info
+from .engine import TrainConfig, train
 from .errors import run_main
 from .evaluate import classification_report
 from .models import create_classifier, create_mae, create_student
