@@ -1,17 +1,15 @@
 """Figures: attention maps, MAE reconstructions, feature alignment and training curves.
 
 All plotting functions take tensors / dicts and return a matplotlib ``Figure``; callers save them.
+No backend is forced: in Jupyter (and under papermill) the inline backend shows every figure below
+its cell, and elsewhere matplotlib falls back to a headless backend by itself when there is no display.
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from .analysis import capture_outputs  # noqa: E402
+from .analysis import capture_outputs
 
 
 @torch.no_grad()

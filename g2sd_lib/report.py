@@ -1,10 +1,16 @@
-"""Tables and the machine-readable summary, rendered from the pipeline's metric files only.
+"""Tables and the machine-readable summary, rendered from the pipeline's result files only.
 
 Paper numbers appear only with their provenance. The companion could not obtain the paper's full
 tables, so a cell with no published source says "unavailable" rather than holding a guess.
+
+Three kinds of files carry the stages' numbers (declared in dvc.yaml):
+
+* ``reports/metrics/``: the few numbers per run a person compares between runs and experiments
+  (``dvc metrics show``, ``dvc exp show``);
+* ``reports/plots/``: every training run's per-epoch history as CSV (``dvc plots show``);
+* ``reports/results/``: the detailed per-seed results the report stage renders its tables from.
 """
 
-import csv
 import hashlib
 import json
 import os
@@ -13,6 +19,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 # What the paper and its reference READMEs publish, with where each value comes from.
@@ -35,41 +42,6 @@ METHODS = {
 }
 
 
-def read_json(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize(evaluation: dict) -> dict:
-    """``reports/summary.json``: teacher top-1 and, per student, the mean over seeds (``top1``),
-    ``top1_mean``, ``top1_std``, ``seeds``, ``ratio_to_teacher``; accuracies are fractions."""
-    teacher_top1 = evaluation["teacher"]["top1"]
-    students = {}
-    for name, ev in evaluation["students"].items():
-        per_seed = ev["seeds"]
-        top1 = [per_seed[s]["top1"] for s in per_seed]
-        m, sd = mean_std(top1)
-        students[name] = {"top1": m, "top1_mean": m, "top1_std": sd, "seeds": [int(s) for s in per_seed],
-                          "ratio_to_teacher": m / teacher_top1,
-                          "agreement": statistics.fmean(per_seed[s]["agreement"] for s in per_seed)}
-        if all("top5" in per_seed[s] for s in per_seed):
-            students[name]["top5"] = statistics.fmean(per_seed[s]["top5"] for s in per_seed)
-    teacher = {"top1": teacher_top1}
-    if "top5" in evaluation["teacher"]:
-        teacher["top5"] = evaluation["teacher"]["top5"]
-    return {"classification": {"teacher": teacher, "students": students}}
-
-
 # The dense tasks: metric key in the evaluation, its label, and the paper's teacher ratio / teacher value.
 DENSE = {
     "segmentation": {"metric": "miou", "label": "mIoU", "ratio": "segmentation_ratio", "benchmark": "ADE20K",
@@ -83,29 +55,81 @@ DENSE_METHODS = {
 }
 
 
-def summarize_dense(evaluation: dict) -> dict:
-    """The ``segmentation`` / ``detection`` sections of ``summary.json``, shaped like ``classification``.
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
 
-    Per task: ``metric`` (its name, e.g. ``miou``), ``teacher`` ``{metric: value}`` and per student
-    ``{metric, metric_mean, metric_std, seeds, ratio_to_teacher}`` (fractions). A profile whose dense
-    tasks run outside the pipeline gives ``{"metric", "status"}`` only.
+
+def write_json(path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_history(history: list[dict], path) -> Path:
+    """One training run's per-epoch history as CSV, ``epoch`` first (the x axis of ``dvc plots``).
+    An empty history (a model trained elsewhere, e.g. a bundled teacher) gives the header only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(history) if history else pd.DataFrame(columns=["epoch", "train_loss"])
+    frame[["epoch", *(c for c in frame.columns if c != "epoch")]].to_csv(path, index=False)
+    return path
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize_task(teacher: dict, students: dict, metric: str) -> dict:
+    """One task's section of ``summary.json`` (classification, segmentation or detection).
+
+    ``teacher``: the teacher's evaluation ``{score: value, ...}`` (non-score keys such as ``params``
+    are left out); ``students``: ``{name: {"seeds": {seed: {score: value}}}}``. Returns ``metric``,
+    ``teacher`` and per student every score averaged over seeds, plus ``{metric}_mean``,
+    ``{metric}_std``, ``seeds`` and ``ratio_to_teacher``; values are fractions.
     """
+    scores = {k for s in students.values() for row in s["seeds"].values() for k in row}
+    out = {"metric": metric, "teacher": {k: v for k, v in teacher.items() if k in scores}, "students": {}}
+    t = out["teacher"][metric]
+    for name, s in students.items():
+        rows = list(s["seeds"].values())
+        m, sd = mean_std([row[metric] for row in rows])
+        out["students"][name] = {metric: m, f"{metric}_mean": m, f"{metric}_std": sd,
+                                 "seeds": [int(k) for k in s["seeds"]], "ratio_to_teacher": m / t if t else None,
+                                 **{k: statistics.fmean(row[k] for row in rows) for k in rows[0]
+                                    if k != metric and all(k in row for row in rows)}}
+    return out
+
+
+def summarize(evaluation: dict, dense_evaluation: dict | None = None) -> dict:
+    """``reports/summary.json``: the classification section (top-1) and, given the dense evaluation,
+    the :func:`summarize_dense` sections."""
+    out = {"classification": summarize_task(evaluation["teacher"], evaluation["students"], "top1")}
+    return {**out, **summarize_dense(dense_evaluation)} if dense_evaluation is not None else out
+
+
+def summarize_dense(evaluation: dict) -> dict:
+    """The ``segmentation`` / ``detection`` sections of ``summary.json`` (:func:`summarize_task` on
+    mIoU / box AP); a profile whose dense tasks run outside the pipeline gets ``{"metric", "status"}``."""
     out = {}
     for task, spec in DENSE.items():
-        metric = spec["metric"]
         ev = evaluation.get("tasks", {}).get(task)
-        if ev is None:
-            out[task] = {"metric": metric, "status": evaluation.get("status", "not run")}
-            continue
-        teacher = ev["teacher"][metric]
-        students = {}
-        for name, s in ev["students"].items():
-            values = [s["seeds"][k][metric] for k in s["seeds"]]
-            m, sd = mean_std(values)
-            students[name] = {metric: m, f"{metric}_mean": m, f"{metric}_std": sd,
-                              "seeds": [int(k) for k in s["seeds"]], "ratio_to_teacher": m / teacher if teacher else None}
-        out[task] = {"metric": metric, "teacher": {metric: teacher}, "students": students}
+        out[task] = (summarize_task(ev["teacher"], ev["students"], spec["metric"]) if ev is not None
+                     else {"metric": spec["metric"], "status": evaluation.get("status", "not run")})
     return out
+
+
+def metrics_per_model(section: dict) -> dict[str, dict]:
+    """Per model of a :func:`summarize_task` section, the numbers its test metric file keeps: the
+    mean over seeds, the std and the fraction of the teacher's, e.g. ``{"top1": ..., "top1_std": ...,
+    "of_teacher": ...}`` (the teacher: its metric only). The validation files of the training stages
+    use the same keys, so that ``dvc metrics show`` stays a few columns wide."""
+    metric = section["metric"]
+    files = {"teacher": {metric: section["teacher"][metric]}}
+    for name, s in section["students"].items():
+        files[name] = {metric: s[f"{metric}_mean"], f"{metric}_std": s[f"{metric}_std"],
+                       "of_teacher": s["ratio_to_teacher"]}
+    return files
 
 
 def _pct(x: float) -> str:
@@ -169,18 +193,20 @@ def claims_rows(summary: dict) -> list[dict]:
     A claim "holds" when the mean difference is positive and larger than the two runs' standard
     deviations combined (sqrt(s1^2 + s2^2)); with a single seed there is no spread to compare with,
     so the verdict says so."""
-    cls = summary["classification"]
-    students = cls["students"]
-    rows = []
-    if "g2sd" in students:
-        ratio = students["g2sd"]["ratio_to_teacher"]
-        rows.append({"claim": "the ViT-S student reaches 98.7 % of its ViT-B teacher", "paper": "98.7 %",
-                     "ours": f"{_pct(ratio)} %", "holds here": "yes" if ratio >= 0.987 else "no",
-                     "source": PAPER["g2sd_ratio"][1]})
+    students = summary["classification"]["students"]
+    rows = [_ratio_row("the ViT-S student", students["g2sd"], "g2sd_ratio")] if "g2sd" in students else []
     for claim, a, b in CLAIMS:
         if a in students and b in students:
             rows.append(_comparison_row(claim, students[a], students[b], "top1"))
     return rows
+
+
+def _ratio_row(who: str, student: dict, paper_key: str) -> dict:
+    """Claim row "``who`` reaches the paper's % of its ViT-B teacher" (``PAPER[paper_key]``)."""
+    value, source = PAPER[paper_key]
+    ratio = student["ratio_to_teacher"]
+    return {"claim": f"{who} reaches {value} % of its ViT-B teacher", "paper": f"{value} %",
+            "ours": f"{_pct(ratio)} %", "holds here": "yes" if ratio >= value / 100 else "no", "source": source}
 
 
 def _comparison_row(claim: str, sa: dict, sb: dict, metric: str) -> dict:
@@ -224,18 +250,13 @@ def dense_claims_rows(summary: dict) -> list[dict]:
     """The paper's dense claims: the student's % of teacher, and whether dense SD beats fine-tuning (GD only)."""
     rows = []
     for task, spec in DENSE.items():
-        sec = summary.get(task)
-        if not sec or "g2sd" not in sec.get("students", {}):
+        students = summary.get(task, {}).get("students", {})
+        if "g2sd" not in students:
             continue
-        metric, g2sd = spec["metric"], sec["students"]["g2sd"]
-        target = PAPER[spec["ratio"]][0] / 100
-        rows.append({"claim": f"{task}: the ViT-S student reaches {PAPER[spec['ratio']][0]} % of its ViT-B teacher",
-                     "paper": f"{PAPER[spec['ratio']][0]} %", "ours": f"{_pct(g2sd['ratio_to_teacher'])} %",
-                     "holds here": "yes" if g2sd["ratio_to_teacher"] >= target else "no",
-                     "source": PAPER[spec["ratio"]][1]})
-        if "gd_only" in sec["students"]:
+        rows.append(_ratio_row(f"{task}: the ViT-S student", students["g2sd"], spec["ratio"]))
+        if "gd_only" in students:
             rows.append(_comparison_row(f"{task}: dense specific distillation helps after GD (G2SD > GD only)",
-                                        g2sd, sec["students"]["gd_only"], metric))
+                                        students["g2sd"], students["gd_only"], spec["metric"]))
     return rows
 
 
@@ -272,30 +293,30 @@ def setting_rows(params: dict, evaluation: dict) -> list[dict]:
 
 
 def write_table(rows: list[dict], stem, caption: str, provenance: dict) -> list[Path]:
-    """Write ``stem``.md / .csv / .tex; the Markdown and LaTeX carry the caption and provenance."""
+    """Write ``stem``.md / .csv / .tex from ``rows`` (one dict per row, cells already formatted as
+    text); the Markdown and LaTeX carry the caption and provenance. The LaTeX uses booktabs rules."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    cols = list(rows[0])
+    table = pd.DataFrame(rows).astype(str)
     prov = "; ".join(f"{k}: {v}" for k, v in provenance.items())
-    md = [f"**{caption}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    md += ["", f"_Provenance: {prov}_", ""]
-    stem.with_suffix(".md").write_text("\n".join(md))
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-
-    def tex(s):
-        return (str(s).replace("\\", "\\textbackslash{}").replace("%", "\\%").replace("_", "\\_")
-                .replace("&", "\\&").replace("#", "\\#").replace("±", "$\\pm$"))
-    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{tex(caption)}}}",
-             "\\begin{tabular}{" + "l" * len(cols) + "}", "\\hline",
-             " & ".join(tex(c) for c in cols) + " \\\\", "\\hline"]
-    lines += [" & ".join(tex(r[c]) for c in cols) + " \\\\" for r in rows]
-    lines += ["\\hline", "\\end{tabular}", f"% Provenance: {tex(prov)}", "\\end{table}", ""]
-    stem.with_suffix(".tex").write_text("\n".join(lines))
+    # disable_numparse: the cells are already formatted ("100.00" stays "100.00", not "100")
+    markdown = table.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+    stem.with_suffix(".md").write_text(f"**{caption}**\n\n{markdown}\n\n_Provenance: {prov}_\n")
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    styler = table.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    latex = styler.to_latex(caption=_latex_escape(caption), position="t", position_float="centering",
+                            hrules=True, column_format="l" * len(table.columns))
+    latex = latex.replace("±", "$\\pm$").replace("\\end{table}", f"% Provenance: {_latex_escape(prov)}\n\\end{{table}}")
+    stem.with_suffix(".tex").write_text(latex)
     return [stem.with_suffix(s) for s in (".md", ".csv", ".tex")]
+
+
+def _latex_escape(text: str) -> str:
+    """The caption and provenance line, escaped as ``Styler.format(escape="latex")`` escapes the cells."""
+    for char, escaped in (("\\", "\\textbackslash "), ("%", "\\%"), ("_", "\\_"), ("&", "\\&"), ("#", "\\#"),
+                          ("$", "\\$"), ("{", "\\{"), ("}", "\\}")):
+        text = text.replace(char, escaped)
+    return text
 
 
 def provenance(params_path="params.yaml", seeds=None) -> dict:

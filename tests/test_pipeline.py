@@ -3,6 +3,7 @@ of the repository (new git repo, no DVC cache), then the notebooks under nbval i
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ["teacher", "pretrain@gd", "pretrain@mae_student"] + [
+STAGES = ["library", "teacher", "pretrain@gd", "pretrain@mae_student"] + [
     f"students@{s}" for s in ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")] + ["evaluate", "report"] + [
     "dense_data", "dense_teacher@segmentation", "dense_teacher@detection"] + [
     f"dense_students@{t}-{r}" for t in ("segmentation", "detection") for r in ("g2sd", "gd_only")] + ["dense_evaluate"]
@@ -125,12 +126,73 @@ def test_changing_a_student_parameter_reruns_only_that_student(smoke_repo):
         params.write_text(original)
 
 
+def test_executed_notebooks_show_their_figures(smoke_repo):
+    """Every cell that saves a figure also displays it: the executed notebooks are readable reports."""
+    repo, _ = smoke_repo
+    executed = sorted((repo / "reports/notebooks").glob("*.ipynb"))
+    assert len(executed) == 19
+    for path in executed:
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code" and ".savefig(" in "".join(cell["source"]):
+                shown = [o for o in cell["outputs"] if "image/png" in o.get("data", {})]
+                assert shown, f"{path.name}: a cell saves a figure but shows none:\n{''.join(cell['source'])[:300]}"
+
+
+def test_metrics_are_short_and_plots_cover_every_training_run(smoke_repo, tmp_path):
+    repo, _ = smoke_repo
+    dvc = str(BIN / "dvc")
+    metrics = next(iter(json.loads(_sh([dvc, "metrics", "show", "--json"], repo)).values()))["data"]  # the workspace
+    files = {path: m["data"] for path, m in metrics.items()}
+    assert all(not isinstance(v, (dict, list)) for m in files.values() for v in m.values()), "flat files only"
+    columns = {k for m in files.values() for k in m}
+    assert len(columns) <= 10, sorted(columns)
+    for run in ("teacher", "pretrain/gd", "students/kd", "test/g2sd", "dense/detection/g2sd",
+                "dense/test/segmentation/teacher"):
+        assert f"reports/metrics/{run}.json" in files, run
+    assert files["reports/metrics/test/g2sd.json"]["of_teacher"] > 0
+    widest = max(len(line) for line in _sh([dvc, "metrics", "show"], repo).splitlines())
+    assert widest < 200, widest
+
+    csvs = sorted(p.relative_to(repo).as_posix() for p in (repo / "reports/plots").rglob("*.csv"))
+    expected = ["reports/plots/teacher/finetune.csv", "reports/plots/pretrain/gd.csv", "reports/plots/students/kd/seed0.csv",
+                "reports/plots/dense/segmentation/teacher/seed0.csv", "reports/plots/dense/detection/gd_only/seed0.csv"]
+    assert set(expected) <= set(csvs) and len(csvs) == 2 + 2 + 6 + 2 * 3
+    plots = json.loads(_sh([dvc, "plots", "show", "--json"], repo))
+    assert "errors" not in plots, plots.get("errors")
+    rendered = {key.split("::")[-1] for key, items in plots["data"].items() for item in items
+                if item["content"]["data"]["values"]}
+    assert set(csvs) <= rendered, set(csvs) - rendered  # every run and seed has its curves
+    _sh([dvc, "plots", "show", "-o", str(tmp_path / "plots")], repo)
+    assert (tmp_path / "plots/index.html").stat().st_size > 10000
+
+
+def test_dvc_exp_run_with_a_changed_parameter(smoke_repo):
+    """`dvc exp run -S` on a parameter of the evaluation stage, on top of the committed results: only
+    that stage and the report rerun, and `dvc exp show` lists the experiment, its parameter and metrics."""
+    repo, _ = smoke_repo
+    dvc = str(BIN / "dvc")
+    _sh(["git", "add", "-A"], repo)
+    _sh(["git", "commit", "-qm", "smoke results"], repo)
+    log = _sh([dvc, "exp", "run", "-n", "attn2", "-S", "evaluate.attention_images=2"], repo)
+    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"evaluate", "report"}, log[-2000:]
+    exps = json.loads(_sh([dvc, "exp", "show", "--json"], repo))
+    exp = next(e["revs"][0]["data"] for baseline in exps for e in baseline.get("experiments") or []
+               if e["revs"][0].get("name") == "attn2")
+    assert exp["params"]["params.yaml"]["data"]["evaluate"]["attention_images"] == 2
+    assert 0 <= exp["metrics"]["reports/metrics/test/g2sd.json"]["data"]["top1"] <= 1
+    changed = _sh([dvc, "exp", "show", "--only-changed", "--csv"], repo)
+    assert "attn2" in changed and "evaluate.attention_images" in changed
+    assert len(changed.splitlines()[0].split(",")) < 15  # only what the experiment changed
+
+
 def test_notebooks_under_nbval_with_smoke_defaults(smoke_repo):
     """The committed notebooks, run as stored (no parameter injection: smoke defaults), in the
     pipeline copy's directory so that the evaluation notebook finds every student."""
     repo, _ = smoke_repo
+    # the entry notebook 00 trains for minutes as stored: tests/test_entry_notebook.py runs it shrunk
+    notebooks = [str(p) for p in sorted((REPO / "notebooks").glob("*.ipynb")) if not p.name.startswith("00_")]
     out = _sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-               "--nbval-current-env", str(REPO / "notebooks")], repo, G2SD_WORKDIR=str(repo))
+               "--nbval-current-env", *notebooks], repo, G2SD_WORKDIR=str(repo))
     assert "passed" in out and "failed" not in out
 
 
@@ -149,7 +211,7 @@ def test_bundled_teacher_mode_pins_hashes(smoke_repo):
     params["teacher"]["bundled"].update(mae_sha256=hashes["mae"], classifier_sha256=hashes["classifier"])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Running stage 'teacher'" in _sh([str(BIN / "dvc"), "repro", "teacher"], repo)
-    assert json.loads((repo / "reports/metrics/teacher.json").read_text())["mode"] == "bundled"
+    assert json.loads((repo / "reports/results/teacher.json").read_text())["mode"] == "bundled"
 
     bundled = repo / "teachers/fmnist_classifier.safetensors"
     data = bytearray(bundled.read_bytes())

@@ -4,16 +4,12 @@ Class colours are fixed (background black, the 10 Fashion-MNIST classes from mat
 ``tab10``), so every figure reads with the same legend.
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from ..data import FASHION_MNIST_CLASSES  # noqa: E402
+from ..data import FASHION_MNIST_CLASSES
 
 CLASS_NAMES = ("background",) + FASHION_MNIST_CLASSES  # index = mask value / box label
 PALETTE = ListedColormap([(0.0, 0.0, 0.0)] + [plt.get_cmap("tab10")(i)[:3] for i in range(10)])

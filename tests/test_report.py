@@ -1,0 +1,71 @@
+"""The report's summary, tables and metric files, on small hand-made evaluations."""
+
+import csv
+
+import pytest
+
+from g2sd_lib import report
+
+EVALUATION = {"teacher": {"top1": 0.8, "top5": 0.99, "params": 1000, "flops": 2e6},
+              "students": {"g2sd": {"seeds": {"0": {"top1": 0.7, "top5": 0.98, "agreement": 0.9},
+                                              "1": {"top1": 0.72, "top5": 0.97, "agreement": 0.8}},
+                                    "params": 500, "flops": 1e6},
+                           "kd": {"seeds": {"0": {"top1": 0.6, "top5": 0.9, "agreement": 0.7},
+                                            "1": {"top1": 0.62, "top5": 0.92, "agreement": 0.75}},
+                                  "params": 400, "flops": 1e6}}}
+DENSE = {"tasks": {"segmentation": {"metric": "miou", "teacher": {"miou": 0.5, "aacc": 0.9, "params": 10},
+                                    "students": {"g2sd": {"seeds": {"0": {"miou": 0.45, "aacc": 0.85}}, "params": 5}}}},
+         "status": "trained"}
+
+
+def test_one_summary_algorithm_for_classification_and_dense_tasks():
+    summary = report.summarize(EVALUATION, DENSE)
+    cls = summary["classification"]
+    assert cls["teacher"] == {"top1": 0.8, "top5": 0.99}  # scores only, no parameter counts
+    g2sd = cls["students"]["g2sd"]
+    assert g2sd["top1"] == g2sd["top1_mean"] == pytest.approx(0.71)
+    assert g2sd["top1_std"] == pytest.approx(0.0141421, abs=1e-6) and g2sd["seeds"] == [0, 1]
+    assert g2sd["ratio_to_teacher"] == pytest.approx(0.71 / 0.8)
+    assert g2sd["agreement"] == pytest.approx(0.85) and g2sd["top5"] == pytest.approx(0.975)
+    seg = summary["segmentation"]
+    assert seg["metric"] == "miou" and seg["teacher"] == {"miou": 0.5, "aacc": 0.9}
+    assert seg["students"]["g2sd"]["miou_std"] == 0.0 and seg["students"]["g2sd"]["ratio_to_teacher"] == 0.9
+    assert summary["detection"] == {"metric": "box_ap", "status": "trained"}  # not in this evaluation
+
+
+def test_metrics_per_model_are_a_few_flat_numbers():
+    files = report.metrics_per_model(report.summarize(EVALUATION)["classification"])
+    assert files["teacher"] == {"top1": 0.8}
+    assert set(files["g2sd"]) == {"top1", "top1_std", "of_teacher"}
+    assert all(isinstance(v, float) for f in files.values() for v in f.values())
+
+
+def test_claims_take_the_paper_numbers_from_paper():
+    summary = report.summarize(EVALUATION)
+    rows = report.claims_rows(summary)
+    paper = report.PAPER["g2sd_ratio"][0]
+    assert rows[0]["claim"] == f"the ViT-S student reaches {paper} % of its ViT-B teacher"
+    assert rows[0]["paper"] == f"{paper} %" and rows[0]["holds here"] == "no"  # 88.75 %
+    kd = next(r for r in rows if "single-stage KD" in r["claim"])
+    assert kd["holds here"] == "yes" and kd["ours"].startswith("+10.00 points")
+
+
+def test_write_table_markdown_csv_and_latex(tmp_path):
+    rows = [{"method": "G2SD_x", "top-1 (%)": "71.00 ± 1.41", "% of teacher": "100.00"},
+            {"method": "kd", "top-1 (%)": "61.00 ± 1.41", "% of teacher": "76.25"}]
+    md, csv_path, tex = report.write_table(rows, tmp_path / "t", "Caption 50 %", {"commit": "abc", "seeds": "0, 1"})
+    text = md.read_text()
+    assert text.startswith("**Caption 50 %**") and "_Provenance: commit: abc; seeds: 0, 1_" in text
+    assert "| 100.00 " in text  # formatted cells are kept as written, not re-parsed as numbers
+    with open(csv_path, newline="") as f:
+        assert list(csv.DictReader(f)) == rows
+    latex = tex.read_text()
+    assert "\\caption{Caption 50 \\%}" in latex and "G2SD\\_x" in latex and "71.00 $\\pm$ 1.41" in latex
+    assert "\\% of teacher" in latex and "% Provenance: commit: abc" in latex and latex.rstrip().endswith("\\end{table}")
+
+
+def test_write_history_puts_epoch_first(tmp_path):
+    path = report.write_history([{"lr": 0.1, "epoch": 1, "train_loss": 2.0}, {"lr": 0.05, "epoch": 2, "train_loss": 1.5}],
+                                tmp_path / "a" / "h.csv")
+    assert path.read_text().splitlines() == ["epoch,lr,train_loss", "1,0.1,2.0", "2,0.05,1.5"]
+    assert report.write_history([], tmp_path / "empty.csv").read_text() == "epoch,train_loss\n"
