@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoints import load_training_state, save_model, save_training_state
-from .device import AMP_MODES, autocast_dtype, init_distributed, resolve_device, world_info
+from .device import AMP_MODES, autocast_dtype, resolve_device, world_info
 from .errors import NonFiniteLossError, ResumeMismatchError, check_writable, writing
 from .optim import lr_at, scaled_lr, set_lr
 
@@ -319,5 +319,4 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-__all__ = ["TrainConfig", "autocast_dtype", "init_distributed", "resolve_device", "seed_epoch", "train",
-           "world_info"]
+__all__ = ["TrainConfig", "config_changes", "seed_epoch", "show_progress", "train", "train_one_epoch"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_training_state
-from ..config import DENSE_TASKS, run_dir  # noqa: F401  (DENSE_TASKS: read here by the notebooks)
+from ..config import run_dir
 from ..data import load_fashion_mnist, train_val_split
 from . import load_dense_model
 from .backbone import load_backbone
@@ -147,11 +147,3 @@ def dense_run(cfg: dict, batch_size: int, seed: int, rank: int, world: int):
 
     return task, loader, evaluate
 
-
-# TEMPORARY (removed when the notebooks call config / stages directly): the names notebooks 06-08 use.
-from ..config import dense_stage_config  # noqa: E402,F401
-from ..stages import launch  # noqa: E402,F401
-
-
-def dense_run_dir(workdir, task: str, run: str, seed: int | None = None) -> Path:
-    return run_dir(workdir, f"dense/{task}", run, seed)
