@@ -102,3 +102,19 @@ def pca_rgb(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     lo, hi = proj.min(0).values, proj.max(0).values
     proj = (proj - lo) / (hi - lo).clamp_min(1e-12)
     return proj.reshape(B, *grid, 3).float()
+
+
+def attention_similarity(teacher: torch.Tensor, student: torch.Tensor) -> list[float]:
+    """How close a student's attention maps are to its teacher's, per student block.
+
+    teacher (depth_T, B, heads_T, gh, gw), student (depth_S, B, heads_S, gh, gw), as from
+    ``figures.cls_attention`` on the same images. Per student block b (0-based), the teacher block at
+    the same relative depth, ``round((b + 1) * depth_T / depth_S) - 1``; per image the Pearson
+    correlation of the two head-mean maps over the patches, averaged over the images: 1 = the same
+    pattern, 0 = unrelated (a plain cosine would call any two near-uniform maps similar).
+    """
+    depth_t, depth_s = teacher.shape[0], student.shape[0]
+    t, s = teacher.double().mean(2).flatten(2), student.double().mean(2).flatten(2)  # (depth, B, L)
+    t, s = t - t.mean(-1, keepdim=True), s - s.mean(-1, keepdim=True)
+    return [nn.functional.cosine_similarity(t[round((b + 1) * depth_t / depth_s) - 1], s[b], dim=-1).mean().item()
+            for b in range(depth_s)]

@@ -13,13 +13,19 @@ from .analysis import capture_outputs
 
 
 @torch.no_grad()
-def cls_attention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """CLS-to-patch attention of every block, (depth, B, heads, gh, gw).
+def cls_attention(model: nn.Module, x: torch.Tensor, token: str = "cls") -> torch.Tensor:
+    """Attention of the CLS token (or, ``token="dist"``, of a distilled student's distillation token)
+    to the patches, every block: (depth, B, heads, gh, gw).
 
     timm's fused attention never materialises the softmax, so the blocks are switched to the
     explicit path for this call and hooks read the post-softmax map at ``attn_drop``. Token layout:
-    cls first, then the patches (a distillation token, when present, is last and is ignored).
+    cls first, then the patches, then the distillation token when present (officially appended last).
     """
+    if token not in ("cls", "dist"):
+        raise ValueError(f"token must be 'cls' or 'dist', got {token!r}")
+    if token == "dist" and not hasattr(model, "dist_token"):
+        raise ValueError(f"{type(model).__name__} has no distillation token")
+    query = 0 if token == "cls" else -1
     grid = model.patch_embed.grid_size
     n_patches = grid[0] * grid[1]
     fused = [blk.attn.fused_attn for blk in model.blocks]
@@ -27,7 +33,7 @@ def cls_attention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         blk.attn.fused_attn = False
     try:
         maps = capture_outputs(model, [blk.attn.attn_drop for blk in model.blocks], x,
-                               lambda o: o[:, :, 0, 1:1 + n_patches])
+                               lambda o: o[:, :, query, 1:1 + n_patches])
     finally:
         for blk, f in zip(model.blocks, fused):
             blk.attn.fused_attn = f
@@ -48,37 +54,55 @@ def _gray(img: torch.Tensor) -> torch.Tensor:
     return img[0] if img.shape[0] == 1 else img.permute(1, 2, 0).clamp(0, 1)
 
 
-def plot_attention_comparison(images: torch.Tensor, attentions: dict[str, torch.Tensor], block: int = -1):
-    """One row per image: the image, then per model the head-mean CLS attention of ``block``.
+def _overlay(ax, image: torch.Tensor, attention: torch.Tensor, vmin: float, vmax: float, title=None):
+    """The image in grey with ``attention`` (gh, gw), upsampled to its size, on top; returns the map's artist."""
+    _show(ax, _gray(image), title)
+    h, w = image.shape[-2:]
+    return ax.imshow(attention, cmap="inferno", alpha=0.6, vmin=vmin, vmax=vmax, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+                     interpolation="nearest")
 
-    ``attentions``: model name -> (depth, B, heads, gh, gw) from ``cls_attention``.
+
+def _overlay_row(fig, axes, image: torch.Tensor, maps: list[torch.Tensor], titles: list):
+    """One row of overlays on one colour scale (the row's min to max), with its colorbar."""
+    vmin, vmax = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
+    for ax, m, title in zip(axes, maps, titles):
+        im = _overlay(ax, image, m, vmin, vmax, title)
+    fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.02).ax.tick_params(labelsize=6)
+
+
+def plot_attention_comparison(images: torch.Tensor, attentions: dict[str, torch.Tensor], block: int = -1,
+                              token: str = "CLS"):
+    """One row per image: the image, then per model the head-mean attention of ``block`` over the image.
+
+    ``attentions``: model name -> (depth, B, heads, gh, gw) from ``cls_attention``. Each row has one
+    colour scale, shared by the models (so a brighter map is a more peaked one), and a colorbar.
     """
     names = list(attentions)
-    fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(1.6 * (1 + len(names)), 1.6 * len(images)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(1.7 * (1 + len(names)) + 0.6, 1.6 * len(images)),
+                             squeeze=False, layout="constrained")
     for i, img in enumerate(images):
         _show(axes[i, 0], _gray(img), "image" if i == 0 else None)
-        for j, name in enumerate(names):
-            _show(axes[i, j + 1], attentions[name][block, i].mean(0), name if i == 0 else None, cmap="inferno")
-    fig.suptitle("CLS-to-patch attention, last block, mean over heads", fontsize=9)
-    fig.tight_layout()
+        _overlay_row(fig, axes[i, 1:], img, [attentions[n][block, i].mean(0) for n in names],
+                     names if i == 0 else [None] * len(names))
+    which = "last block" if block == -1 else f"block {block + 1 if block >= 0 else block}"
+    fig.suptitle(f"{token}-to-patch attention, {which}, mean over heads (one colour scale per row)", fontsize=9)
     return fig
 
 
-def plot_attention_detail(image: torch.Tensor, attention: torch.Tensor, name: str):
-    """For one image and model: every head of the last block (top) and the head mean of every block."""
+def plot_attention_detail(image: torch.Tensor, attention: torch.Tensor, name: str, token: str = "CLS"):
+    """For one image and model: every head of the last block (top) and the head mean of every block
+    (bottom), over the image; one colour scale and colorbar per row."""
     depth, heads = attention.shape[0], attention.shape[2]
     cols = max(depth, heads) + 1
-    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 3.2), squeeze=False)
+    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols + 0.6, 3.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     _show(axes[0, 0], _gray(image), "image")
-    for h in range(heads):
-        _show(axes[0, h + 1], attention[-1, 0, h], f"last block, head {h}", cmap="inferno")
-    for b in range(depth):
-        _show(axes[1, b + 1], attention[b, 0].mean(0), f"block {b + 1}, mean", cmap="inferno")
-    fig.suptitle(f"{name}: CLS-to-patch attention", fontsize=9)
-    fig.tight_layout()
+    _overlay_row(fig, axes[0, 1:heads + 1], image, [attention[-1, 0, h] for h in range(heads)],
+                 [f"last block, head {h}" for h in range(heads)])
+    _overlay_row(fig, axes[1, 1:depth + 1], image, [attention[b, 0].mean(0) for b in range(depth)],
+                 [f"block {b + 1}, mean" for b in range(depth)])
+    fig.suptitle(f"{name}: {token}-to-patch attention", fontsize=9)
     return fig
 
 
@@ -93,18 +117,27 @@ def plot_reconstructions(images: torch.Tensor, masked: torch.Tensor, recon: torc
     return fig
 
 
-def plot_curves(histories: dict[str, list[dict]], keys: list[str], title: str = ""):
-    """One panel per metric key, one line per run; ``histories`` as written by the engine."""
+def plot_curves(histories: dict[str, list[dict]], keys: list[str], title: str = "", components: bool = True):
+    """One panel per metric key, one colour per run, so several runs overlay; ``histories`` as
+    written by the engine. With ``components``, the ``train_loss`` panel also draws each run's loss
+    terms (the other ``train_*`` keys, e.g. ``train_label`` and ``train_distill``) dashed."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for name, hist in histories.items():
+        for i, (name, hist) in enumerate(histories.items()):
+            colour = f"C{i % 10}"
             pts = [(r["epoch"], r[key]) for r in hist if key in r]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+                ax.plot(*zip(*pts), marker="o", ms=3, color=colour, label=name)
+            parts = sorted({k for r in hist for k in r if k.startswith("train_") and k != "train_loss"})
+            for j, part in enumerate(parts if components and key == "train_loss" else []):
+                pts = [(r["epoch"], r[part]) for r in hist if part in r]
+                ax.plot(*zip(*pts), ls=("--", ":", "-.")[j % 3], color=colour, lw=1,
+                        label=f"{name}: {part.removeprefix('train_')}")
         ax.set_xlabel("epoch")
         ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -115,20 +148,34 @@ def plot_feature_alignment(pred: torch.Tensor, target: torch.Tensor, mask: torch
     """GD feature alignment for one image: predicted vs target (normalised) teacher features.
 
     pred, target: (1 + L, D) tokens of one image; mask: (L,) with 1 = removed. Left: scatter of
-    all elements, visible vs masked patches; right: a few channels as maps over the patch grid.
+    all elements, visible vs masked patches, with the line y = x a perfect student would lie on and
+    each group's correlation; right: a few channels as maps over the patch grid, target above the
+    student's prediction on one colour scale per channel, with its colorbar.
     """
     side = int(round((pred.shape[0] - 1) ** 0.5))
-    fig, axes = plt.subplots(2, channels + 1, figsize=(1.8 * (channels + 1), 3.8), squeeze=False)
+    fig, axes = plt.subplots(2, channels + 1, figsize=(1.9 * (channels + 1) + 0.8, 4.2), squeeze=False,
+                             layout="constrained")
     ax = axes[0, 0]
     m = mask.bool()
-    for sel, label in ((~m, "visible"), (m, "masked")):
-        ax.scatter(target[1:][sel].flatten(), pred[1:][sel].flatten(), s=1, alpha=0.3, label=label)
+    for sel, label, colour in ((~m, "visible", "C0"), (m, "masked", "C3")):
+        t, p = target[1:][sel].flatten(), pred[1:][sel].flatten()
+        r = torch.corrcoef(torch.stack([t, p]))[0, 1].item() if t.numel() > 1 else float("nan")
+        ax.scatter(t, p, s=1, alpha=0.3, color=colour, label=f"{label} (r = {r:.2f})")
+    lo = float(min(target[1:].min(), pred[1:].min()))
+    hi = float(max(target[1:].max(), pred[1:].max()))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--", label="y = x")
     ax.set_xlabel("teacher target", fontsize=7)
     ax.set_ylabel("student prediction", fontsize=7)
+    ax.tick_params(labelsize=6)
     ax.legend(fontsize=6, markerscale=5)
     axes[1, 0].axis("off")
     for c in range(channels):
-        _show(axes[0, c + 1], target[1:, c].reshape(side, side), f"target ch {c}", cmap="coolwarm")
-        _show(axes[1, c + 1], pred[1:, c].reshape(side, side), f"student ch {c}", cmap="coolwarm")
-    fig.tight_layout()
+        maps = (target[1:, c].reshape(side, side), pred[1:, c].reshape(side, side))
+        bound = max(float(x.abs().max()) for x in maps)
+        for row, (title, x) in enumerate(zip((f"target ch {c}", f"student ch {c}"), maps)):
+            _show(axes[row, c + 1], x, title, cmap="coolwarm")
+            im = axes[row, c + 1].images[-1]
+            im.set_clim(-bound, bound)
+        fig.colorbar(im, ax=list(axes[:, c + 1]), fraction=0.05, pad=0.02, location="bottom").ax.tick_params(labelsize=6)
+    fig.suptitle("GD: student prediction vs teacher decoder features (one image)", fontsize=9)
     return fig

@@ -1,5 +1,6 @@
 """Analysis and figure helpers on tiny models."""
 
+import pytest
 import torch
 
 from g2sd_lib import analysis, figures
@@ -40,3 +41,52 @@ def test_mae_reconstruction_keeps_visible_patches():
     visible = (1 - rec["mask"]).bool()
     torch.testing.assert_close(model.patchify(rec["pasted"])[visible], model.patchify(x)[visible])
     assert rec["recon"].shape == x.shape
+
+
+def test_distillation_token_attention_and_similarity_to_the_teacher():
+    student = create_classifier("vit_smokesmall_patch7", "distilled", 10)
+    teacher = create_classifier("vit_smokebase_patch7", "avg", 10)
+    x = torch.randn(3, 1, 28, 28)
+    cls, dist = figures.cls_attention(student, x), figures.cls_attention(student, x, token="dist")
+    assert dist.shape == cls.shape and not torch.allclose(dist, cls)
+    with pytest.raises(ValueError, match="no distillation token"):
+        figures.cls_attention(teacher, x, token="dist")
+    t = figures.cls_attention(teacher, x)
+    assert analysis.attention_similarity(t, t) == pytest.approx([1.0] * len(teacher.blocks))
+    deep = t.repeat_interleave(2, dim=0)  # a teacher twice as deep: student block b meets teacher block 2b + 1
+    assert analysis.attention_similarity(deep, t) == pytest.approx([1.0] * len(teacher.blocks))
+    sims = analysis.attention_similarity(t, cls)
+    assert len(sims) == len(student.blocks) and all(-1 - 1e-6 <= s <= 1 + 1e-6 for s in sims)
+
+
+def test_figures_draw_overlays_curves_with_components_and_labelled_alignment():
+    import matplotlib
+    matplotlib.use("Agg")
+    x = torch.randn(2, 1, 28, 28)
+    model = create_classifier("vit_smokesmall_patch7", "distilled", 10)
+    att = {"a": figures.cls_attention(model, x), "b": figures.cls_attention(model, x, token="dist")}
+    fig = figures.plot_attention_comparison(x, att)
+    assert len(fig.axes) == 2 * 3 + 2  # image + 2 models per row, one colorbar per row
+    fig = figures.plot_attention_detail(x[0], att["a"][:, :1], "a")
+    assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 2
+    hist = [{"epoch": e, "train_loss": 1 / e, "train_label": 0.5 / e, "train_distill": 0.5 / e} for e in (1, 2)]
+    fig = figures.plot_curves({"run1": hist, "run2": hist}, ["train_loss"])
+    assert len(fig.axes[0].lines) == 6  # per run: the loss and its two terms
+    fig = figures.plot_feature_alignment(torch.randn(17, 8), torch.randn(17, 8), (torch.rand(16) > 0.5).float())
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "y = x" in labels and any(label.startswith("masked") for label in labels) and fig._suptitle is not None
+
+
+def test_detection_labels_do_not_overlap():
+    import matplotlib
+    matplotlib.use("Agg")
+    from g2sd_lib.dense.figures import plot_detection_predictions
+    boxes = torch.tensor([[3.0, 4.0, 20.0, 30.0], [5.0, 6.0, 22.0, 28.0], [4.0, 5.0, 21.0, 29.0]])
+    truths = [{"boxes": boxes, "labels": torch.tensor([1, 2, 3])}]
+    fig = plot_detection_predictions(torch.zeros(1, 1, 56, 56), truths, {"m": [{**truths[0], "scores": torch.ones(3)}]},
+                                     best=[3])
+    fig.canvas.draw()
+    for ax in fig.axes[:2]:
+        extents = [t.get_window_extent() for t in ax.texts]
+        assert len(extents) == 3
+        assert not any(a.overlaps(b) for i, a in enumerate(extents) for b in extents[i + 1:])

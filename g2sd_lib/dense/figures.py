@@ -33,14 +33,36 @@ def _mask(ax, mask: torch.Tensor, title=None):
     _axis(ax, title)
 
 
+def _label_place(box, size: tuple[float, float], taken: list, height: float, width: float) -> tuple[float, float]:
+    """Top-left corner (x, y) of a label for ``box`` that overlaps no rectangle in ``taken``: above
+    the box, inside its top edge, below it, then further down; clipped to the image (w, h)."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    x = min(max(x0 - 0.5, -0.5), w - 0.5 - width)
+    candidates = [y0 - 0.5 - height, y0 - 0.5, y1 - 0.5] + [y1 - 0.5 + k * height for k in range(1, 8)]
+    clipped = [min(max(y, -0.5), h - 0.5 - height) for y in candidates]
+    for y in clipped:
+        if not any(x < tx + tw and tx < x + width and y < ty + th and ty < y + height for tx, ty, tw, th in taken):
+            return x, y
+    return x, clipped[0]
+
+
 def _boxes(ax, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None = None):
-    """Draw xyxy pixel-edge boxes (imshow pixel centres sit on integers, edges on half-integers)."""
+    """Draw xyxy pixel-edge boxes (imshow pixel centres sit on integers, edges on half-integers), each
+    with its class (and score), labels placed so that they do not overlap each other."""
+    w, h = ax.get_xlim()[1] + 0.5, ax.get_ylim()[0] + 0.5  # after imshow: (-0.5, W - 0.5), (H - 0.5, -0.5)
+    height = h / 9  # a 5-point label in a ~1.9-inch panel
+    taken = []
     for i, (box, label) in enumerate(zip(boxes.tolist(), labels.tolist())):
         x0, y0, x1, y1 = box
         colour = PALETTE(int(label))
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.2))
         text = CLASS_NAMES[int(label)] if scores is None else f"{CLASS_NAMES[int(label)]} {float(scores[i]):.2f}"
-        ax.text(x0 - 0.5, y0 - 1, text, color=colour, fontsize=5, va="bottom")
+        width = min(len(text) * height * 0.33, w)
+        x, y = _label_place(box, (w, h), taken, height, width)
+        taken.append((x, y, width, height))
+        ax.text(x, y, text, color=colour, fontsize=5, va="top", ha="left", clip_on=True,
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.3, "linewidth": 0})
 
 
 def _legend(fig):
