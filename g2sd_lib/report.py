@@ -143,12 +143,14 @@ def _metric_text(s: dict, metric: str = "top1") -> str:
 
 
 def comparison_rows(summary: dict, evaluation: dict, teacher_name: str) -> list[dict]:
-    """The paper-style table: method | teacher | params | FLOPs | top-1 | % of teacher | paper | source."""
+    """The paper-style table: method | teacher | params | FLOPs | top-1 | % of teacher | agreement with the
+    teacher's predictions | attention similarity to the teacher (CLS attention maps, last block) | paper | source."""
     cls = summary["classification"]
     t = evaluation["teacher"]
     rows = [{"method": "teacher", "teacher": "-", "params (M)": f"{t['params'] / 1e6:.3g}",
              "GFLOPs": f"{t['flops'] / 1e9:.3g}", "top-1 (%)": _pct(cls["teacher"]["top1"]),
-             "% of teacher": "100.00", "paper": f"{PAPER['teacher_top1'][0]} top-1",
+             "% of teacher": "100.00", "agreement (%)": "-", "attention sim.": "-",
+             "paper": f"{PAPER['teacher_top1'][0]} top-1",
              "paper source": PAPER["teacher_top1"][1]}]
     for name, s in cls["students"].items():
         ev = evaluation["students"][name]
@@ -158,8 +160,18 @@ def comparison_rows(summary: dict, evaluation: dict, teacher_name: str) -> list[
                          else (UNAVAILABLE, "not in the sources available to this project"))
         rows.append({"method": label, "teacher": teacher_col, "params (M)": f"{ev['params'] / 1e6:.3g}",
                      "GFLOPs": f"{ev['flops'] / 1e9:.3g}", "top-1 (%)": _metric_text(s),
-                     "% of teacher": _pct(s["ratio_to_teacher"]), "paper": paper, "paper source": source})
+                     "% of teacher": _pct(s["ratio_to_teacher"]), **_closeness(ev), "paper": paper,
+                     "paper source": source})
     return rows
+
+
+def _closeness(ev: dict) -> dict:
+    """How close a student is to its teacher: mean agreement over seeds, attention similarity of the
+    last block (``attention_similarity`` of notebook 04, absent in older results)."""
+    agreement = [seed["agreement"] for seed in ev["seeds"].values() if "agreement" in seed]
+    similarity = ev.get("attention_similarity")
+    return {"agreement (%)": _pct(sum(agreement) / len(agreement)) if agreement else "-",
+            "attention sim.": f"{similarity[-1]:.2f}" if similarity else "-"}
 
 
 def ablation_rows(summary: dict) -> list[dict]:
@@ -242,8 +254,18 @@ def dense_rows(summary: dict, evaluation: dict) -> list[dict]:
             rows.append({"task": task, "method": DENSE_METHODS.get(name, (name, ""))[0],
                          "params (M)": f"{ev['students'][name]['params'] / 1e6:.3g}",
                          "test metric (%)": f"{spec['label']} {_metric_text(s, metric)}",
-                         "% of teacher": _pct(s["ratio_to_teacher"]), "paper": paper, "paper source": source})
+                         "% of teacher": _pct(s["ratio_to_teacher"]), **_closeness(ev), "paper": paper,
+                     "paper source": source})
     return rows
+
+
+def _closeness(ev: dict) -> dict:
+    """How close a student is to its teacher: mean agreement over seeds, attention similarity of the
+    last block (``attention_similarity`` of notebook 04, absent in older results)."""
+    agreement = [seed["agreement"] for seed in ev["seeds"].values() if "agreement" in seed]
+    similarity = ev.get("attention_similarity")
+    return {"agreement (%)": _pct(sum(agreement) / len(agreement)) if agreement else "-",
+            "attention sim.": f"{similarity[-1]:.2f}" if similarity else "-"}
 
 
 def dense_claims_rows(summary: dict) -> list[dict]:

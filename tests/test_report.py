@@ -69,3 +69,12 @@ def test_write_history_puts_epoch_first(tmp_path):
                                 tmp_path / "a" / "h.csv")
     assert path.read_text().splitlines() == ["epoch,lr,train_loss", "1,0.1,2.0", "2,0.05,1.5"]
     assert report.write_history([], tmp_path / "empty.csv").read_text() == "epoch,train_loss\n"
+
+
+def test_comparison_shows_how_close_each_student_is_to_its_teacher():
+    from g2sd_lib.report import _closeness
+
+    ev = {"seeds": {"0": {"top1": 0.7, "agreement": 0.8}, "1": {"top1": 0.7, "agreement": 0.9}},
+          "attention_similarity": [0.2, 0.4, 0.65]}
+    assert _closeness(ev) == {"agreement (%)": "85.00", "attention sim.": "0.65"}
+    assert _closeness({"seeds": {"0": {"top1": 0.7}}}) == {"agreement (%)": "-", "attention sim.": "-"}
