@@ -254,8 +254,7 @@ def dense_rows(summary: dict, evaluation: dict) -> list[dict]:
             rows.append({"task": task, "method": DENSE_METHODS.get(name, (name, ""))[0],
                          "params (M)": f"{ev['students'][name]['params'] / 1e6:.3g}",
                          "test metric (%)": f"{spec['label']} {_metric_text(s, metric)}",
-                         "% of teacher": _pct(s["ratio_to_teacher"]), **_closeness(ev), "paper": paper,
-                     "paper source": source})
+                         "% of teacher": _pct(s["ratio_to_teacher"]), "paper": paper, "paper source": source})
     return rows
 
 
