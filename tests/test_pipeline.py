@@ -17,7 +17,8 @@ BIN = Path(sys.executable).parent
 STAGES = ["library", "teacher", "pretrain@gd", "pretrain@mae_student"] + [
     f"students@{s}" for s in ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")] + ["evaluate", "report"] + [
     "dense_data", "dense_teacher@segmentation", "dense_teacher@detection"] + [
-    f"dense_students@{t}-{r}" for t in ("segmentation", "detection") for r in ("g2sd", "gd_only")] + ["dense_evaluate"]
+    f"dense_students@{t}-{r}" for t in ("segmentation", "detection") for r in ("g2sd", "gd_only")] + [
+    "dense_evaluate", "entry", "explore"]
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +131,7 @@ def test_executed_notebooks_show_their_figures(smoke_repo):
     """Every cell that saves a figure also displays it: the executed notebooks are readable reports."""
     repo, _ = smoke_repo
     executed = sorted((repo / "reports/notebooks").glob("*.ipynb"))
-    assert len(executed) == 19
+    assert len(executed) == 21  # 19 stage runs, the entry notebook and the explorer
     for path in executed:
         for cell in json.loads(path.read_text())["cells"]:
             if cell["cell_type"] == "code" and ".savefig(" in "".join(cell["source"]):
@@ -194,6 +195,39 @@ def test_notebooks_under_nbval_with_smoke_defaults(smoke_repo):
     out = _sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                "--nbval-current-env", *notebooks], repo, G2SD_WORKDIR=str(repo))
     assert "passed" in out and "failed" not in out
+
+
+def test_dvc_repro_stops_on_modified_data_and_on_a_typo_in_plain_words(smoke_repo):
+    """Two probes through the real pipeline. A flipped byte in the training labels: DVC re-pins
+    data.dvc (it records whatever data/ holds), then the first stage that reads the data stops with
+    the file and the commands that restore it. A typo in params.yaml: the stage stops before any
+    work with the key path and a did-you-mean, not a traceback."""
+    repo, _ = smoke_repo
+    dvc = str(BIN / "dvc")
+    labels = repo / "data/fashion-mnist/train-labels-idx1-ubyte"
+    original, pin, params = labels.read_bytes(), (repo / "data.dvc").read_text(), (repo / "params.yaml").read_text()
+
+    def repro():
+        p = subprocess.run([dvc, "repro"], cwd=repo, env=_env(), capture_output=True, text=True, timeout=600)
+        return p.returncode, p.stdout + p.stderr
+
+    try:
+        labels.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+        code, out = repro()
+        assert code != 0 and "is not the official Fashion-MNIST train-labels-idx1-ubyte" in out, out[-3000:]
+        assert "make data" in out and "git checkout data.dvc" in out
+        labels.write_bytes(original)
+        (repo / "data.dvc").write_text(pin)
+        assert "up to date" in _sh([dvc, "status"], repo)
+
+        (repo / "params.yaml").write_text(params.replace("    train: {epochs:", "    train: {epcohs: 1, epochs:", 1))
+        code, out = repro()
+        assert code != 0 and "unknown key" in out and "did you mean 'epochs'" in out, out[-3000:]
+        assert "---> " not in out and "g2sd_lib/schema" not in out  # the message, not the notebook's traceback
+    finally:
+        labels.write_bytes(original)
+        (repo / "data.dvc").write_text(pin)
+        (repo / "params.yaml").write_text(params)
 
 
 def test_bundled_teacher_mode_pins_hashes(smoke_repo):
