@@ -258,15 +258,6 @@ def dense_rows(summary: dict, evaluation: dict) -> list[dict]:
     return rows
 
 
-def _closeness(ev: dict) -> dict:
-    """How close a student is to its teacher: mean agreement over seeds, attention similarity of the
-    last block (``attention_similarity`` of notebook 04, absent in older results)."""
-    agreement = [seed["agreement"] for seed in ev["seeds"].values() if "agreement" in seed]
-    similarity = ev.get("attention_similarity")
-    return {"agreement (%)": _pct(sum(agreement) / len(agreement)) if agreement else "-",
-            "attention sim.": f"{similarity[-1]:.2f}" if similarity else "-"}
-
-
 def dense_claims_rows(summary: dict) -> list[dict]:
     """The paper's dense claims: the student's % of teacher, and whether dense SD beats fine-tuning (GD only)."""
     rows = []
