@@ -197,37 +197,33 @@ def test_notebooks_under_nbval_with_smoke_defaults(smoke_repo):
     assert "passed" in out and "failed" not in out
 
 
-def test_dvc_repro_stops_on_modified_data_and_on_a_typo_in_plain_words(smoke_repo):
-    """Two probes through the real pipeline. A flipped byte in the training labels: DVC re-pins
-    data.dvc (it records whatever data/ holds), then the first stage that reads the data stops with
-    the file and the commands that restore it. A typo in params.yaml: the stage stops before any
-    work with the key path and a did-you-mean, not a traceback."""
-    repo, _ = smoke_repo
+def test_dvc_repro_stops_on_modified_data_and_on_a_typo_in_plain_words(smoke_repo, tmp_path):
+    """Two probes through the real pipeline, in a copy (a failed stage loses its outputs). A flipped
+    byte in the training labels: DVC re-pins data.dvc (it records whatever data/ holds), then the
+    first stage that reads the data stops with the file and the commands that restore it. A typo in
+    params.yaml: the stage stops before any work with the key path and a did-you-mean."""
+    repo = tmp_path / "probe"
+    shutil.copytree(smoke_repo[0], repo, symlinks=True)
     dvc = str(BIN / "dvc")
-    labels = repo / "data/fashion-mnist/train-labels-idx1-ubyte"
-    original, pin, params = labels.read_bytes(), (repo / "data.dvc").read_text(), (repo / "params.yaml").read_text()
 
     def repro():
         p = subprocess.run([dvc, "repro"], cwd=repo, env=_env(), capture_output=True, text=True, timeout=600)
         return p.returncode, p.stdout + p.stderr
 
-    try:
-        labels.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
-        code, out = repro()
-        assert code != 0 and "is not the official Fashion-MNIST train-labels-idx1-ubyte" in out, out[-3000:]
-        assert "make data" in out and "git checkout data.dvc" in out
-        labels.write_bytes(original)
-        (repo / "data.dvc").write_text(pin)
-        assert "up to date" in _sh([dvc, "status"], repo)
+    labels = repo / "data/fashion-mnist/train-labels-idx1-ubyte"
+    original, pin = labels.read_bytes(), (repo / "data.dvc").read_text()
+    labels.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+    code, out = repro()
+    assert code != 0 and "is not the official Fashion-MNIST train-labels-idx1-ubyte" in out, out[-3000:]
+    assert "make data" in out and "git checkout data.dvc" in out
+    labels.write_bytes(original)
+    (repo / "data.dvc").write_text(pin)
 
-        (repo / "params.yaml").write_text(params.replace("    train: {epochs:", "    train: {epcohs: 1, epochs:", 1))
-        code, out = repro()
-        assert code != 0 and "unknown key" in out and "did you mean 'epochs'" in out, out[-3000:]
-        assert "---> " not in out and "g2sd_lib/schema" not in out  # the message, not the notebook's traceback
-    finally:
-        labels.write_bytes(original)
-        (repo / "data.dvc").write_text(pin)
-        (repo / "params.yaml").write_text(params)
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("    train: {epochs:", "    train: {epcohs: 1, epochs:", 1))
+    code, out = repro()
+    assert code != 0 and "unknown key" in out and "did you mean 'epochs'" in out, out[-3000:]
+    assert "---> " not in out and "g2sd_lib/schema" not in out  # the message, not the notebook's traceback
 
 
 def test_bundled_teacher_mode_pins_hashes(smoke_repo):
