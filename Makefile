@@ -47,6 +47,6 @@ benchmark: setup
 clean-runs:
 	rm -rf runs
 
-# Switch the active configuration: make profile P=smoke|fmnist|paper
+# Switch the active configuration: make profile P=smoke|fmnist|gpu|paper
 profile: setup
 	$(BIN)/python -m g2sd_lib.profiles $(P)

@@ -35,13 +35,19 @@ class TensorLoader:
     wrapping to a multiple of world_size, and gives rank r the indices r, r + world_size, ....
     Yields (x float32 (B, C, H, W) = uint8 / 255 then `transform(x, generator)`, y int64 (B,)).
     The transform's generator is seeded from (seed, epoch, rank), so ranks augment differently.
+
+    `device`: where the dataset lives and batches are built and augmented (GPU-side augmentation on
+    CUDA: no per-step host-to-device copy of images). The random draws (order, boxes, flips) stay on
+    the CPU generator, so a run augments the same images the same way on every device.
     """
 
     def __init__(self, images, labels, batch_size, shuffle, drop_last, seed=0, rank=0,
-                 world_size=1, transform=None):
+                 world_size=1, transform=None, device=None):
         if len(images) != len(labels) or not 0 <= rank < world_size:
             raise ValueError(f"need len(images) {len(images)} == len(labels) {len(labels)} and "
                              f"0 <= rank {rank} < world_size {world_size}")
+        if device is not None:
+            images, labels = images.to(device), labels.to(device)
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.transform = seed, rank, world_size, transform
@@ -69,6 +75,7 @@ class TensorLoader:
         idx = self.indices()
         seed = int(np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(1)[0])
         gen = torch.Generator().manual_seed(seed)
+        idx = idx.to(self.images.device)
         for b in range(len(self)):
             i = idx[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images[i].float().div_(255)

@@ -35,6 +35,11 @@ from .errors import NonFiniteLossError, ResumeMismatchError, check_writable, wri
 from .optim import lr_at, scaled_lr, set_lr
 
 
+COMPILE_MODES = ("none", "default", "reduce-overhead")
+# On CUDA the host reads the losses back (a synchronisation) every this many steps, not every step,
+# so that the CPU queues the next steps while the GPU works; on CPU it reads them every step.
+CUDA_SYNC_EVERY = 25
+
 
 @dataclass
 class TrainConfig:
@@ -55,6 +60,7 @@ class TrainConfig:
     save_every: int = 1
     eval_every: int = 1
     progress: bool | str = "auto"  # per-iteration bar: auto = on a terminal only (see show_progress)
+    compile: str = "none"  # torch.compile of the step's forward + loss: none | default | reduce-overhead
     extra: dict = field(default_factory=dict)  # recorded in the model sidecar (e.g. the stage name)
     run_config: dict = field(default_factory=dict)  # the stage configuration; a resumed run must match it
 
@@ -75,6 +81,8 @@ class TrainConfig:
             errors.append(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.amp not in AMP_MODES:
             errors.append(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.compile not in COMPILE_MODES:
+            errors.append(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if errors:
             raise ValueError("invalid training configuration: " + "; ".join(errors))
         return self
@@ -138,12 +146,19 @@ class _Run:
     rank: int
     world: int
     out_dir: Path
+    loss_fn: object = None  # task.loss, compiled when cfg.compile asks for it
+    sync_every: int = 1  # steps between host reads of the loss (1 on CPU, CUDA_SYNC_EVERY on CUDA)
     start_epoch: int = 0
     history: list = field(default_factory=list)
 
     @property
     def state_path(self) -> Path:
         return self.out_dir / "last.pt"
+
+
+def host_sync_every(device: torch.device) -> int:
+    """Steps between host reads of the losses: every step on CPU, ``CUDA_SYNC_EVERY`` on CUDA."""
+    return CUDA_SYNC_EVERY if device.type == "cuda" else 1
 
 
 def _setup(task, loader, cfg: "TrainConfig") -> _Run:
@@ -161,14 +176,35 @@ def _setup(task, loader, cfg: "TrainConfig") -> _Run:
     if len(loader) < cfg.accum_steps:
         raise ValueError(f"the loader gives {len(loader)} batches per epoch, fewer than accum_steps={cfg.accum_steps}")
     lr = scaled_lr(cfg.blr, cfg.batch_size * cfg.accum_steps * world)
-    optimizer = torch.optim.AdamW(task.param_groups(cfg.weight_decay), lr=lr, betas=tuple(cfg.betas))
+    # fused AdamW (one kernel per step for all parameters) on CUDA; the default (foreach) elsewhere
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(task.param_groups(cfg.weight_decay), lr=lr, betas=tuple(cfg.betas), **fused)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    run = _Run(model, model, optimizer, scaler, device, amp_dtype, lr, rank, world, out_dir)
+    run = _Run(model, model, optimizer, scaler, device, amp_dtype, lr, rank, world, out_dir,
+               sync_every=host_sync_every(device))
     if run.state_path.exists():
         _resume(run, cfg)
     if world > 1:
         run.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run.loss_fn = compiled_loss(task.loss, cfg.compile, device)
     return run
+
+
+def compiled_loss(loss_fn, mode: str, device: torch.device):
+    """``loss_fn`` as is (``none``) or through ``torch.compile`` (teacher and student forward, loss and,
+    through AOTAutograd, their backward). ``reduce-overhead`` adds CUDA graphs, which exist on CUDA
+    only: on another device it compiles with the ``default`` mode and says so. Code that dynamo
+    cannot trace (timm's Mixup draws from numpy) runs eagerly between compiled graphs; a compiler
+    failure falls back to eager execution with a warning (``suppress_errors``), never stops a run."""
+    if mode == "none":
+        return loss_fn
+    if mode == "reduce-overhead" and device.type != "cuda":
+        print(f"compile: reduce-overhead (CUDA graphs) needs a CUDA device; compiling with mode 'default' on "
+              f"{device.type}", flush=True)
+        mode = "default"
+    import torch._dynamo
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(loss_fn, mode=mode)
 
 
 def _resume(run: _Run, cfg: "TrainConfig") -> None:
@@ -219,6 +255,22 @@ def _nonfinite_hint(task) -> str:
     return "lower the learning rate (blr), or set amp: none if it runs in fp16/bf16"
 
 
+def _read_back(pending: list, sums: dict, task, epoch: int) -> int:
+    """Add the pending steps' sample-weighted losses to ``sums`` (host floats, in step order) after
+    checking they are finite; returns the samples they cover and empties ``pending``."""
+    n = 0
+    for it, bs, loss, parts in pending:
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            raise NonFiniteLossError(f"non-finite loss {float(loss)} at epoch {epoch + 1}, step {it + 1} "
+                                     f"({detail}); likely cause: {_nonfinite_hint(task)}")
+        for k, v in {"loss": loss, **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * bs
+        n += bs
+    pending.clear()
+    return n
+
+
 def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> dict:
     """One pass over ``loader`` (MAE's ``train_one_epoch``): per-iteration lr, accumulation, autocast;
     returns the epoch's row of sample-weighted mean losses, lr, seconds and img/s."""
@@ -230,19 +282,25 @@ def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> 
     bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not show_progress(cfg.progress) or run.rank != 0, mininterval=2.0)
     run.optimizer.zero_grad(set_to_none=True)
+    pending = []  # (step, batch size, loss, parts) not yet read back by the host
+    graphed = cfg.compile == "reduce-overhead" and run.device.type == "cuda"
     for it, batch in enumerate(bar):
         batch = _to(batch, run.device)
+        if graphed:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be reused
         if it % cfg.accum_steps == 0:
             cur_lr = lr_at(epoch + it / steps, run.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
             set_lr(run.optimizer, cur_lr)
         sync = (it + 1) % cfg.accum_steps == 0 or it + 1 == steps
         with run.ddp.no_sync() if world > 1 and not sync else nullcontext():
             with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-                loss, parts = task.loss(run.ddp, batch)
-            if not torch.isfinite(loss):
-                detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-                raise NonFiniteLossError(f"non-finite loss {float(loss.detach())} at epoch {epoch + 1}, step {it + 1} "
-                                         f"({detail}); likely cause: {_nonfinite_hint(task)}")
+                loss, parts = run.loss_fn(run.ddp, batch)
+            # kept past this step: copied when a later step may overwrite them (CUDA graph outputs)
+            keep = (lambda t: t.detach().clone()) if run.sync_every > 1 else (lambda t: t.detach())
+            pending.append((it, batch[0].shape[0], keep(loss), {k: keep(v) for k, v in parts.items()}))
+            if len(pending) >= run.sync_every or it + 1 == steps:
+                n_seen += _read_back(pending, sums, task, epoch)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{cur_lr:.2e}", refresh=False)
             scaled = loss / cfg.accum_steps
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         if sync:
@@ -252,11 +310,6 @@ def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> 
             else:
                 run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
-        bs = batch[0].shape[0]
-        n_seen += bs
-        for k, v in {"loss": loss.detach(), **parts}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * bs
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{cur_lr:.2e}", refresh=False)
     bar.close()
     elapsed = time.perf_counter() - t0
     row = {"epoch": epoch + 1, "lr": cur_lr, "seconds": elapsed, **{f"train_{k}": v / n_seen for k, v in sums.items()},

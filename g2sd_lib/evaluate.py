@@ -20,7 +20,7 @@ def predict(model: nn.Module, loader, device=None, amp_dtype=None) -> tuple[torc
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x.to(device))
         logits.append(out.float().cpu())
-        labels.append(y)
+        labels.append(y.cpu())
     return torch.cat(logits), torch.cat(labels)
 
 

@@ -24,8 +24,10 @@ take the keys of :func:`g2sd_lib.config.dense_stage_config`)::
 """
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,9 +35,9 @@ import yaml
 
 from . import checkpoints, data, schema, tasks
 from .config import DENSE_TASKS, EVAL_BATCH_SIZE
-from .device import init_distributed, world_info
+from .device import init_distributed, resolve_device, world_info
 from .engine import TrainConfig, train
-from .errors import run_main
+from .errors import UserError, run_main
 from .evaluate import classification_report
 from .models import create_classifier, create_mae, create_student
 from .schema import NUM_CLASSES
@@ -47,7 +49,7 @@ KINDS = CLASSIFICATION_KINDS + DENSE_TASKS
 def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
     """(train loader, validation loader) for the stage's dataset.
 
-    Fashion-MNIST: in memory; the validation split is carved from the training set
+    Fashion-MNIST: in memory on the training device (batches augmented there); the validation split is carved from the training set
     (``val_size`` images, seeded by ``split_seed``) so that no choice ever looks at the test set.
     ImageNet: ImageFolder ``train`` with the official transform and ``val`` for validation.
     """
@@ -72,14 +74,16 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
     if d.get("val_subset"):
         va_idx = va_idx[: d["val_subset"]]
     size = images.shape[-1]
+    device = resolve_device(cfg.get("train", {}).get("device", "auto"), int(os.environ.get("LOCAL_RANK", 0)))
     steps = [data.RandomResizedCropFlip(size, tuple(aug.get("crop_scale", (0.2, 1.0))), flip=aug.get("flip", True)),
              data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD)]
     if aug.get("reprob", 0) > 0:
         steps.append(data.RandomErasing(aug["reprob"]))
     train_loader = data.TensorLoader(images[tr_idx], labels[tr_idx], train_batch, shuffle=True, drop_last=True,
-                                     seed=seed, rank=rank, world_size=world, transform=data.Compose(steps))
+                                     seed=seed, rank=rank, world_size=world, transform=data.Compose(steps),
+                                     device=device)
     val_loader = data.TensorLoader(images[va_idx], labels[va_idx], eval_bs, shuffle=False, drop_last=False,
-                                   transform=data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD))
+                                   transform=data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD), device=device)
     return train_loader, val_loader
 
 
@@ -165,6 +169,65 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.stages", str(cfg_path)]
     subprocess.run(cmd, check=True)
     return json.loads((out_dir / "history.json").read_text())
+
+
+def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None) -> list[list[dict]]:
+    """Run several stage configurations (a stage's seeds); returns their histories in order.
+
+    ``concurrent`` 1: one after the other through :func:`launch`. More: up to ``concurrent`` runs at
+    once, each a ``python -m g2sd_lib.stages`` process (several small runs share one GPU better
+    than one run uses it alone). Each process writes its output to ``<out_dir>/log.txt``; their
+    lines are echoed here, prefixed by the run's name. A failed run stops the others (they resume
+    from their ``last.pt`` next time) and its log's last lines are shown.
+    """
+    names = list(names or (Path(c["out_dir"]).name for c in cfgs))
+    if concurrent <= 1 or len(cfgs) <= 1:
+        return [launch(c, nproc) for c in cfgs]
+    if nproc > 1:
+        raise UserError(f"concurrent_runs {concurrent} with nproc {nproc}: run several processes per run "
+                        "(nproc) or several runs at once (concurrent_runs), not both; set one of them to 1")
+    todo, running, done = list(zip(names, cfgs)), {}, {}
+    try:
+        while todo or running:
+            while todo and len(running) < concurrent:
+                name, cfg = todo.pop(0)
+                running[name] = _start(cfg)
+            time.sleep(0.5)
+            for name, (proc, log, pos) in list(running.items()):
+                running[name] = (proc, log, _echo(log, pos, name))
+                if proc.poll() is not None:
+                    _echo(log, running.pop(name)[2], name, final=True)
+                    if proc.returncode != 0:
+                        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+                        raise UserError(f"run {name} failed (exit {proc.returncode}); the end of {log}:\n{tail}")
+                    done[name] = json.loads((log.parent / "history.json").read_text())
+    finally:
+        for proc, _, _ in running.values():
+            proc.terminate()
+    return [done[name] for name in names]
+
+
+def _start(cfg: dict):
+    """A ``python -m g2sd_lib.stages`` process of one configuration, its output going to log.txt."""
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path, log = out_dir / "config.json", out_dir / "log.txt"
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.stages", str(cfg_path)], stdout=f,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return proc, log, 0
+
+
+def _echo(log: Path, pos: int, name: str, final: bool = False) -> int:
+    """Print the complete lines ``log`` gained since byte ``pos`` (all of it when ``final``), prefixed."""
+    with open(log, "rb") as f:
+        f.seek(pos)
+        chunk = f.read()
+    end = len(chunk) if final else chunk.rfind(b"\n") + 1
+    for line in chunk[:end].decode(errors="replace").splitlines():
+        print(f"[{name}] {line}", flush=True)
+    return pos + end
 
 
 def load_config(path) -> dict:

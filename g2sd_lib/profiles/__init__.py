@@ -1,5 +1,6 @@
 """Configuration presets of the pipeline: ``smoke`` (tests, minutes), ``fmnist`` (the default, a
-laptop CPU in under 30 minutes), ``paper`` (ImageNet, official MAE checkpoints, GPUs).
+laptop CPU in under 40 minutes), ``gpu`` (Fashion-MNIST on one GPU, every run trained to
+convergence), ``paper`` (ImageNet, official MAE checkpoints, GPUs).
 
 ``python -m g2sd_lib.profiles NAME`` (or ``make profile P=NAME``) copies the preset, comments
 included, to ``params.yaml``, the configuration ``dvc repro`` reads.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-PROFILES = ("smoke", "fmnist", "paper")
+PROFILES = ("smoke", "fmnist", "gpu", "paper")
 HERE = Path(__file__).parent
 
 

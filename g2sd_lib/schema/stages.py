@@ -77,6 +77,7 @@ class Train(Section):
     save_every: Count = 1
     eval_every: Count = 1
     progress: Literal[True, False, "auto"] = "auto"
+    compile: Literal["none", "default", "reduce-overhead"] = "none"
     extra: dict[str, Any] = {}
 
 

@@ -1,0 +1,131 @@
+"""The GPU-side code paths, run on the CPU: deferred loss read-back, torch.compile (CUDA graphs fall
+back to the default mode), batches built on the training device, several runs at once, and the
+whole `gpu` profile shrunk (its models, its recipe kinds, every stage kind, dense included)."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from g2sd_lib import config, data, engine, stages
+from g2sd_lib.dense import stages as dense_stages
+from g2sd_lib.engine import TrainConfig, train
+from g2sd_lib.errors import UserError
+from g2sd_lib.evaluate import count_params
+from g2sd_lib.models import create_classifier
+from g2sd_lib.profiles import load_profile
+from g2sd_lib.tasks import Finetuning
+from g2sd_lib.teacher import obtain_teacher
+
+from test_engine import _ExplodingTask
+
+
+def _tiny_finetune(seed=0):
+    torch.manual_seed(seed)
+    model = create_classifier("vit_smokesmall_patch7", "avg", 10)
+    g = torch.Generator().manual_seed(seed)
+    loader = [(torch.randn(16, 1, 28, 28, generator=g), torch.randint(10, (16,), generator=g)) for _ in range(6)]
+    return Finetuning(model, smoothing=0.1), loader
+
+
+def test_deferred_read_back_sums_the_same_losses_and_still_names_the_nan_step(tmp_path, monkeypatch):
+    cfg = dict(epochs=2, batch_size=16, blr=1e-3, amp="none", progress=False)
+    task, loader = _tiny_finetune()
+    every_step = train(task, loader, TrainConfig(out_dir=str(tmp_path / "a"), **cfg))
+    monkeypatch.setattr(engine, "host_sync_every", lambda device: 4)  # what CUDA gets (25 there)
+    task, loader = _tiny_finetune()
+    deferred = train(task, loader, TrainConfig(out_dir=str(tmp_path / "b"), **cfg))
+    for a, b in zip(every_step, deferred):
+        assert a["train_loss"] == b["train_loss"] and a["train_ce"] == b["train_ce"]
+    nan_loader = [(torch.randn(8, 4), torch.zeros(8)) for _ in range(6)]
+    with pytest.raises(FloatingPointError, match=r"step 3 .*mse=nan"):
+        train(_ExplodingTask(), nan_loader, TrainConfig(out_dir=str(tmp_path / "c"), **{**cfg, "batch_size": 8}))
+
+
+def test_compiled_step_matches_eager_and_cuda_graphs_fall_back_on_cpu(tmp_path, capsys):
+    cfg = dict(epochs=1, batch_size=16, blr=1e-3, amp="none", progress=False)
+    task, loader = _tiny_finetune()
+    eager = train(task, loader, TrainConfig(out_dir=str(tmp_path / "eager"), **cfg))
+    task, loader = _tiny_finetune()
+    compiled = train(task, loader, TrainConfig(out_dir=str(tmp_path / "graphs"), compile="reduce-overhead", **cfg))
+    assert "needs a CUDA device; compiling with mode 'default' on cpu" in capsys.readouterr().out
+    assert compiled[-1]["train_loss"] == pytest.approx(eager[-1]["train_loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        TrainConfig(out_dir="x", compile="max-speed", **cfg).validate()
+
+
+def test_a_loader_builds_and_augments_batches_on_its_device():
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(20)
+    transform = data.Compose([data.RandomResizedCropFlip(28, (0.5, 1.0)), data.RandomErasing(0.5)])
+    plain = data.TensorLoader(images, labels, 8, True, True, seed=1, transform=transform)
+    placed = data.TensorLoader(images, labels, 8, True, True, seed=1, transform=transform, device="cpu")
+    for (x, y), (x2, y2) in zip(plain, placed):  # the random draws do not depend on the device
+        assert x2.device.type == "cpu" and torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def _stage(tmp_path, name, seed, epochs=2):
+    return {"kind": "finetune", "model": "vit_smokesmall_patch7", "out_dir": str(tmp_path / name / f"seed{seed}"),
+            "data": {"dataset": "fmnist", "val_size": 64, "train_subset": 128, "val_subset": 64,
+                     "eval_batch_size": 64},
+            "augment": {"crop_scale": [0.5, 1.0], "mixup": 0.8, "smoothing": 0.1},
+            "train": {"epochs": epochs, "batch_size": 32, "blr": 1e-3, "amp": "none", "seed": seed,
+                      "progress": False, "device": "cpu"}}
+
+
+def test_concurrent_runs_give_the_sequential_results_and_name_a_failure(tmp_path, fmnist_available, capsys):
+    one_by_one = stages.launch_all([_stage(tmp_path / "seq", "r", s) for s in (0, 1)])
+    at_once = stages.launch_all([_stage(tmp_path / "par", "r", s) for s in (0, 1)], concurrent=2,
+                                names=["seed 0", "seed 1"])
+    for a, b in zip(one_by_one, at_once):
+        assert [r["val_top1"] for r in a] == [r["val_top1"] for r in b]
+        assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-5)
+    out = capsys.readouterr().out
+    assert "[seed 1] epoch 2/2:" in out and "[seed 0] epoch 1/2:" in out
+    bad = _stage(tmp_path / "bad", "r", 1)
+    bad["train"]["epcohs"] = 3
+    with pytest.raises(UserError, match=r"(?s)run seed1 failed \(exit 2\).*train.epcohs: unknown key"):
+        stages.launch_all([_stage(tmp_path / "bad", "r", 0, epochs=1), bad], concurrent=2)
+    with pytest.raises(UserError, match="not both"):
+        stages.launch_all([bad, bad], nproc=2, concurrent=2)
+
+
+def _shrunk_gpu_profile() -> dict:
+    """The `gpu` profile with its models, kinds and options, on a few images for one epoch (no compile:
+    test_compiled_step_* covers it)."""
+    params = copy.deepcopy(load_profile("gpu"))
+    params["data"].update(train_subset=64, val_subset=64, test_subset=64, eval_batch_size=64)
+    params["seeds"] = params["dense"]["seeds"] = [0]
+    trains = [params["teacher"]["pretrain"]["train"], params["teacher"]["finetune"]["train"],
+              params["pretrain"]["common"]["train"], params["students"]["common"]["train"],
+              params["dense"]["common"]["train"]]
+    for t in trains:
+        t.update(epochs=1, warmup_epochs=0, batch_size=32, compile="none", progress=False, device="cpu")
+    for task in ("segmentation", "detection"):
+        for key in ("teacher_train", "student_train"):
+            params["dense"][task][key] = {}
+    params["dense"]["common"]["train"]["batch_size"] = 4
+    params["dense"]["data"].update(train=8, val=4, test=4, eval_batch_size=4)
+    return params
+
+
+def test_the_gpu_profile_runs_every_stage_shrunk_on_cpu(tmp_path, fmnist_available):
+    params = _shrunk_gpu_profile()
+    teacher = obtain_teacher(params, tmp_path)  # mode train: MAE pretraining + fine-tuning
+    assert teacher["gd"]["model"] == "mae_vit_fmlarge_patch4_dec128d4b"
+    for run in config.PRETRAIN_RUNS:
+        stages.run_stage(config.stage_config(params, "pretrain", run, tmp_path))
+    for run in config.STUDENT_RUNS:
+        history = stages.run_stage(config.stage_config(params, "students", run, tmp_path, seed=0))
+        assert 0 <= history[-1]["val_top1"] <= 1
+    student = create_classifier(params["students"]["common"]["model"], "avg", 10)
+    teacher_model = create_classifier(params["teacher"]["finetune"]["model"], "avg", 10)
+    assert 0.2 < count_params(student) / count_params(teacher_model) < 0.3  # ViT-S / ViT-B: 22 M / 86 M
+    assert student.patch_embed.grid_size == (7, 7)
+    dense_stages.build_canvases(params, tmp_path)
+    for task in config.DENSE_TASKS:
+        for run, seed in (("teacher", None), ("g2sd", 0), ("gd_only", 0)):
+            history = stages.run_stage(config.dense_stage_config(params, task, run, tmp_path, seed=seed))
+            assert f"val_{dense_stages.METRIC[task]}" in history[-1]
+    assert json.loads((tmp_path / "runs/dense/detection/g2sd/seed0/history.json").read_text())
