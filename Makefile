@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 # dvc runs the stages' `papermill` from the virtualenv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data test repro benchmark clean-runs profile
+.PHONY: setup data test repro benchmark clean-runs
 
 setup: $(STAMP)
 
@@ -36,17 +36,17 @@ data: setup
 test: data
 	$(BIN)/python -m pytest -q
 
-# `dvc repro` records whatever data/ holds in data.dvc; verify the bytes and the pin first.
+# `make repro` runs the default profile, `make repro P=gpu` another (g2sd_lib/profiles/<P>.yaml; it is
+# added to params.yaml's profiles). Results: reports/<P>/. `dvc repro` records whatever data/ holds in
+# data.dvc; verify the bytes and the pin first.
+P ?= fmnist
 repro: data
 	$(BIN)/python -m g2sd_lib.fmnist verify --dest $(DATA)
-	$(BIN)/dvc repro
+	$(BIN)/python -m g2sd_lib.profiles enable $(P)
+	$(BIN)/dvc repro report@$(P) explore@$(P) entry
 
 benchmark: setup
 	$(BIN)/python benchmarks/throughput.py
 
 clean-runs:
 	rm -rf runs
-
-# Switch the active configuration: make profile P=smoke|fmnist|gpu|paper
-profile: setup
-	$(BIN)/python -m g2sd_lib.profiles $(P)

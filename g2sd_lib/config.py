@@ -3,7 +3,9 @@
 ``params.yaml`` groups runs: ``pretrain`` (GD and the MAE-student baseline), ``students`` (the
 G2SD student and the baselines) and ``dense`` (the dense teachers and students). Inside a group,
 ``common`` holds the shared settings and each run overrides them (deep merge). Run outputs live
-under ``<workdir>/runs/<group>/<run>[/seed<k>]`` (dense: group ``dense/<task>``).
+under ``<root>/<group>/<run>[/seed<k>]`` (dense: group ``dense/<task>``), ``root`` being the
+profile's run directory: ``runs/<profile>`` in the pipeline (:func:`g2sd_lib.profiles.output_dirs`),
+so that every profile's runs and reports live side by side.
 """
 
 import copy
@@ -27,19 +29,19 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def run_dir(workdir, group: str, run: str, seed: int | None = None) -> Path:
-    path = Path(workdir) / "runs" / group / run
+def run_dir(root, group: str, run: str, seed: int | None = None) -> Path:
+    path = Path(root) / group / run
     return path / f"seed{seed}" if seed is not None else path
 
 
-def teacher_paths(workdir=".") -> dict:
+def teacher_paths(root="runs") -> dict:
     """Where the teacher stage leaves the two teachers (our safetensors layout): ``gd`` the MAE with
     decoder, ``sd`` the fine-tuned classifier."""
-    root = Path(workdir) / "runs" / "teacher"
-    return {"gd": root / "mae.safetensors", "sd": root / "classifier.safetensors"}
+    teacher = Path(root) / "teacher"
+    return {"gd": teacher / "mae.safetensors", "sd": teacher / "classifier.safetensors"}
 
 
-def stage_config(params: dict, group: str, run: str, workdir=".", seed: int | None = None) -> dict:
+def stage_config(params: dict, group: str, run: str, root="runs", seed: int | None = None) -> dict:
     """The ``run_stage`` configuration of run ``run`` of ``group`` (``pretrain`` or ``students``).
 
     ``init`` names a pretrain run (``gd``, ``mae_student``) or is null; teachers come from the
@@ -54,36 +56,36 @@ def stage_config(params: dict, group: str, run: str, workdir=".", seed: int | No
     cfg.setdefault("train", {})
     if seed is not None:
         cfg["train"]["seed"] = seed
-    cfg["out_dir"] = str(run_dir(workdir, group, run, seed))
-    teachers = teacher_paths(workdir)
+    cfg["out_dir"] = str(run_dir(root, group, run, seed))
+    teachers = teacher_paths(root)
     if cfg["kind"] == "gd":
         cfg["teacher"] = str(teachers["gd"])
     elif cfg["kind"] in ("sd", "kd"):
         cfg["teacher"] = str(teachers["sd"])
     init = cfg.pop("init", None)
     if init:
-        cfg["init"] = str(run_dir(workdir, "pretrain", init) / "model.safetensors")
+        cfg["init"] = str(run_dir(root, "pretrain", init) / "model.safetensors")
     return cfg
 
 
-def teacher_stage_config(params: dict, step: str, workdir=".") -> dict:
+def teacher_stage_config(params: dict, step: str, root="runs") -> dict:
     """``run_stage`` configuration of the teacher recipe (``train`` mode): step ``pretrain`` (MAE)
     or ``finetune`` (classifier initialised from the pretrained encoder)."""
     cfg = copy.deepcopy(params["teacher"][step])
     cfg["data"] = deep_merge(params.get("data", {}), cfg.get("data", {}))
-    cfg["out_dir"] = str(run_dir(workdir, "teacher", step))
+    cfg["out_dir"] = str(run_dir(root, "teacher", step))
     if step == "finetune":
-        cfg["init"] = str(run_dir(workdir, "teacher", "pretrain") / "model.safetensors")
+        cfg["init"] = str(run_dir(root, "teacher", "pretrain") / "model.safetensors")
     return cfg
 
 
-def dense_stage_config(params: dict, task: str, run: str, workdir=".", seed: int | None = None) -> dict:
+def dense_stage_config(params: dict, task: str, run: str, root="runs", seed: int | None = None) -> dict:
     """The ``run_stage`` configuration (kind ``segmentation`` / ``detection``) of ``run`` of ``task``:
     ``teacher`` or a ``dense.runs`` name.
 
     The teacher's ViT starts from the teacher stage's MAE encoder (as the official dense teachers
     start from MAE ViT-B); a student's from the pretrain run its ``init`` names, or at random.
-    A distilled student learns from ``runs/dense/<task>/teacher``.
+    A distilled student learns from ``<root>/dense/<task>/teacher``.
     """
     from .dense.stages import canvas_paths, check_canvases
     if task not in DENSE_TASKS:
@@ -93,13 +95,13 @@ def dense_stage_config(params: dict, task: str, run: str, workdir=".", seed: int
     section, common = dense[task], dense.get("common", {})
     cfg = {"kind": task, "run": run, "head": dict(section.get("head") or {}), "task": dict(section.get("task") or {}),
            "flip": common.get("flip", True),
-           "data": {"canvases": str(canvas_paths(workdir)["train"].parent),
+           "data": {"canvases": str(canvas_paths(root)["train"].parent),
                     "eval_batch_size": dense["data"].get("eval_batch_size", EVAL_BATCH_SIZE)}}
     group = f"dense/{task}"
     if run == "teacher":
-        cfg.update(model=section["teacher_model"], init=str(teacher_paths(workdir)["gd"]), distill=None,
+        cfg.update(model=section["teacher_model"], init=str(teacher_paths(root)["gd"]), distill=None,
                    train=deep_merge(common.get("train", {}), section.get("teacher_train", {})),
-                   out_dir=str(run_dir(workdir, group, "teacher")))
+                   out_dir=str(run_dir(root, group, "teacher")))
         cfg["train"].setdefault("seed", dense["seeds"][0])
         return cfg
     runs = dense["runs"]
@@ -107,12 +109,60 @@ def dense_stage_config(params: dict, task: str, run: str, workdir=".", seed: int
         raise ValueError(f"no dense run {run!r}; known: teacher, {', '.join(runs)}")
     spec = runs[run]
     cfg.update(model=section["student_model"],
-               init=str(run_dir(workdir, "pretrain", spec["init"]) / "model.safetensors") if spec.get("init") else None,
+               init=str(run_dir(root, "pretrain", spec["init"]) / "model.safetensors") if spec.get("init") else None,
                train=deep_merge(common.get("train", {}), section.get("student_train", {})),
-               out_dir=str(run_dir(workdir, group, run, seed)))
+               out_dir=str(run_dir(root, group, run, seed)))
     cfg["distill"] = dict(section.get("distill") or {}) if spec.get("distill") else None
     if spec.get("distill"):
-        cfg["teacher"] = str(run_dir(workdir, group, "teacher") / "model.safetensors")
+        cfg["teacher"] = str(run_dir(root, group, "teacher") / "model.safetensors")
     if seed is not None:
         cfg["train"]["seed"] = seed
     return cfg
+
+
+def train_images(params: dict) -> int:
+    """Training images per epoch of a Fashion-MNIST profile (60 000 minus validation, or the subset)."""
+    d = params["data"]
+    if d.get("dataset", "fmnist") != "fmnist":
+        return 1_281_167 if d.get("dataset") == "imagenet" else 0  # ImageNet-1k train
+    return d.get("train_subset") or 60_000 - d.get("val_size", 5000)
+
+
+def budget(params: dict) -> dict:
+    """What every run of a profile trains for: epochs and images seen, per run, and the seeds.
+
+    Every claim in the reports names it (``summary.json`` ``budget``), so that a comparison made at
+    2 epochs is never read as one made at convergence.
+    """
+    n = train_images(params)
+
+    def runs(group):
+        section = params[group]
+        out = {}
+        for run in section:
+            if run != "common":
+                epochs = deep_merge(section.get("common", {}), section[run]).get("train", {}).get("epochs")
+                out[run] = {"epochs": epochs, "images_seen": epochs * n}
+        return out
+
+    out = {"train_images_per_epoch": n, "seeds": list(params["seeds"]), "teacher_mode": params["teacher"]["mode"],
+           "pretrain": runs("pretrain"), "students": runs("students")}
+    if params["teacher"]["mode"] == "train":
+        out["teacher"] = {step: params["teacher"][step]["train"]["epochs"] for step in ("pretrain", "finetune")}
+    dense = params.get("dense", {})
+    if dense.get("dataset") == "canvases":
+        common = dense["common"]["train"]
+        out["dense"] = {task: {role: deep_merge(common, dense[task].get(f"{role}_train") or {})["epochs"]
+                               for role in ("teacher", "student")} for task in DENSE_TASKS}
+        out["dense"]["train_canvases"], out["dense"]["seeds"] = dense["data"]["train"], list(dense["seeds"])
+    return out
+
+
+def budget_text(b: dict) -> str:
+    """One line: ``GD 4 epochs (220 000 images), SD / fine-tuning 2 epochs (110 000 images), 3 seeds``."""
+    def fmt(run):
+        return f"{run['epochs']} epochs ({run['images_seen']:,} images)".replace(",", " ")
+    gd, student = b["pretrain"].get("gd"), b["students"].get("g2sd")
+    parts = [f"GD {fmt(gd)}" if gd else None, f"SD / fine-tuning {fmt(student)}" if student else None,
+             f"{len(b['seeds'])} seed(s)"]
+    return ", ".join(p for p in parts if p)

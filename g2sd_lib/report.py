@@ -331,8 +331,8 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def provenance(params_path="params.yaml", seeds=None) -> dict:
-    """Commit, parameters (profile and sha256 of params.yaml), hardware and seeds of a table."""
+def provenance(params_path, seeds=None) -> dict:
+    """Commit, parameters (the profile file and its sha256), hardware and seeds of a table."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -345,6 +345,6 @@ def provenance(params_path="params.yaml", seeds=None) -> dict:
     params_file = Path(params_path)
     params_hash = hashlib.sha256(params_file.read_bytes()).hexdigest()[:12] if params_file.exists() else "n/a"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
-    return {"commit": commit, "params.yaml sha256": params_hash,
+    return {"commit": commit, "parameters": f"{params_path} (sha256 {params_hash})",
             "hardware": f"{device}, {os.cpu_count()} CPUs, torch {torch.__version__}",
             "seeds": ", ".join(str(s) for s in (seeds or []))}

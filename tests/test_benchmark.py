@@ -29,9 +29,12 @@ def test_smoke_run_reports_every_kind(bench, tmp_path, capsys):
     rows = {r["kind"]: r for r in data["results"]}
     assert sorted(rows) == sorted(bench.KINDS) and len(data["results"]) == len(bench.KINDS)
     for kind, r in rows.items():
-        assert (r["config"], r["precision"], r["batch"]) == ("smoke", "fp32", 8)
-        assert len(r["step_seconds"]) == 1
-        assert r["img_per_s"] > 0 and r["trained_forward_flops"] > 0 and r["pct_of_peak"] > 0
+        assert (r["config"], r["precision"], r["batch"], r["device"], r["compile"]) == ("smoke", "fp32", 8, "cpu", "none")
+        assert len(r["step_seconds"]) == 1 and r["img_per_s"] > 0
+        if kind == "augment":  # the loader's augmentation alone: no model, no FLOPs
+            assert r["trained_model"] is None and r["train_flops_per_img"] == 0
+            continue
+        assert r["trained_forward_flops"] > 0 and r["pct_of_peak"] > 0
         has_teacher = kind in ("gd", "sd")
         assert (r["frozen_forward_flops"] > 0) == has_teacher
         assert r["train_flops_per_img"] == 3 * r["trained_forward_flops"] + r["frozen_forward_flops"]
@@ -39,9 +42,22 @@ def test_smoke_run_reports_every_kind(bench, tmp_path, capsys):
     assert rows["gd"]["trained_model"] == "mae_vit_smokesmall_patch7_dec16d1b"
 
     table = capsys.readouterr().out
-    assert "| config | kind | precision | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |" in table
+    assert "| config | kind | precision | compile | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |" in table
     for kind in bench.KINDS:
-        assert f"| smoke | {kind} | fp32 | 8 |" in table
+        assert f"| smoke | {kind} | fp32 | none | 8 |" in table
+
+
+def test_compiled_steps_are_measured_and_a_missing_gpu_is_named(bench, capsys):
+    """The --device cuda path is the CPU path plus synchronisation; without a GPU it says so."""
+    data = bench.main(["--configs", "smoke", "--precisions", "fp32", "--kinds", "finetune", "--warmup", "0",
+                       "--steps", "1", "--peak-n", "128", "--compile", "none", "default"])
+    assert [r["compile"] for r in data["results"]] == ["none", "default"]
+    assert all(r["img_per_s"] > 0 for r in data["results"])
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--device", "cuda"])
+        assert "no CUDA device here" in capsys.readouterr().err
 
 
 def test_rejects_bad_step_count(bench):

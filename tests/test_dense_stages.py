@@ -89,15 +89,16 @@ def tiny_workdir(tmp_path):
     for i in range(10):
         s = 8 + 2 * i
         items[i, 0, :s, :s] = torch.randint(100, 256, (s, s), generator=g, dtype=torch.uint8)
-    for offset, (split, path) in enumerate(stages.canvas_paths(tmp_path).items()):
+    root = tmp_path / "runs"
+    for offset, (split, path) in enumerate(stages.canvas_paths(root).items()):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_dense(path, make_canvases(items, torch.arange(10), 8, size=56, max_items=3, seed=offset))
     torch.manual_seed(0)
-    save_model(create_mae("mae_vit_smokebase_patch7_dec16d1b"), tmp_path / "runs/teacher/mae.safetensors")
-    save_model(create_mae("mae_vit_smokesmall_patch7_dec16d1b"), tmp_path / "runs/pretrain/gd/model.safetensors")
+    save_model(create_mae("mae_vit_smokebase_patch7_dec16d1b"), root / "teacher/mae.safetensors")
+    save_model(create_mae("mae_vit_smokesmall_patch7_dec16d1b"), root / "pretrain/gd/model.safetensors")
     params = load_profile("smoke")
     params["dense"]["common"]["train"].update(batch_size=4, progress=False, device="cpu")
-    return tmp_path, params
+    return root, params
 
 
 def test_teacher_then_distilled_students_for_both_tasks(tiny_workdir):

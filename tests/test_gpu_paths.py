@@ -128,4 +128,23 @@ def test_the_gpu_profile_runs_every_stage_shrunk_on_cpu(tmp_path, fmnist_availab
         for run, seed in (("teacher", None), ("g2sd", 0), ("gd_only", 0)):
             history = stages.run_stage(config.dense_stage_config(params, task, run, tmp_path, seed=seed))
             assert f"val_{dense_stages.METRIC[task]}" in history[-1]
-    assert json.loads((tmp_path / "runs/dense/detection/g2sd/seed0/history.json").read_text())
+    assert json.loads((tmp_path / "dense/detection/g2sd/seed0/history.json").read_text())
+
+
+def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
+    """benchmarks/gpu_session.py runs on a GPU only; its configurations are checked here."""
+    import importlib.util
+    from pathlib import Path
+
+    from g2sd_lib import schema
+    script = Path(__file__).resolve().parents[1] / "benchmarks/gpu_session.py"
+    spec = importlib.util.spec_from_file_location("gpu_session", script)
+    session = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(session)
+    for params in (load_profile("gpu"), session.shrink(load_profile("gpu"))):
+        names, cfgs = session.sweep_configs(params, tmp_path)
+        assert len({c["out_dir"] for c in cfgs}) == len(cfgs) == len(session.TEACHER_VARIANTS) + 2
+        for cfg in cfgs:
+            schema.validate_stage(cfg)
+        x1, x2 = cfgs[-2:]
+        assert x2["train"]["epochs"] == 2 * x1["train"]["epochs"] and x1["kind"] == "finetune"

@@ -69,17 +69,17 @@ def _tiny_paper_params(imagenet, mirror, tmp_path):
 @pytest.mark.slow
 def test_download_teacher_then_gd_then_sd_on_imagenet_layout(imagenet, mirror, tmp_path):
     params = _tiny_paper_params(imagenet, mirror, tmp_path)
-    work = tmp_path / "work"
+    work = tmp_path / "runs" / "paper"  # the profile's run directory
     summary = obtain_teacher(params, work)
     assert summary["gd"]["kind"] == "mae-full" and summary["sd"]["kind"] == "mae-finetuned"
     record = json.loads((tmp_path / "checkpoints" / "hashes.json").read_text())
     assert set(record) == {"mae_pretrain_vit_base_full.pth", "mae_finetuned_vit_base.pth"}  # sha256 recorded
 
     gd = launch(stage_config(params, "pretrain", "gd", work), 1)
-    assert gd[-1]["train_loss"] > 0 and (work / "runs/pretrain/gd/model.safetensors").exists()
+    assert gd[-1]["train_loss"] > 0 and (work / "pretrain/gd/model.safetensors").exists()
     sd = launch(stage_config(params, "students", "g2sd", work, seed=0), 1)
     assert 0.0 <= sd[-1]["val_top1"] <= 1.0
-    assert (work / "runs/students/g2sd/seed0/model.safetensors").exists()
+    assert (work / "students/g2sd/seed0/model.safetensors").exists()
 
 
 def test_download_mode_refuses_encoder_only_gd_teacher(imagenet, mirror, tmp_path):

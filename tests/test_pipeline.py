@@ -14,11 +14,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ["library", "teacher", "pretrain@gd", "pretrain@mae_student"] + [
-    f"students@{s}" for s in ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")] + ["evaluate", "report"] + [
-    "dense_data", "dense_teacher@segmentation", "dense_teacher@detection"] + [
-    f"dense_students@{t}-{r}" for t in ("segmentation", "detection") for r in ("g2sd", "gd_only")] + [
-    "dense_evaluate", "entry", "explore"]
+STAGES = ["library", "teacher@smoke", "pretrain@smoke-gd", "pretrain@smoke-mae_student"] + [
+    f"students@smoke-{s}" for s in ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")] + [
+    "evaluate@smoke", "report@smoke", "dense_data@smoke", "dense_teacher@smoke-segmentation",
+    "dense_teacher@smoke-detection"] + [
+    f"dense_students@smoke-{t}-{r}" for t in ("segmentation", "detection") for r in ("g2sd", "gd_only")] + [
+    "dense_evaluate@smoke", "entry", "explore@smoke"]
+PARAMS = "g2sd_lib/profiles/smoke.yaml"  # the smoke profile's configuration, which its stages read
+OUT = "reports/smoke"  # where they write
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +40,8 @@ def _sh(cmd, cwd, timeout=900, **env):
 
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory, fmnist_available):
-    """A fresh clone-like copy: the files git would clone, the materialised data, smoke params."""
+    """A fresh clone-like copy: the files git would clone, the materialised data, the pipeline
+    running the smoke profile only (params.yaml `profiles: [smoke]`)."""
     dest = tmp_path_factory.mktemp("pipeline") / "repo"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split("\n")
@@ -45,13 +49,13 @@ def smoke_repo(tmp_path_factory, fmnist_available):
         if (REPO / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest / rel)
-    for generated in ("dvc.lock", "reports"):  # the committed results of the default profile
+    for generated in ("dvc.lock", "reports"):  # the committed results of the committed profiles
         p = dest / generated
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     _sh([sys.executable, "-m", "g2sd_lib.data", "fetch", "--dest", "data/fashion-mnist", "--source",
          str(fmnist_available)], dest)
     _sh(["git", "init", "-q"], dest)
-    _sh([sys.executable, "-m", "g2sd_lib.profiles", "smoke"], dest)
+    _sh([sys.executable, "-c", "from g2sd_lib.profiles import set_profiles; set_profiles(['smoke'])"], dest)
     _sh(["git", "add", "-A"], dest)
     _sh(["git", "commit", "-qm", "fresh clone"], dest)
     log = _sh([str(BIN / "dvc"), "repro"], dest)
@@ -64,9 +68,9 @@ def test_dvc_repro_runs_every_stage_and_writes_sane_reports(smoke_repo):
         assert f"Running stage '{stage}'" in log, stage
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(STAGES) <= set(lock["stages"])
-    assert lock["stages"]["students@g2sd"]["params"]["params.yaml"]["students.g2sd"]["kind"] == "sd"
+    assert lock["stages"]["students@smoke-g2sd"]["params"][PARAMS]["students.g2sd"]["kind"] == "sd"
 
-    summary = json.loads((repo / "reports/summary.json").read_text())["classification"]
+    summary = json.loads((repo / OUT / "summary.json").read_text())["classification"]
     assert 0.0 <= summary["teacher"]["top1"] <= 1.0
     assert set(summary["students"]) == {"g2sd", "gd_only", "sd_only", "mae", "scratch", "kd"}
     for s in summary["students"].values():
@@ -76,34 +80,39 @@ def test_dvc_repro_runs_every_stage_and_writes_sane_reports(smoke_repo):
 
     for table in ("comparison", "ablation"):
         for ext in ("md", "csv", "tex"):
-            assert (repo / f"reports/tables/{table}.{ext}").stat().st_size > 100
-    comparison = (repo / "reports/tables/comparison.md").read_text()
+            assert (repo / OUT / f"tables/{table}.{ext}").stat().st_size > 100
+    comparison = (repo / OUT / "tables/comparison.md").read_text()
     assert "98.7 % of teacher" in comparison and "unavailable" in comparison and "commit:" in comparison
     for fig in ("teacher/reconstructions.png", "pretrain/gd/feature_alignment.png", "pretrain/gd/curves.png",
                 "pretrain/mae_student/reconstructions.png", "students/g2sd/curves.png",
                 "attention/comparison.png", "attention/teacher.png", "attention/g2sd.png"):
-        assert (repo / "reports/figures" / fig).stat().st_size > 5000, fig
+        assert (repo / OUT / "figures" / fig).stat().st_size > 5000, fig
     for nb in ("01_teacher", "02_pretrain_gd", "03_student_kd", "04_evaluation", "05_report", "06_dense_data",
                "07_dense_detection_g2sd", "08_dense_evaluation"):
-        assert (repo / f"reports/notebooks/{nb}.ipynb").exists()
+        assert (repo / OUT / f"notebooks/{nb}.ipynb").exists()
+    assert (repo / "reports/notebooks/00_g2sd_in_10_minutes.ipynb").exists()
+    budget = json.loads((repo / OUT / "summary.json").read_text())["budget"]  # every claim names its budget
+    assert budget["students"]["g2sd"] == {"epochs": 1, "images_seen": 1024} and budget["seeds"] == [0]
+    assert "1 epochs (1 024 images)" in (repo / OUT / "README.md").read_text()
 
 
 def test_dense_stages_write_summary_tables_and_figures(smoke_repo):
     repo, _ = smoke_repo
-    summary = json.loads((repo / "reports/summary.json").read_text())
+    summary = json.loads((repo / OUT / "summary.json").read_text())
     for task, metric in (("segmentation", "miou"), ("detection", "box_ap")):
         sec = summary[task]
+        assert summary["profile"] == "smoke"
         assert sec["metric"] == metric and 0.0 <= sec["teacher"][metric] <= 1.0
         assert set(sec["students"]) == {"g2sd", "gd_only"}
         for s in sec["students"].values():
             assert 0.0 <= s[metric] <= 1.0 and s["seeds"] == [0]
-    dense = (repo / "reports/tables/dense.md").read_text()
+    dense = (repo / OUT / "tables/dense.md").read_text()
     assert "98.1 % of teacher" in dense and "99.3 % of teacher" in dense and "51.6 box AP" in dense
-    assert "dense specific distillation helps after GD" in (repo / "reports/tables/claims.md").read_text()
+    assert "dense specific distillation helps after GD" in (repo / OUT / "tables/claims.md").read_text()
     for fig in ("canvases/examples.png", "predictions/segmentation.png", "predictions/detection.png",
                 "segmentation/g2sd/curves.png", "detection/teacher/curves.png"):
-        assert (repo / "reports/figures/dense" / fig).stat().st_size > 5000, fig
-    assert "## Dense tasks" in (repo / "reports/README.md").read_text()
+        assert (repo / OUT / "figures/dense" / fig).stat().st_size > 5000, fig
+    assert "## Dense tasks" in (repo / OUT / "README.md").read_text()
 
 
 def test_second_repro_is_up_to_date(smoke_repo):
@@ -115,14 +124,14 @@ def test_second_repro_is_up_to_date(smoke_repo):
 
 def test_changing_a_student_parameter_reruns_only_that_student(smoke_repo):
     repo, _ = smoke_repo
-    params = repo / "params.yaml"
+    params = repo / PARAMS
     original = params.read_text()
     try:
         params.write_text(original.replace("temperature: 4.0", "temperature: 2.0"))
         log = _sh([str(BIN / "dvc"), "repro", "--dry"], repo)
-        assert "Running stage 'students@kd'" in log
-        assert "Running stage 'students@g2sd'" not in log and "Running stage 'teacher'" not in log
-        assert "Running stage 'dense_teacher@detection'" not in log
+        assert "Running stage 'students@smoke-kd'" in log
+        assert "Running stage 'students@smoke-g2sd'" not in log and "Running stage 'teacher@smoke'" not in log
+        assert "Running stage 'dense_teacher@smoke-detection'" not in log
     finally:
         params.write_text(original)
 
@@ -130,8 +139,8 @@ def test_changing_a_student_parameter_reruns_only_that_student(smoke_repo):
 def test_executed_notebooks_show_their_figures(smoke_repo):
     """Every cell that saves a figure also displays it: the executed notebooks are readable reports."""
     repo, _ = smoke_repo
-    executed = sorted((repo / "reports/notebooks").glob("*.ipynb"))
-    assert len(executed) == 21  # 19 stage runs, the entry notebook and the explorer
+    executed = sorted((repo / OUT / "notebooks").glob("*.ipynb")) + sorted((repo / "reports/notebooks").glob("*.ipynb"))
+    assert len(executed) == 21  # 19 stage runs and the explorer of the profile, the (profile-free) entry notebook
     for path in executed:
         for cell in json.loads(path.read_text())["cells"]:
             if cell["cell_type"] == "code" and ".savefig(" in "".join(cell["source"]):
@@ -149,14 +158,14 @@ def test_metrics_are_short_and_plots_cover_every_training_run(smoke_repo, tmp_pa
     assert len(columns) <= 10, sorted(columns)
     for run in ("teacher", "pretrain/gd", "students/kd", "test/g2sd", "dense/detection/g2sd",
                 "dense/test/segmentation/teacher"):
-        assert f"reports/metrics/{run}.json" in files, run
-    assert files["reports/metrics/test/g2sd.json"]["of_teacher"] > 0
+        assert f"{OUT}/metrics/{run}.json" in files, run
+    assert files[f"{OUT}/metrics/test/g2sd.json"]["of_teacher"] > 0
     widest = max(len(line) for line in _sh([dvc, "metrics", "show"], repo).splitlines())
     assert widest < 200, widest
 
-    csvs = sorted(p.relative_to(repo).as_posix() for p in (repo / "reports/plots").rglob("*.csv"))
-    expected = ["reports/plots/teacher/finetune.csv", "reports/plots/pretrain/gd.csv", "reports/plots/students/kd/seed0.csv",
-                "reports/plots/dense/segmentation/teacher/seed0.csv", "reports/plots/dense/detection/gd_only/seed0.csv"]
+    csvs = sorted(p.relative_to(repo).as_posix() for p in (repo / OUT / "plots").rglob("*.csv"))
+    expected = [f"{OUT}/plots/{p}" for p in ("teacher/finetune.csv", "pretrain/gd.csv", "students/kd/seed0.csv",
+                                              "dense/segmentation/teacher/seed0.csv", "dense/detection/gd_only/seed0.csv")]
     assert set(expected) <= set(csvs) and len(csvs) == 2 + 2 + 6 + 2 * 3
     plots = json.loads(_sh([dvc, "plots", "show", "--json"], repo))
     assert "errors" not in plots, plots.get("errors")
@@ -174,13 +183,13 @@ def test_dvc_exp_run_with_a_changed_parameter(smoke_repo):
     dvc = str(BIN / "dvc")
     _sh(["git", "add", "-A"], repo)
     _sh(["git", "commit", "-qm", "smoke results"], repo)
-    log = _sh([dvc, "exp", "run", "-n", "attn2", "-S", "evaluate.attention_images=2"], repo)
-    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"evaluate", "report"}, log[-2000:]
+    log = _sh([dvc, "exp", "run", "-n", "attn2", "-S", f"{PARAMS}:evaluate.attention_images=2"], repo)
+    assert set(re.findall(r"Running stage '([^']+)'", log)) == {"evaluate@smoke", "report@smoke"}, log[-2000:]
     exps = json.loads(_sh([dvc, "exp", "show", "--json"], repo))
     exp = next(e["revs"][0]["data"] for baseline in exps for e in baseline.get("experiments") or []
                if e["revs"][0].get("name") == "attn2")
-    assert exp["params"]["params.yaml"]["data"]["evaluate"]["attention_images"] == 2
-    assert 0 <= exp["metrics"]["reports/metrics/test/g2sd.json"]["data"]["top1"] <= 1
+    assert exp["params"][PARAMS]["data"]["evaluate"]["attention_images"] == 2
+    assert 0 <= exp["metrics"][f"{OUT}/metrics/test/g2sd.json"]["data"]["top1"] <= 1
     changed = _sh([dvc, "exp", "show", "--only-changed", "--csv"], repo)
     assert "attn2" in changed and "evaluate.attention_images" in changed
     assert len(changed.splitlines()[0].split(",")) < 15  # only what the experiment changed
@@ -219,8 +228,8 @@ def test_dvc_repro_stops_on_modified_data_and_on_a_typo_in_plain_words(smoke_rep
     labels.write_bytes(original)
     (repo / "data.dvc").write_text(pin)
 
-    params = (repo / "params.yaml").read_text()
-    (repo / "params.yaml").write_text(params.replace("    train: {epochs:", "    train: {epcohs: 1, epochs:", 1))
+    params = (repo / PARAMS).read_text()
+    (repo / PARAMS).write_text(params.replace("    train: {epochs:", "    train: {epcohs: 1, epochs:", 1))
     code, out = repro()
     assert code != 0 and "unknown key" in out and "did you mean 'epochs'" in out, out[-3000:]
     assert "---> " not in out and "g2sd_lib/schema" not in out  # the message, not the notebook's traceback
@@ -230,23 +239,23 @@ def test_bundled_teacher_mode_pins_hashes(smoke_repo):
     """Bundle the teacher the pipeline trained, switch the teacher stage to `bundled` with the printed
     hashes: it reruns from the bundle; a changed byte in a bundled file stops it."""
     repo, _ = smoke_repo
-    out = _sh([sys.executable, "-m", "g2sd_lib.teacher", "bundle"], repo)
+    out = _sh([sys.executable, "-m", "g2sd_lib.teacher", "bundle", "smoke"], repo)
     hashes = {name: json.loads((repo / f"teachers/fmnist_{name}.json").read_text())["sha256"]
               for name in ("mae", "classifier")}
     assert all(h in out for h in hashes.values())
     card = (repo / "teachers/README.md").read_text()
     assert "test top-1" in card and hashes["mae"] in card
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = yaml.safe_load((repo / PARAMS).read_text())
     params["teacher"]["mode"] = "bundled"
     params["teacher"]["bundled"].update(mae_sha256=hashes["mae"], classifier_sha256=hashes["classifier"])
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "Running stage 'teacher'" in _sh([str(BIN / "dvc"), "repro", "teacher"], repo)
-    assert json.loads((repo / "reports/results/teacher.json").read_text())["mode"] == "bundled"
+    (repo / PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "Running stage 'teacher@smoke'" in _sh([str(BIN / "dvc"), "repro", "teacher@smoke"], repo)
+    assert json.loads((repo / OUT / "results/teacher.json").read_text())["mode"] == "bundled"
 
     bundled = repo / "teachers/fmnist_classifier.safetensors"
     data = bytearray(bundled.read_bytes())
     data[-1] ^= 0xFF
     bundled.write_bytes(bytes(data))
-    p = subprocess.run([str(BIN / "dvc"), "repro", "teacher", "--force"], cwd=repo, env=_env(), capture_output=True,
+    p = subprocess.run([str(BIN / "dvc"), "repro", "teacher@smoke", "--force"], cwd=repo, env=_env(), capture_output=True,
                        text=True, timeout=600)
     assert p.returncode != 0 and "sha256" in p.stdout + p.stderr

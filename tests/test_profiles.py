@@ -7,14 +7,15 @@ import pytest
 
 from g2sd_lib.config import PRETRAIN_RUNS, STUDENT_RUNS, stage_config, teacher_stage_config
 from g2sd_lib.engine import TrainConfig
-from g2sd_lib.profiles import PROFILES, complete, load_profile, profile_path, use_profile
+from g2sd_lib.profiles import (PROFILES, complete, enable, enabled_profiles, load_profile, output_dirs, profile_path,
+                               set_profiles)
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_WITH_VALUE = re.compile(r"^\s*[\w.]+:\s*\S")
 
 
-def test_params_yaml_is_the_default_fmnist_profile():
-    assert (REPO / "params.yaml").read_text() == profile_path("fmnist").read_text()
+def test_params_yaml_lists_the_committed_profiles_the_default_first():
+    assert enabled_profiles(REPO / "params.yaml")[0] == "fmnist"
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -57,13 +58,19 @@ def test_paper_profile_has_the_official_recipe():
     assert p["teacher"]["download"]["gd"] == "mae_pretrain_vit_base_full.pth"
 
 
-def test_complete_and_use_profile(tmp_path):
+def test_complete_and_the_pipeline_profiles(tmp_path):
     students = load_profile("fmnist")["students"]
     filled = complete("smoke", data=None, students=students)
     assert filled["data"] == load_profile("smoke")["data"] and filled["students"] is students
     with pytest.raises(ValueError, match=r"students\.x: wrong type"):  # the sections are validated
         complete("smoke", data=None, students={"x": 1})
-    dest = use_profile("paper", tmp_path / "params.yaml")
-    assert dest.read_text() == profile_path("paper").read_text()
-    with pytest.raises(ValueError, match="unknown profile"):
-        load_profile("huge")
+    params = tmp_path / "params.yaml"
+    params.write_text("# which profiles\nprofiles: [fmnist]\n")
+    assert enable("gpu", params) and not enable("gpu", params)
+    assert enabled_profiles(params) == ["fmnist", "gpu"] and params.read_text().startswith("# which profiles\n")
+    set_profiles(["smoke"], params)
+    assert enabled_profiles(params) == ["smoke"]
+    assert output_dirs("gpu") == (Path("runs/gpu"), Path("reports/gpu"))
+    for bad in (lambda: load_profile("huge"), lambda: enable("huge", params)):
+        with pytest.raises(ValueError, match="unknown profile"):
+            bad()

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_readme_fmnist_numbers_match_the_committed_summary():
     readme = (REPO / "README.md").read_text()
-    summary = json.loads((REPO / "reports/summary.json").read_text())["classification"]
+    summary = json.loads((REPO / "reports/fmnist/summary.json").read_text())["classification"]
     g2sd = summary["students"]["g2sd"]
     row = next(line for line in readme.splitlines() if line.startswith("| `fmnist` (default)"))
     assert f"teacher {100 * summary['teacher']['top1']:.2f} %" in row
@@ -22,7 +22,7 @@ def test_readme_fmnist_numbers_match_the_committed_summary():
 
 def test_readme_quotes_the_committed_dense_results():
     readme = (REPO / "README.md").read_text()
-    summary = json.loads((REPO / "reports/summary.json").read_text())
+    summary = json.loads((REPO / "reports/fmnist/summary.json").read_text())
     row = next(line for line in readme.splitlines() if line.startswith("| `fmnist` (default)"))
     for task, label in (("segmentation", "mIoU"), ("detection", "box AP")):
         sec = summary[task]

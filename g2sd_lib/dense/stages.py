@@ -15,7 +15,7 @@
         teacher_train, student_train: TrainConfig overrides
       runs: {name: {init: gd | mae_student | null, distill: bool}}
 
-Outputs live under ``<workdir>/runs/dense``: ``canvases/{train,val,test}.pt`` and
+Outputs live under ``<root>/dense`` (``root``: the profile's run directory, ``runs/<profile>``): ``canvases/{train,val,test}.pt`` and
 ``<task>/teacher``, ``<task>/<run>/seed<k>`` (each a training run directory of
 :func:`g2sd_lib.engine.train`). The configurations come from :func:`g2sd_lib.config.dense_stage_config`
 (kinds ``segmentation`` / ``detection``) and run through :func:`g2sd_lib.stages.run_stage`, the
@@ -42,9 +42,9 @@ NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
 METRIC = {"segmentation": "miou", "detection": "box_ap"}  # the headline metric of each task (a fraction)
 
 
-def canvas_paths(workdir=".") -> dict[str, Path]:
-    root = Path(workdir) / "runs" / "dense" / "canvases"
-    return {split: root / f"{split}.pt" for split in SPLITS}
+def canvas_paths(root="runs") -> dict[str, Path]:
+    canvases = Path(root) / "dense" / "canvases"
+    return {split: canvases / f"{split}.pt" for split in SPLITS}
 
 
 def check_canvases(params: dict) -> None:
@@ -62,7 +62,7 @@ def external_recipes() -> dict:
     return {"segmentation": ADE20K_SEGMENTATION, "detection": COCO_DETECTION}
 
 
-def build_canvases(params: dict, workdir=".") -> dict[str, dict]:
+def build_canvases(params: dict, root="runs") -> dict[str, dict]:
     """Make and save the train / val / test canvases; return them.
 
     Items come from the same splits as classification: train canvases from the training split
@@ -77,7 +77,7 @@ def build_canvases(params: dict, workdir=".") -> dict[str, dict]:
     sources = {"train": (images[tr_idx], labels[tr_idx]), "val": (images[va_idx], labels[va_idx]),
                "test": (test_images, test_labels)}
     out = {}
-    for offset, (split, path) in enumerate(canvas_paths(workdir).items()):
+    for offset, (split, path) in enumerate(canvas_paths(root).items()):
         items, item_labels = sources[split]
         out[split] = make_canvases(items, item_labels, c[split], size=c["size"], max_items=c["max_items"],
                                    seed=c["seed"] + offset)
@@ -86,12 +86,12 @@ def build_canvases(params: dict, workdir=".") -> dict[str, dict]:
     return out
 
 
-def trained_models(params: dict, task: str, workdir=".") -> dict[str, dict]:
+def trained_models(params: dict, task: str, root="runs") -> dict[str, dict]:
     """The trained models of ``task``: ``{"teacher": {None: path}, run: {seed: path}}`` (``model.safetensors``)."""
     group = f"dense/{task}"
-    out = {"teacher": {None: run_dir(workdir, group, "teacher") / "model.safetensors"}}
+    out = {"teacher": {None: run_dir(root, group, "teacher") / "model.safetensors"}}
     for run in params["dense"]["runs"]:
-        out[run] = {seed: run_dir(workdir, group, run, seed) / "model.safetensors" for seed in params["dense"]["seeds"]}
+        out[run] = {seed: run_dir(root, group, run, seed) / "model.safetensors" for seed in params["dense"]["seeds"]}
     return out
 
 

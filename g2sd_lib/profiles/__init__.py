@@ -2,11 +2,14 @@
 laptop CPU in under 40 minutes), ``gpu`` (Fashion-MNIST on one GPU, every run trained to
 convergence), ``paper`` (ImageNet, official MAE checkpoints, GPUs).
 
-``python -m g2sd_lib.profiles NAME`` (or ``make profile P=NAME``) copies the preset, comments
-included, to ``params.yaml``, the configuration ``dvc repro`` reads.
+Each preset ``g2sd_lib/profiles/<name>.yaml`` is the configuration of its own copy of the pipeline:
+``dvc.yaml`` runs every stage once per profile that ``params.yaml`` lists under ``profiles``, reading
+that profile's file, writing under ``runs/<name>/`` and ``reports/<name>/`` (:func:`output_dirs`), so
+the committed profiles' results live side by side and ``dvc status`` speaks for each.
+``python -m g2sd_lib.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list.
 """
 
-import shutil
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import yaml
 
 PROFILES = ("smoke", "fmnist", "gpu", "paper")
 HERE = Path(__file__).parent
+PIPELINE_PARAMS = "params.yaml"  # lists the profiles dvc.yaml runs (`profiles: [...]`)
 
 
 def profile_path(name: str) -> Path:
@@ -26,32 +30,58 @@ def load_profile(name: str) -> dict:
     return yaml.safe_load(profile_path(name).read_text())
 
 
+def output_dirs(profile: str) -> tuple[Path, Path]:
+    """``(runs/<profile>, reports/<profile>)``: where a profile's stages write checkpoints and reports."""
+    return Path("runs") / profile, Path("reports") / profile
+
+
 def complete(profile: str = "smoke", **sections) -> dict:
     """The notebooks' parameters, validated: each section given as None is taken from ``profile``.
 
-    ``dvc repro`` injects every section from params.yaml (papermill ``-f``); opened by hand or run
-    by the tests, a notebook falls back to the smoke profile and runs in seconds. A typo or an
+    ``dvc repro`` injects every section from the profile's file (papermill ``-f``); opened by hand or
+    run by the tests, a notebook falls back to the smoke profile and runs in seconds. A typo or an
     out-of-range value stops the stage here, before any work (:func:`g2sd_lib.schema.validate_params`).
     """
     from ..schema import validate_params
     preset = load_profile(profile)
     params = {name: (preset[name] if value is None else value) for name, value in sections.items()}
-    given = any(value is not None for value in sections.values())
-    return validate_params(params, source="params.yaml" if given else str(profile_path(profile)), partial=True)
+    return validate_params(params, source=f"g2sd_lib/profiles/{profile}.yaml", partial=True)
 
 
-def use_profile(name: str, dest="params.yaml") -> Path:
-    """Make ``name`` the active configuration."""
-    shutil.copyfile(profile_path(name), dest)
-    return Path(dest)
+def enabled_profiles(path=PIPELINE_PARAMS) -> list[str]:
+    return list(yaml.safe_load(Path(path).read_text()).get("profiles") or [])
+
+
+def set_profiles(names, path=PIPELINE_PARAMS) -> Path:
+    """Write the ``profiles: [...]`` line of ``params.yaml`` (its comments kept)."""
+    for name in names:
+        profile_path(name)  # refuses an unknown name
+    path = Path(path)
+    line = f"profiles: [{', '.join(names)}]"
+    text = path.read_text() if path.exists() else ""
+    new, n = re.subn(r"(?m)^profiles:.*$", line, text)
+    path.write_text(new if n else text + line + "\n")
+    return path
+
+
+def enable(name: str, path=PIPELINE_PARAMS) -> bool:
+    """Add ``name`` to the pipeline's profiles; False when it was there already."""
+    names = enabled_profiles(path) if Path(path).exists() else []
+    if name in names:
+        profile_path(name)
+        return False
+    set_profiles(names + [name], path)
+    return True
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) not in (1, 2) or argv[0] not in PROFILES:
-        sys.exit(f"usage: python -m g2sd_lib.profiles {{{'|'.join(PROFILES)}}} [DEST]")
-    dest = use_profile(*argv)
-    print(f"{dest} now holds the {argv[0]!r} profile; run `dvc repro` (or `make repro`)")
+    if len(argv) != 2 or argv[0] != "enable" or argv[1] not in PROFILES:
+        sys.exit(f"usage: python -m g2sd_lib.profiles enable {{{'|'.join(PROFILES)}}}")
+    added = enable(argv[1])
+    state = "now lists" if added else "already lists"
+    print(f"{PIPELINE_PARAMS} {state} the {argv[1]!r} profile: {', '.join(enabled_profiles())}; its stages are "
+          f"<stage>@{argv[1]}... (`dvc stage list`), its results go to reports/{argv[1]}/")
 
 
 if __name__ == "__main__":

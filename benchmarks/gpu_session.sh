@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The `gpu` profile's work on a lent GPU, in two halves.
+#
+# Here (CPU, before the device call):
+#   benchmarks/gpu_session.sh prepare
+#     puts into .whl/ (git-ignored; the device call carries it: carry [".whl"]) the wheels the
+#     device lacks (benchmarks/device_wheels.sh) and Fashion-MNIST compressed with xz, and prints
+#     what the call will carry (tracked files + .whl/ must stay under 64 MiB).
+#   benchmarks/gpu_session.sh dry bench sweep
+#     the exact steps, shrunk, on this CPU (minutes): run it before spending device time.
+#
+# On the device (its own python3 3.12 with torch; nothing can be downloaded there):
+#   bash benchmarks/gpu_session.sh run bench sweep [repro]
+#     installs the wheels into /tmp/site, unpacks the data, makes the tree a git repository (DVC
+#     needs one), then runs benchmarks/gpu_session.py STEPS --out $OUT --pack: one archive
+#     $OUT/gpu_session.tar.gz comes back (histories, metrics, reports; no checkpoints).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+DATA=data/fashion-mnist
+FILES="train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte"
+mode="${1:?usage: gpu_session.sh prepare | dry STEPS... | run STEPS...}"
+shift
+
+case "$mode" in
+prepare)
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    bash benchmarks/device_wheels.sh | tail -1
+    mkdir -p .whl/fmnist
+    for f in $FILES; do
+        [ -f ".whl/fmnist/$f.xz" ] || xz -9 -k -c "$DATA/$f" > ".whl/fmnist/$f.xz"
+    done
+    tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+    carried=$(du -sb .whl | cut -f1)
+    echo "the call carries $(( (tracked + carried) / 1048576 )) MiB (tracked files $(( tracked / 1048576 )), .whl $(( carried / 1048576 ))); the limit is 64"
+    [ $(( tracked + carried )) -lt $(( 64 * 1048576 )) ] || { echo "over 64 MiB: carry less"; exit 1; }
+    ;;
+dry)
+    .venv/bin/python benchmarks/gpu_session.py --dry --out "${OUT:-/tmp/gpu_session_dry}" --pack --concurrent 3 "$@"
+    ;;
+run)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$ROOT" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    mkdir -p "$DATA"
+    for f in $FILES; do xz -d -c ".whl/fmnist/$f.xz" > "$DATA/$f"; done
+    python3 -m g2sd_lib.fmnist verify --dest "$DATA"
+    if [ ! -d .git ]; then
+        git init -q && git add -A && git -c user.name=gpu -c user.email=gpu@localhost commit -qm "device copy"
+    fi
+    nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv || true
+    python3 benchmarks/gpu_session.py --out "${OUT:?set OUT to the results folder}" --pack "$@"
+    ;;
+*)
+    echo "unknown mode $mode: prepare | dry | run" >&2; exit 2 ;;
+esac
