@@ -3,7 +3,7 @@
 For each configuration (``fmnist``, ``gpu``, ``paper``) and precision (fp32, bf16 autocast) this times
 full training steps (forward + backward + AdamW step on ``task.param_groups(0.05)``) on random input,
 on the CPU or (``--device cuda``) a GPU, eager or through ``torch.compile`` (``--compile``, the
-engine's own ``compiled_loss``; fused AdamW on CUDA, as the engine):
+engine's own ``g2sd_lib.device.compiled_loss``; fused AdamW on CUDA, as the engine):
 
 * ``mae``: MAE pretraining of the teacher (``MAEPretraining``);
 * ``gd``: generic distillation, frozen teacher MAE up to decoder block ``target_block`` + student;
@@ -34,15 +34,13 @@ import timm
 import torch
 
 from g2sd_lib import data
-from g2sd_lib.device import autocast_dtype
-from g2sd_lib.engine import compiled_loss
+from g2sd_lib.device import COMPILE_MODES, autocast_dtype, compiled_loss
 from g2sd_lib.evaluate import flops_per_image
 from g2sd_lib.models import create_classifier, create_mae, create_student, mae_kwargs
 from g2sd_lib.profiles import load_profile
 from g2sd_lib.tasks import Finetuning, GenericDistillation, MAEPretraining, SpecificDistillation
 
 KINDS = ("mae", "gd", "sd", "finetune", "augment")
-COMPILE_MODES = ("none", "default", "reduce-overhead")
 PRECISIONS = {"fp32": "none", "bf16": "bf16"}  # -> the ``amp`` mode of ``autocast_dtype``
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MASK_RATIO = 0.75  # MAE pretraining and GD, as the paper

@@ -1,4 +1,6 @@
-"""Where a run computes: device choice, bf16/fp16 autocast, and the torchrun process group (DDP).
+"""Where a run computes: device choice, bf16/fp16 autocast, the torchrun process group (DDP), and
+what only pays on a GPU (``torch.compile`` of the step, fewer host synchronisations), with the
+fallbacks that keep the same code running on a CPU.
 
 Used by the engine and by the evaluation and benchmark code that must pick the same device and
 precision as training.
@@ -10,6 +12,10 @@ import torch
 import torch.distributed as dist
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+COMPILE_MODES = ("none", "default", "reduce-overhead")
+# On CUDA the host reads the losses back (a synchronisation) every this many steps, not every step,
+# so that the CPU queues the next steps while the GPU works; on CPU it reads them every step.
+CUDA_SYNC_EVERY = 25
 
 
 def init_distributed():
@@ -53,3 +59,25 @@ def autocast_dtype(amp: str, device: torch.device):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     has_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return torch.bfloat16 if has_bf16 else None
+
+
+def host_sync_every(device: torch.device) -> int:
+    """Steps between host reads of the losses: every step on CPU, ``CUDA_SYNC_EVERY`` on CUDA."""
+    return CUDA_SYNC_EVERY if device.type == "cuda" else 1
+
+
+def compiled_loss(loss_fn, mode: str, device: torch.device):
+    """``loss_fn`` as is (``none``) or through ``torch.compile`` (teacher and student forward, loss and,
+    through AOTAutograd, their backward). ``reduce-overhead`` adds CUDA graphs, which exist on CUDA
+    only: on another device it compiles with the ``default`` mode and says so. Code that dynamo
+    cannot trace (timm's Mixup draws from numpy) runs eagerly between compiled graphs; a compiler
+    failure falls back to eager execution with a warning (``suppress_errors``), never stops a run."""
+    if mode == "none":
+        return loss_fn
+    if mode == "reduce-overhead" and device.type != "cuda":
+        print(f"compile: reduce-overhead (CUDA graphs) needs a CUDA device; compiling with mode 'default' on "
+              f"{device.type}", flush=True)
+        mode = "default"
+    import torch._dynamo
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(loss_fn, mode=mode)

@@ -4,7 +4,9 @@ AdamW on the task's parameter groups, lr = blr x effective batch / 256 with per-
 + cosine, gradient accumulation, bf16 autocast where the hardware supports it (CPU included), DDP
 through ``torchrun`` (gloo on CPU, nccl on GPU) with rank-0 I/O, resume from the last training
 state (refused when the configuration changed), a progress bar on terminals and per-epoch lines
-and metrics in ``history.json`` / ``history.csv``.
+and metrics in ``history.json`` / ``history.csv``. On CUDA the optimiser is fused AdamW and the
+losses are read back every 25 steps; ``compile`` runs the step through ``torch.compile``
+(:mod:`g2sd_lib.device` holds these and their CPU fallbacks).
 
 ``train`` = ``_setup`` (device, optimiser, output check, resume) + ``train_one_epoch`` per epoch
 (MAE's shape) + ``_end_epoch`` (validation, history, ``last.pt``).
@@ -30,15 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoints import load_training_state, save_model, save_training_state
-from .device import AMP_MODES, autocast_dtype, resolve_device, world_info
+from .device import (AMP_MODES, COMPILE_MODES, autocast_dtype, compiled_loss, host_sync_every, resolve_device,
+                     world_info)
 from .errors import NonFiniteLossError, ResumeMismatchError, check_writable, writing
 from .optim import lr_at, scaled_lr, set_lr
-
-
-COMPILE_MODES = ("none", "default", "reduce-overhead")
-# On CUDA the host reads the losses back (a synchronisation) every this many steps, not every step,
-# so that the CPU queues the next steps while the GPU works; on CPU it reads them every step.
-CUDA_SYNC_EVERY = 25
 
 
 @dataclass
@@ -156,11 +153,6 @@ class _Run:
         return self.out_dir / "last.pt"
 
 
-def host_sync_every(device: torch.device) -> int:
-    """Steps between host reads of the losses: every step on CPU, ``CUDA_SYNC_EVERY`` on CUDA."""
-    return CUDA_SYNC_EVERY if device.type == "cuda" else 1
-
-
 def _setup(task, loader, cfg: "TrainConfig") -> _Run:
     """Device, optimiser, scaler and DDP wrapper of a run; the output directory is checked writable
     here, before the first epoch, and a ``last.pt`` there is resumed from."""
@@ -188,23 +180,6 @@ def _setup(task, loader, cfg: "TrainConfig") -> _Run:
         run.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run.loss_fn = compiled_loss(task.loss, cfg.compile, device)
     return run
-
-
-def compiled_loss(loss_fn, mode: str, device: torch.device):
-    """``loss_fn`` as is (``none``) or through ``torch.compile`` (teacher and student forward, loss and,
-    through AOTAutograd, their backward). ``reduce-overhead`` adds CUDA graphs, which exist on CUDA
-    only: on another device it compiles with the ``default`` mode and says so. Code that dynamo
-    cannot trace (timm's Mixup draws from numpy) runs eagerly between compiled graphs; a compiler
-    failure falls back to eager execution with a warning (``suppress_errors``), never stops a run."""
-    if mode == "none":
-        return loss_fn
-    if mode == "reduce-overhead" and device.type != "cuda":
-        print(f"compile: reduce-overhead (CUDA graphs) needs a CUDA device; compiling with mode 'default' on "
-              f"{device.type}", flush=True)
-        mode = "default"
-    import torch._dynamo
-    torch._dynamo.config.suppress_errors = True
-    return torch.compile(loss_fn, mode=mode)
 
 
 def _resume(run: _Run, cfg: "TrainConfig") -> None:

@@ -1,6 +1,7 @@
 """The report's summary, tables and metric files, on small hand-made evaluations."""
 
 import csv
+import json
 
 import pytest
 
@@ -78,3 +79,26 @@ def test_comparison_shows_how_close_each_student_is_to_its_teacher():
           "attention_similarity": [0.2, 0.4, 0.65]}
     assert _closeness(ev) == {"agreement (%)": "85.00", "attention sim.": "0.65"}
     assert _closeness({"seeds": {"0": {"top1": 0.7}}}) == {"agreement (%)": "-", "attention sim.": "-"}
+
+
+def test_profiles_side_by_side_name_their_budgets(tmp_path):
+    from g2sd_lib import compare
+    from g2sd_lib.config import budget
+    from g2sd_lib.errors import UserError
+    from g2sd_lib.profiles import load_profile
+
+    def summary(profile, teacher, g2sd, scratch):
+        students = {name: {"top1_mean": m, "top1_std": 0.004, "ratio_to_teacher": m / teacher}
+                    for name, m in (("g2sd", g2sd), ("scratch", scratch))}
+        return {"profile": profile, "budget": budget(load_profile(profile)),
+                "classification": {"teacher": {"top1": teacher}, "students": students}}
+
+    for profile, numbers in (("fmnist", (0.8644, 0.7463, 0.70)), ("gpu", (0.93, 0.91, 0.90))):
+        (tmp_path / profile).mkdir()
+        (tmp_path / profile / "summary.json").write_text(json.dumps(summary(profile, *numbers)))
+    page = compare.write_comparison(["fmnist", "gpu"], tmp_path).read_text()
+    assert "GD 4 epochs (220 000 images), SD / fine-tuning 2 epochs (110 000 images), 3 seed(s)" in page
+    assert "GD 100 epochs (5 500 000 images)" in page  # the gpu profile's budget, in the same table
+    assert "| gpu " in page and "91.00 ± 0.40" in page and "97.85 %" in page and "[gpu](gpu/README.md)" in page
+    with pytest.raises(UserError, match="paper/summary.json is missing: run the paper profile first"):
+        compare.write_comparison(["paper"], tmp_path)
