@@ -1,6 +1,6 @@
-"""From ``params.yaml`` sections to the stage configurations ``stages.run_stage`` takes.
+"""From a profile's sections to the stage configurations ``stages.run_stage`` takes.
 
-``params.yaml`` groups runs: ``pretrain`` (GD and the MAE-student baseline), ``students`` (the
+A profile (``g2sd_lib/profiles/<name>.yaml``) groups runs: ``pretrain`` (GD and the MAE-student baseline), ``students`` (the
 G2SD student and the baselines) and ``dense`` (the dense teachers and students). Inside a group,
 ``common`` holds the shared settings and each run overrides them (deep merge). Run outputs live
 under ``<root>/<group>/<run>[/seed<k>]`` (dense: group ``dense/<task>``), ``root`` being the

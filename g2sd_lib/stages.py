@@ -1,6 +1,6 @@
 """Run one training stage, classification or dense, from a plain configuration dict.
 
-The configurations come from ``params.yaml`` through :mod:`g2sd_lib.config`. The same function
+The configurations come from a profile (``g2sd_lib/profiles/<name>.yaml``) through :mod:`g2sd_lib.config`. The same function
 serves the notebooks (in-process, one device) and ``torchrun`` (several processes):
 ``torchrun --standalone --nproc-per-node N -m g2sd_lib.stages CONFIG.json``.
 

@@ -60,7 +60,7 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
         for key, name in (("gd", "mae"), ("sd", "classifier")):
             src = Path(b[name])
             if not src.exists():
-                raise FileNotFoundError(f"bundled teacher {src} is missing; set teacher.mode: train in params.yaml "
+                raise FileNotFoundError(f"bundled teacher {src} is missing; set teacher.mode: train in the profile "
                                         "to train one (see teachers/README.md)")
             checkpoints.load_saved_model(src, expected_sha256=b.get(f"{name}_sha256"))  # refuses changed bytes
             _copy_saved(src, out[key])

@@ -527,3 +527,12 @@ def test_read_only_directory_is_named(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=rf"cannot write {tmp_path / 'out'}.*Make {tmp_path / 'out'} writable"):
         ck.save_model(LAYOUTS["mae-full"][0], tmp_path / "out" / "m.safetensors")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_encoder_of_another_width_is_refused_in_a_few_lines():
+    from g2sd_lib.checkpoints import CheckpointError, load_encoder
+    from g2sd_lib.models import create_classifier, create_mae
+    student = create_classifier("vit_smokesmall_patch7", "avg", 10)
+    with pytest.raises(CheckpointError, match=r"cls_token \(1, 1, 32\) vs \(1, 1, 16\);.*\.\.\. \d+ more of \d+ encoder") as e:
+        load_encoder(student, create_mae("mae_vit_smokebase_patch7_dec32d2b").state_dict())
+    assert len(str(e.value)) < 400

@@ -136,9 +136,13 @@ def load_encoder(model: nn.Module, state_dict) -> EncoderInit:
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in wanted
               if k in state_dict and state_dict[k].shape != own[k].shape]
     if missing or shapes:
+        # the first few shape mismatches say what is wrong (usually another width or patch); all of them
+        # would fill a screen
+        shown = "; ".join(shapes[:4]) + (f"; ... {len(shapes) - 4} more of {len(wanted)} encoder tensors"
+                                         if len(shapes) > 4 else "")
         raise CheckpointError(f"{source} cannot initialise this {type(model).__name__}: "
                               + "; ".join(filter(None, [missing and f"missing {_patterns(missing)}",
-                                                        shapes and f"shape (file vs model) {'; '.join(shapes)}"])))
+                                                        shapes and f"shape (file vs model) {shown}"])))
     model.load_state_dict({k: state_dict[k] for k in wanted}, strict=False)
     if isinstance(getattr(model, "head", None), nn.Linear):
         trunc_normal_(model.head.weight, std=2e-5)

@@ -1,6 +1,6 @@
 """The dense stages of the pipeline: canvases, the dense teachers, the dense students.
 
-``params.yaml`` section ``dense`` (every profile has it, with the same keys)::
+The profiles' section ``dense`` (every profile has it, with the same keys)::
 
     dense:
       dataset: canvases | external   # external: the paper profile, run by detectron2 / mmseg (.paper)

@@ -1,4 +1,4 @@
-"""One validated configuration: every ``params.yaml`` section and every stage configuration is
+"""One validated configuration: every section of a profile and every stage configuration is
 checked against this schema before any work starts.
 
 Pydantic models (:mod:`.stages`, :mod:`.sections`) give keys, types and ranges; plain functions
@@ -18,7 +18,7 @@ __all__ = ["ConfigError", "validate_params", "validate_stage", "validate_dense_s
            "check_num_classes", "NUM_CLASSES", "Train", "Data", "STAGES", "DENSE_STAGES"]
 
 
-def validate_params(params: dict, source: str = "params.yaml", partial: bool = False) -> dict:
+def validate_params(params: dict, source: str = "the profile", partial: bool = False) -> dict:
     """Check a whole params dict (any profile) against the schema; returns ``params`` unchanged.
 
     Every section is checked (keys, types, ranges), every run as the stage configuration it

@@ -2,7 +2,7 @@
 allowed: what`` (with a did-you-mean for unknown keys and choices), and all lines of a
 configuration are raised together as one :class:`ConfigError`. Pydantic's errors are translated
 here, including the plain-words description of what a field accepts; :func:`_relocate` moves a
-problem of a merged configuration to the ``params.yaml`` key that wrote the value."""
+problem of a merged configuration to the profile key that wrote the value."""
 
 import difflib
 import functools

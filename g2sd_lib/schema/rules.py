@@ -3,7 +3,7 @@
 depth and patch grid of a ``train`` teacher, warm-up within the epochs, teacher mode against the
 dataset, encoders that the ``init`` runs hand over, dense canvases and pyramid scales.
 
-Each rule returns :class:`.messages.Problem` lists; the ``params.yaml`` rules check every run as the
+Each rule returns :class:`.messages.Problem` lists; the profile-level rules check every run as the
 stage configuration it becomes (common merged in, as :mod:`g2sd_lib.config` does) and relocate its
 problems to the key that wrote the value. The model library (torch, timm) is imported only where a
 model name is parsed, so importing the schema stays cheap.

@@ -1,4 +1,4 @@
-"""The ``params.yaml`` sections around the stage configurations: ``dense``, ``teacher``,
+"""The sections of a profile (``g2sd_lib/profiles/<name>.yaml``) around the stage configurations: ``dense``, ``teacher``,
 ``evaluate``, and :data:`SECTIONS`, the type of every top-level key. Run groups (``pretrain``,
 ``students``) and train overrides stay plain mappings here: they are checked after merging, as the
 stage configuration they become (:mod:`.rules`)."""
