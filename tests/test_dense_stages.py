@@ -1,6 +1,8 @@
 """The dense pipeline stages on tiny models: configurations of every profile, canvases from the
 pinned splits, whole teacher -> student runs for both tasks, resume, and the report's dense tables."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -198,3 +200,25 @@ def test_several_processes_run_the_one_stage_module_under_torchrun(tmp_path, mon
     assert history == [{"epoch": 1}]
     assert calls[0][1:5] == ["--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.stages"]
     assert json.loads((tmp_path / "config.json").read_text())["kind"] == "segmentation"
+
+
+def test_the_frs_sweep_changes_only_the_distillation(tmp_path):
+    """benchmarks/frs_sweep.py retrains the detection student from the pipeline's checkpoints; its
+    variants must differ from the pipeline's G2SD run in the distillation options alone."""
+    import importlib.util
+
+    from g2sd_lib import schema
+    script = Path(__file__).resolve().parents[1] / "benchmarks/frs_sweep.py"
+    spec = importlib.util.spec_from_file_location("frs_sweep", script)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    params = load_profile("fmnist")
+    base = dense_stage_config(params, "detection", "g2sd", tmp_path, seed=0)
+    variants = dict(sweep.configs(params, tmp_path, tmp_path / "sweep"))
+    assert len(variants) == len(sweep.VARIANTS) and variants["official feat 0.001 obj 0.1"]["distill"] == base["distill"]
+    assert variants["labels only"]["distill"] is None and "teacher" not in variants["labels only"]
+    assert variants["official, warm-up x5"]["distill"]["warmup_iters"] == 5 * base["distill"]["warmup_iters"]
+    for cfg in variants.values():
+        schema.validate_stage(cfg)
+        same = {k: v for k, v in cfg.items() if k not in ("distill", "out_dir", "teacher")}
+        assert same == {k: v for k, v in base.items() if k not in ("distill", "out_dir", "teacher")}

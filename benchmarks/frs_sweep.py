@@ -1,0 +1,97 @@
+"""Why does FRS distillation lower the `fmnist` detector? A sweep of its weights on validation canvases.
+
+The fmnist pipeline's dense result: the detection student distilled with the official FRS weights
+(feature 0.001, objectness 0.1) ends below the same student trained on labels only. This trains
+the G2SD detection student again from the pipeline's own checkpoints (``runs/<profile>``: the GD
+student and the dense detection teacher; run ``make repro`` first), with the profile's schedule
+and the given seeds, changing only the distillation weights and warm-up, and reads the validation box AP
+(validation canvases: no test image is looked at). Each run also records its loss parts, so the
+share of the objectness term in the student's loss can be read off.
+
+    python benchmarks/frs_sweep.py --json benchmarks/results/frs_sweep_fmnist.json
+    python benchmarks/frs_sweep.py --json ... --seeds 1 2 --variants "labels only" "weights 0 (path on)"
+
+Runs already in the JSON file (same variant and seed) are kept and not repeated.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from g2sd_lib import config  # noqa: E402
+from g2sd_lib.profiles import load_profile, output_dirs  # noqa: E402
+from g2sd_lib.stages import run_stage  # noqa: E402
+
+# (name, distill options or None for labels only); the official weights come first
+VARIANTS = [
+    ("official feat 0.001 obj 0.1", {"feat_weight": 0.001, "obj_weight": 0.1}),
+    ("labels only", None),
+    ("feature only (obj 0)", {"feat_weight": 0.001, "obj_weight": 0.0}),
+    ("objectness only (feat 0)", {"feat_weight": 0.0, "obj_weight": 0.1}),
+    ("obj 0.01", {"feat_weight": 0.001, "obj_weight": 0.01}),
+    ("feat 0.01, obj 0.01", {"feat_weight": 0.01, "obj_weight": 0.01}),
+    ("official, warm-up x5", {"feat_weight": 0.001, "obj_weight": 0.1, "warmup_factor": 5}),
+    # the distillation path on (teacher forward, adapters) with both weights 0: what the machinery
+    # alone changes, without any distillation loss
+    ("weights 0 (path on)", {"feat_weight": 0.0, "obj_weight": 0.0}),
+]
+
+
+def configs(params: dict, root: Path, out: Path, seed: int = 0) -> list[tuple[str, dict]]:
+    base = config.dense_stage_config(params, "detection", "g2sd", root, seed=seed)
+    result = []
+    for i, (name, distill) in enumerate(VARIANTS):
+        cfg = json.loads(json.dumps(base))
+        if distill is None:
+            cfg["distill"] = None
+            cfg.pop("teacher", None)
+        else:
+            distill = dict(distill)
+            factor = distill.pop("warmup_factor", 1)
+            cfg["distill"] = {**base["distill"], **distill}
+            cfg["distill"]["warmup_iters"] = base["distill"]["warmup_iters"] * factor
+        cfg["out_dir"] = str(out / f"v{i}" / f"seed{seed}")
+        result.append((name, cfg))
+    return result
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="fmnist")
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "frs_sweep", help="run directories")
+    p.add_argument("--epochs", type=int, help="override the profile's detection student epochs (a quick look)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="student seeds (default 0)")
+    p.add_argument("--variants", nargs="+", help="only these variants (names as in VARIANTS)")
+    args = p.parse_args(argv)
+    params = load_profile(args.profile)
+    root, _ = output_dirs(args.profile)
+    rows = json.loads(args.json.read_text())["rows"] if args.json.exists() else []  # add to earlier runs
+    done = {(r["variant"], r["seed"]) for r in rows}
+    todo = [(seed, name, cfg) for seed in args.seeds for name, cfg in configs(params, REPO / root, args.work, seed)
+            if (not args.variants or name in args.variants) and (name, seed) not in done]
+    for seed, name, cfg in todo:
+        if args.epochs:
+            cfg["train"]["epochs"] = args.epochs
+        cfg["train"]["progress"] = False
+        t0 = time.perf_counter()
+        history = run_stage(cfg)
+        last = history[-1]
+        parts = {k: v for k, v in last.items() if k.startswith("train_")}
+        rows.append({"variant": name, "seed": seed, "distill": cfg["distill"], "epochs": cfg["train"]["epochs"],
+                     "val_box_ap": last["val_box_ap"], "val_box_ap_per_epoch": [r["val_box_ap"] for r in history],
+                     "last_epoch_losses": parts, "minutes": (time.perf_counter() - t0) / 60})
+        print(f"{name}, seed {seed}: val box AP {100 * last['val_box_ap']:.2f}; last epoch {parts}", flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"profile": args.profile, "split": "validation canvases",
+                                         "rows": rows}, indent=1))
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
