@@ -12,13 +12,9 @@ from pathlib import Path
 
 from .config import budget_text
 from .errors import UserError
-from .report import write_table
+from .report import metric_text, write_table
 
 STUDENTS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
-
-
-def _pm(s: dict, metric: str) -> str:
-    return f"{100 * s[metric + '_mean']:.2f} ± {100 * s[metric + '_std']:.2f}"
 
 
 def profile_rows(summaries: dict[str, dict]) -> list[dict]:
@@ -29,7 +25,7 @@ def profile_rows(summaries: dict[str, dict]) -> list[dict]:
         c = s["classification"]
         row = {"profile": profile, "budget": budget_text(s["budget"]) if "budget" in s else "not recorded",
                "teacher": f"{100 * c['teacher']['top1']:.2f}"}
-        row.update({name: _pm(c["students"][name], "top1") if name in c["students"] else "-" for name in STUDENTS})
+        row.update({name: metric_text(c["students"][name]) if name in c["students"] else "-" for name in STUDENTS})
         g2sd = c["students"].get("g2sd")
         row["G2SD / teacher"] = f"{100 * g2sd['ratio_to_teacher']:.2f} %" if g2sd else "-"
         for task in ("segmentation", "detection"):

@@ -136,7 +136,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _metric_text(s: dict, metric: str = "top1") -> str:
+def metric_text(s: dict, metric: str = "top1") -> str:
     """Mean ± std over seeds, in percent (the mean alone for one seed)."""
     m, sd = s[f"{metric}_mean"], s[f"{metric}_std"]
     return f"{_pct(m)} ± {_pct(sd)}" if len(s["seeds"]) > 1 else _pct(m)
@@ -159,7 +159,7 @@ def comparison_rows(summary: dict, evaluation: dict, teacher_name: str) -> list[
         paper, source = ((f"{PAPER['g2sd_ratio'][0]} % of teacher", PAPER["g2sd_ratio"][1]) if name == "g2sd"
                          else (UNAVAILABLE, "not in the sources available to this project"))
         rows.append({"method": label, "teacher": teacher_col, "params (M)": f"{ev['params'] / 1e6:.3g}",
-                     "GFLOPs": f"{ev['flops'] / 1e9:.3g}", "top-1 (%)": _metric_text(s),
+                     "GFLOPs": f"{ev['flops'] / 1e9:.3g}", "top-1 (%)": metric_text(s),
                      "% of teacher": _pct(s["ratio_to_teacher"]), **_closeness(ev), "paper": paper,
                      "paper source": source})
     return rows
@@ -183,7 +183,7 @@ def ablation_rows(summary: dict) -> list[dict]:
         if name in cls["students"]:
             s = cls["students"][name]
             rows.append({"run": name, "generic distillation": gd, "specific distillation": sd,
-                         "top-1 (%)": _metric_text(s), "% of teacher": _pct(s["ratio_to_teacher"])})
+                         "top-1 (%)": metric_text(s), "% of teacher": _pct(s["ratio_to_teacher"])})
     return rows
 
 
@@ -253,7 +253,7 @@ def dense_rows(summary: dict, evaluation: dict) -> list[dict]:
                              else (UNAVAILABLE, "not in the sources available to this project"))
             rows.append({"task": task, "method": DENSE_METHODS.get(name, (name, ""))[0],
                          "params (M)": f"{ev['students'][name]['params'] / 1e6:.3g}",
-                         "test metric (%)": f"{spec['label']} {_metric_text(s, metric)}",
+                         "test metric (%)": f"{spec['label']} {metric_text(s, metric)}",
                          "% of teacher": _pct(s["ratio_to_teacher"]), "paper": paper, "paper source": source})
     return rows
 

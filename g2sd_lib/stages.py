@@ -161,14 +161,20 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     """
     if nproc <= 1:
         return run_stage(cfg)
-    out_dir = Path(cfg["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = out_dir / "config.json"
-    cfg_path.write_text(json.dumps(cfg, indent=1))
+    cfg_path = _write_config(cfg)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.stages", str(cfg_path)]
     subprocess.run(cmd, check=True)
-    return json.loads((out_dir / "history.json").read_text())
+    return json.loads((cfg_path.parent / "history.json").read_text())
+
+
+def _write_config(cfg: dict) -> Path:
+    """``<out_dir>/config.json``: the configuration a ``python -m g2sd_lib.stages`` process runs."""
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.json"
+    path.write_text(json.dumps(cfg, indent=1))
+    return path
 
 
 def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None) -> list[list[dict]]:
@@ -209,10 +215,8 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
 
 def _start(cfg: dict):
     """A ``python -m g2sd_lib.stages`` process of one configuration, its output going to log.txt."""
-    out_dir = Path(cfg["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path, log = out_dir / "config.json", out_dir / "log.txt"
-    cfg_path.write_text(json.dumps(cfg, indent=1))
+    cfg_path = _write_config(cfg)
+    log = cfg_path.parent / "log.txt"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.stages", str(cfg_path)], stdout=f,
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})

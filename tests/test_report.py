@@ -88,7 +88,7 @@ def test_profiles_side_by_side_name_their_budgets(tmp_path):
     from g2sd_lib.profiles import load_profile
 
     def summary(profile, teacher, g2sd, scratch):
-        students = {name: {"top1_mean": m, "top1_std": 0.004, "ratio_to_teacher": m / teacher}
+        students = {name: {"top1_mean": m, "top1_std": 0.004, "ratio_to_teacher": m / teacher, "seeds": [0, 1, 2]}
                     for name, m in (("g2sd", g2sd), ("scratch", scratch))}
         return {"profile": profile, "budget": budget(load_profile(profile)),
                 "classification": {"teacher": {"top1": teacher}, "students": students}}
