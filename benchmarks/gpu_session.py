@@ -50,14 +50,17 @@ def log(msg: str) -> None:
     print(f"[gpu_session {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def shrink(params: dict) -> dict:
-    """The dry run's profile: the same models and code, 256 images, one epoch, no compilation."""
+def shrink(params: dict, images: int = 256, batch: int = 64, canvases=(16, 8, 8), **train) -> dict:
+    """The profile on a few images for one epoch, same models and code, no compilation (the dry run
+    here; the tests with smaller sizes). ``train``: more TrainConfig fields for every run."""
     p = copy.deepcopy(params)
-    p["data"].update(train_subset=256, val_subset=256, test_subset=256, eval_batch_size=256)
+    p["data"].update(train_subset=images, val_subset=images, test_subset=images, eval_batch_size=images)
     for section in (p["teacher"]["pretrain"], p["teacher"]["finetune"], p["pretrain"]["common"],
                     p["students"]["common"], p["dense"]["common"]):
-        section["train"].update(epochs=1, warmup_epochs=0, batch_size=64, compile="none")
-    p["dense"]["data"].update(train=16, val=8, test=8)
+        section["train"].update(epochs=1, warmup_epochs=0, batch_size=batch, compile="none", **train)
+    for task in config.DENSE_TASKS:  # the dense runs' own schedules (e.g. detection's 24 epochs) go too
+        p["dense"][task].update(teacher_train={}, student_train={})
+    p["dense"]["data"].update(dict(zip(("train", "val", "test"), canvases)))
     return p
 
 

@@ -2,7 +2,6 @@
 back to the default mode), batches built on the training device, several runs at once, and the
 whole `gpu` profile shrunk (its models, its recipe kinds, every stage kind, dense included)."""
 
-import copy
 import json
 
 import pytest
@@ -91,22 +90,25 @@ def test_concurrent_runs_give_the_sequential_results_and_name_a_failure(tmp_path
         stages.launch_all([bad, bad], nproc=2, concurrent=2)
 
 
+def _gpu_session():
+    """benchmarks/gpu_session.py, the GPU session's script (not a package module)."""
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks/gpu_session.py"
+    spec = importlib.util.spec_from_file_location("gpu_session", script)
+    session = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(session)
+    return session
+
+
 def _shrunk_gpu_profile() -> dict:
     """The `gpu` profile with its models, kinds and options, on a few images for one epoch (no compile:
     test_compiled_step_* covers it)."""
-    params = copy.deepcopy(load_profile("gpu"))
-    params["data"].update(train_subset=64, val_subset=64, test_subset=64, eval_batch_size=64)
+    params = _gpu_session().shrink(load_profile("gpu"), images=64, batch=32, canvases=(8, 4, 4), progress=False,
+                                   device="cpu")
     params["seeds"] = params["dense"]["seeds"] = [0]
-    trains = [params["teacher"]["pretrain"]["train"], params["teacher"]["finetune"]["train"],
-              params["pretrain"]["common"]["train"], params["students"]["common"]["train"],
-              params["dense"]["common"]["train"]]
-    for t in trains:
-        t.update(epochs=1, warmup_epochs=0, batch_size=32, compile="none", progress=False, device="cpu")
-    for task in ("segmentation", "detection"):
-        for key in ("teacher_train", "student_train"):
-            params["dense"][task][key] = {}
     params["dense"]["common"]["train"]["batch_size"] = 4
-    params["dense"]["data"].update(train=8, val=4, test=4, eval_batch_size=4)
+    params["dense"]["data"]["eval_batch_size"] = 4
     return params
 
 
@@ -133,14 +135,8 @@ def test_the_gpu_profile_runs_every_stage_shrunk_on_cpu(tmp_path, fmnist_availab
 
 def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
     """benchmarks/gpu_session.py runs on a GPU only; its configurations are checked here."""
-    import importlib.util
-    from pathlib import Path
-
     from g2sd_lib import schema
-    script = Path(__file__).resolve().parents[1] / "benchmarks/gpu_session.py"
-    spec = importlib.util.spec_from_file_location("gpu_session", script)
-    session = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(session)
+    session = _gpu_session()
     for params in (load_profile("gpu"), session.shrink(load_profile("gpu"))):
         names, cfgs = session.sweep_configs(params, tmp_path)
         assert len({c["out_dir"] for c in cfgs}) == len(cfgs) == len(session.TEACHER_VARIANTS) + 2
@@ -148,3 +144,7 @@ def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
             schema.validate_stage(cfg)
         x1, x2 = cfgs[-2:]
         assert x2["train"]["epochs"] == 2 * x1["train"]["epochs"] and x1["kind"] == "finetune"
+    shrunk = session.shrink(load_profile("gpu"))
+    for task in ("segmentation", "detection"):  # every dense run of the dry run takes one epoch too
+        for run, seed in (("teacher", None), ("g2sd", 0)):
+            assert config.dense_stage_config(shrunk, task, run, tmp_path, seed=seed)["train"]["epochs"] == 1
