@@ -63,3 +63,22 @@ def test_compiled_steps_are_measured_and_a_missing_gpu_is_named(bench, capsys):
 def test_rejects_bad_step_count(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--steps", "0"])
+
+
+def test_the_fingerprint_repeats_and_sees_a_changed_recipe(tmp_path, capsys, fmnist_available, monkeypatch):
+    """benchmarks/fingerprint.py, the before/after check of a behaviour-neutral edit: the same code
+    prints the same lines; a changed learning rate changes the runs it reaches (and only those)."""
+    spec = importlib.util.spec_from_file_location("fingerprint", SCRIPT.with_name("fingerprint.py"))
+    fp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp)
+    runs = []
+    for blr in (None, None, 2e-3):
+        if blr:  # the students' recipe changes; the pretrain runs' does not
+            profile = fp.load_profile("smoke")
+            profile["students"]["common"]["train"]["blr"] = blr
+            monkeypatch.setattr(fp, "load_profile", lambda name, p=profile: p)
+        fp.main(["--profile", "smoke", "--images", "128"])
+        runs.append(dict(line.rsplit(None, 1) for line in capsys.readouterr().out.splitlines()))
+    assert runs[0] == runs[1] and len(runs[0]) == 9  # teacher fine-tuning, 2 pretrain runs, 6 students
+    changed = {name for name in runs[0] if runs[0][name] != runs[2][name]}
+    assert changed == {name for name in runs[0] if name.startswith("students")}
