@@ -7,15 +7,23 @@ here, tried on the CPU first with ``--dry`` (the same code, a few images and one
   (bf16, eager and compiled), the numbers the README and the calibration notes quote;
 * ``sweep``: the teacher's recipe and the students' schedule, chosen on the validation split only:
   the profile's MAE pretraining once, then fine-tuning variants of the teacher trained at once
-  (``launch_all``, one process each), and the student from scratch at the profile's schedule and at
-  twice it (the convergence check: doubling moves validation top-1 by < 0.3 points);
+  (``launch_all``, one process each), and, alongside, the student from scratch at the profile's
+  schedule and at twice it (the convergence check: doubling moves validation top-1 by < 0.3 points).
+  The best variant on validation is bundled there and then (``bundle_teacher``: float16 MAE +
+  classifier and their model card, under ``teachers/`` in the archive), so the teacher comes back
+  even when the session has no time left for more;
+* ``dense``: one epoch of each dense teacher from the sweep's MAE at two batch sizes (seconds per
+  epoch, to size the dense schedules, which the sweep does not train);
 * ``repro``: the `gpu` profile through DVC (``dvc repro report@gpu explore@gpu``), timed per stage.
 
-Everything it writes goes under ``--out`` (``$OUT`` on the device), and ``--pack`` puts it in one
-archive ``gpu_session.tar.gz`` there (the device returns at most 8 files)::
+Everything it writes goes under ``--out`` (``$OUT`` on the device), and ``--pack`` keeps one archive
+``gpu_session.tar.gz`` there (the device returns at most 8 files), renewed every minute and after
+each step, so a call cut off at its time limit still returns what was done. ``--deadline-min`` stops
+the work (and packs) before the device's own limit kills it. On a GPU ``gpu_util.csv`` samples
+``nvidia-smi`` every 2 s::
 
-    python benchmarks/gpu_session.py --dry --out /tmp/gs bench sweep      # CPU dry run, minutes
-    python benchmarks/gpu_session.py --out "$OUT" --pack bench sweep       # on the GPU
+    python benchmarks/gpu_session.py --dry --out /tmp/gs sweep dense bench   # CPU dry run, minutes
+    python benchmarks/gpu_session.py --out "$OUT" --pack --deadline-min 8 sweep dense bench   # on the GPU
 
 ``benchmarks/gpu_session.sh`` prepares the device (wheels, data) and calls this.
 """
@@ -23,18 +31,23 @@ archive ``gpu_session.tar.gz`` there (the device returns at most 8 files)::
 import argparse
 import copy
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from g2sd_lib import config  # noqa: E402
+from g2sd_lib import config, stages  # noqa: E402
 from g2sd_lib.profiles import load_profile  # noqa: E402
 from g2sd_lib.stages import launch_all  # noqa: E402
+from g2sd_lib.teacher import _copy_saved, bundle_teacher  # noqa: E402
 
 # Teacher fine-tuning variants tried on the validation split (overrides of teacher.finetune).
 TEACHER_VARIANTS = {
@@ -44,6 +57,21 @@ TEACHER_VARIANTS = {
     "dp0.2_mix0.8": {"model_kwargs": {"drop_path_rate": 0.2},
                      "augment": {"mixup": 0.8, "cutmix": 1.0, "reprob": 0.25}},
 }
+
+
+# every training process started here, so a stopped session can end them (launch_all ends its own
+# when it is interrupted, but not those of a launch_all running in another thread)
+_children = []
+_start_process = stages._start
+
+
+def _start_tracked(cfg: dict):
+    started = _start_process(cfg)
+    _children.append(started[0])
+    return started
+
+
+stages._start = _start_tracked
 
 
 def log(msg: str) -> None:
@@ -106,29 +134,98 @@ def sweep(out: Path, dry: bool, concurrent: int) -> dict:
     params = load_profile("gpu")
     params = shrink(params) if dry else params
     root = out / "sweep"
-    t0 = time.perf_counter()
-    pre = config.teacher_stage_config(params, "pretrain", root)
-    log(f"sweep: teacher MAE pretraining, {pre['train']['epochs']} epochs")
-    launch_all([pre])
-    minutes = {"teacher_pretrain": (time.perf_counter() - t0) / 60}
     names, cfgs = sweep_configs(params, root)
+    runs = dict(zip(names, cfgs))
+    scratch = [n for n in names if n.startswith("scratch")]
+    teachers = [n for n in names if n.startswith("teacher")]
+    result = {"dry": dry, "minutes": {}, "runs": {}}
+    t0 = time.perf_counter()
+    # the students from scratch need no teacher: they train alongside the teacher's MAE pretraining
+    scratch_done = {}
+    alongside = threading.Thread(target=lambda: scratch_done.update(
+        _guarded(lambda: zip(scratch, launch_all([runs[n] for n in scratch], 1, concurrent, names=scratch)))),
+        daemon=True)
+    alongside.start()
+    pre = config.teacher_stage_config(params, "pretrain", root)
+    log(f"sweep: teacher MAE pretraining, {pre['train']['epochs']} epochs; {', '.join(scratch)} alongside")
+    launch_all([pre], names=["teacher MAE"])
+    result["minutes"]["teacher_pretrain"] = (time.perf_counter() - t0) / 60
     t1 = time.perf_counter()
-    histories = launch_all(cfgs, 1, concurrent, names=names)
-    minutes["finetune_and_scratch_concurrently"] = (time.perf_counter() - t1) / 60
-    result = {"dry": dry, "minutes": minutes, "runs": {}}
-    for name, cfg, history in zip(names, cfgs, histories):
-        last = history[-1]
-        result["runs"][name] = {"epochs": cfg["train"]["epochs"], "val_top1": last.get("val_top1"),
-                                "best_val_top1": max(r.get("val_top1", 0) for r in history),
-                                "img_per_s": sum(r["img_per_s"] for r in history) / len(history),
-                                "overrides": TEACHER_VARIANTS.get(name.removeprefix("teacher "))}
-    x1, x2 = result["runs"]["scratch x1"]["val_top1"], result["runs"]["scratch x2"]["val_top1"]
-    result["scratch_doubling_gain_points"] = 100 * (x2 - x1)
-    best = max((n for n in names if n.startswith("teacher")), key=lambda n: result["runs"][n]["val_top1"])
+    histories = dict(zip(teachers, launch_all([runs[n] for n in teachers], 1, concurrent, names=teachers)))
+    result["minutes"]["teacher_finetune_variants_at_once"] = (time.perf_counter() - t1) / 60
+    for name, history in histories.items():
+        result["runs"][name] = _summary(runs[name], history, TEACHER_VARIANTS[name.removeprefix("teacher ")])
+    best = max(teachers, key=lambda n: result["runs"][n]["val_top1"])
     result["best_teacher_variant"] = best
+    log(f"sweep: best teacher {best}, val top-1 {result['runs'][best]['val_top1']:.4f}; bundling it")
+    result["teacher_bundle"] = _bundle(params, root, out / "teachers", best, runs[best], teachers)
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
-    log(f"sweep: best teacher {best} val top-1 {result['runs'][best]['val_top1']:.4f}; scratch x2 - x1 = "
-        f"{result['scratch_doubling_gain_points']:+.2f} points")
+    alongside.join()
+    if isinstance(scratch_done.get("error"), BaseException):
+        raise scratch_done["error"]
+    for name in scratch:
+        result["runs"][name] = _summary(runs[name], scratch_done[name], None)
+    x1, x2 = (result["runs"][n]["val_top1"] for n in scratch)
+    result["scratch_doubling_gain_points"] = 100 * (x2 - x1)
+    result["minutes"]["total"] = (time.perf_counter() - t0) / 60
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
+    log(f"sweep: scratch x2 - x1 = {result['scratch_doubling_gain_points']:+.2f} points of validation top-1")
+    return result
+
+
+def _guarded(fn):
+    """``fn()``'s pairs, or ``[("error", exception)]``: a thread's failure, raised again when joined."""
+    try:
+        return list(fn())
+    except BaseException as e:  # noqa: BLE001 - handed to the main thread
+        return [("error", e)]
+
+
+def _summary(cfg: dict, history: list, overrides) -> dict:
+    return {"epochs": cfg["train"]["epochs"], "val_top1": history[-1].get("val_top1"),
+            "best_val_top1": max(r.get("val_top1", 0) for r in history),
+            "img_per_s": sum(r["img_per_s"] for r in history) / len(history), "overrides": overrides}
+
+
+def _bundle(params: dict, root: Path, dest: Path, best: str, cfg: dict, tried: list) -> dict:
+    """The chosen teacher in the teacher stage's layout under ``root``, then bundled (float16 + card)."""
+    chosen = copy.deepcopy(params)
+    chosen["teacher"]["finetune"] = config.deep_merge(chosen["teacher"]["finetune"],
+                                                      TEACHER_VARIANTS[best.removeprefix("teacher ")])
+    paths = config.teacher_paths(root)
+    _copy_saved(root / "teacher" / "pretrain" / "model.safetensors", paths["gd"])
+    _copy_saved(Path(cfg["out_dir"]) / "model.safetensors", paths["sd"])
+    (root / "teacher" / "finetune").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(cfg["out_dir"]) / "history.json", root / "teacher" / "finetune" / "history.json")
+    notes = [f"recipe chosen on the validation split by `benchmarks/gpu_session.py sweep`: fine-tuning variant "
+             f"`{best.removeprefix('teacher ')}` of {', '.join(t.removeprefix('teacher ') for t in tried)} "
+             f"({len(tried)} runs sharing the machine, so their minutes are wall time under sharing)"]
+    out = bundle_teacher(chosen, root, dest, prefix="gpu", notes=notes)
+    log(f"sweep: bundled {', '.join(f['path'] for f in out['files'].values())}; test top-1 {out['test']['top1']:.4f}")
+    return {"files": out["files"], "test_top1": out["test"]["top1"], "minutes": out["minutes"]}
+
+
+def dense(out: Path, dry: bool) -> dict:
+    """One epoch of each dense teacher (segmentation, detection) from the sweep's MAE, at the profile's
+    batch and a larger one: seconds per epoch, to size the dense schedules (the sweep trains none)."""
+    from g2sd_lib.dense import stages as dense_stages
+    params = load_profile("gpu")
+    params = shrink(params) if dry else params
+    root = out / "sweep"
+    if not config.teacher_paths(root)["gd"].exists():
+        raise SystemExit("dense: run the sweep step first (it leaves the teacher's MAE in sweep/teacher/)")
+    dense_stages.build_canvases(params, root)
+    result = {}
+    for task in config.DENSE_TASKS:
+        for batch in (4, 8) if dry else (16, 64):
+            cfg = config.dense_stage_config(params, task, "teacher", root)
+            cfg["train"].update(epochs=1, warmup_epochs=0, batch_size=batch)
+            cfg["out_dir"] = str(root / "dense_probe" / f"{task}_b{batch}")
+            (history,) = launch_all([cfg], names=[f"{task} b{batch}"])
+            result[f"{task} batch {batch}"] = {k: history[-1].get(k) for k in ("seconds", "img_per_s", "train_loss")}
+            log(f"dense: {task} batch {batch}: {history[-1]['seconds']:.1f} s for one epoch")
+    result["canvases_per_epoch"] = params["dense"]["data"]["train"]
+    (out / "dense_probe.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -145,31 +242,78 @@ def repro(out: Path, dry: bool) -> None:
         subprocess.run(["cp", "-r", str(REPO / rel), str(out / "repro")], check=False)
 
 
+def pack(out: Path) -> Path:
+    """``out`` into ``out/gpu_session.tar.gz``, replaced atomically (a cut-off call keeps the last one):
+    histories, metrics, logs, reports and the bundled teacher; no training checkpoints."""
+    archive, partial = out / "gpu_session.tar.gz", out / "gpu_session.partial"
+    with tarfile.open(partial, "w:gz") as tar:
+        for path in sorted(out.rglob("*")):
+            rel = path.relative_to(out)
+            wanted = path.suffix not in (".pt", ".safetensors") or rel.parts[0] == "teachers"
+            if path.is_file() and path not in (archive, partial) and wanted:
+                try:
+                    tar.add(path, arcname=str(rel))
+                except OSError:  # a file a run replaced meanwhile: the next pack has it
+                    pass
+    os.replace(partial, archive)
+    return archive
+
+
+def _every(seconds: float, fn, stop: threading.Event) -> threading.Thread:
+    def loop():
+        while not stop.wait(seconds):
+            fn()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("steps", nargs="+", choices=["bench", "sweep", "repro"])
+    p.add_argument("steps", nargs="+", choices=["sweep", "dense", "bench", "repro"])
     p.add_argument("--out", type=Path, required=True, help="results directory ($OUT on the device)")
     p.add_argument("--dry", action="store_true", help="shrunk, for a CPU dry run of the exact steps")
     p.add_argument("--concurrent", type=int, default=6, help="runs trained at once in the sweep (default 6)")
-    p.add_argument("--pack", action="store_true", help="pack --out into one gpu_session.tar.gz inside it")
+    p.add_argument("--pack", action="store_true", help="keep --out packed in one gpu_session.tar.gz inside it")
+    p.add_argument("--deadline-min", type=float, help="stop (and pack) after this many minutes")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "repro").mkdir(exist_ok=True)
     t0 = time.perf_counter()
+    # a timeout's SIGTERM (and the deadline) unwinds through the finally below: the runs stop, all is packed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"stopped by SIGTERM after {(time.perf_counter() - t0) / 60:.1f} min"))
+    deadline = threading.Timer(60 * args.deadline_min if args.deadline_min else 0,
+                               lambda: os.kill(os.getpid(), signal.SIGTERM))
+    deadline.daemon = True
+    if args.deadline_min:
+        deadline.start()
+    stop = threading.Event()
+    if args.pack:
+        _every(60, lambda: pack(args.out), stop)
+    smi = None
+    if shutil.which("nvidia-smi"):
+        with open(args.out / "gpu_util.csv", "w") as f:
+            smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used",
+                                    "--format=csv", "-l", "2"], stdout=f, stderr=subprocess.DEVNULL)
     try:
         for step in args.steps:
             s0 = time.perf_counter()
             {"bench": lambda: bench(args.out, args.dry), "sweep": lambda: sweep(args.out, args.dry, args.concurrent),
-             "repro": lambda: repro(args.out, args.dry)}[step]()
+             "dense": lambda: dense(args.out, args.dry), "repro": lambda: repro(args.out, args.dry)}[step]()
             log(f"{step}: {(time.perf_counter() - s0) / 60:.1f} min")
+            if args.pack:
+                pack(args.out)
     finally:
+        deadline.cancel()
+        stop.set()
+        for proc in _children:  # runs a thread started (the sweep's scratch runs), when it was cut short
+            if proc.poll() is None:
+                proc.terminate()
+        if smi is not None:
+            smi.terminate()
         log(f"total {(time.perf_counter() - t0) / 60:.1f} min")
-        if args.pack:  # histories, metrics, reports; no checkpoints (they stay on the device)
-            archive = args.out / "gpu_session.tar.gz"
-            with tarfile.open(archive, "w:gz") as tar:
-                for path in sorted(args.out.rglob("*")):
-                    if path.is_file() and path != archive and path.suffix not in (".pt", ".safetensors"):
-                        tar.add(path, arcname=str(path.relative_to(args.out)))
+        if args.pack:
+            archive = pack(args.out)
             log(f"packed {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -6,14 +6,16 @@
 #     puts into .whl/ (git-ignored; the device call carries it: carry [".whl"]) the wheels the
 #     device lacks (benchmarks/device_wheels.sh) and Fashion-MNIST compressed with xz, and prints
 #     what the call will carry (tracked files + .whl/ must stay under 64 MiB).
-#   benchmarks/gpu_session.sh dry bench sweep
+#   benchmarks/gpu_session.sh dry sweep dense bench
 #     the exact steps, shrunk, on this CPU (minutes): run it before spending device time.
 #
 # On the device (its own python3 3.12 with torch; nothing can be downloaded there):
-#   bash benchmarks/gpu_session.sh run bench sweep [repro]
+#   bash benchmarks/gpu_session.sh run --deadline-min 8 sweep dense bench      (first session: the teacher)
+#   bash benchmarks/gpu_session.sh run --deadline-min 8 repro            (once the teacher is bundled)
 #     installs the wheels into /tmp/site, unpacks the data, makes the tree a git repository (DVC
-#     needs one), then runs benchmarks/gpu_session.py STEPS --out $OUT --pack: one archive
-#     $OUT/gpu_session.tar.gz comes back (histories, metrics, reports; no checkpoints).
+#     needs one), then runs benchmarks/gpu_session.py ARGS --out $OUT --pack: one archive
+#     $OUT/gpu_session.tar.gz comes back, renewed every minute (histories, metrics, logs, reports,
+#     the bundled teacher; no training checkpoints), so a call cut off at its limit still returns it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

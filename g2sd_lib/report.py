@@ -272,6 +272,12 @@ def dense_claims_rows(summary: dict) -> list[dict]:
     return rows
 
 
+def _card(bundled_file: str) -> str:
+    """The model card ``bundle_teacher`` wrote beside a bundled file: teachers/fmnist_mae.safetensors -> teachers/fmnist.md."""
+    path = Path(bundled_file)
+    return str(path.with_name(path.stem.rsplit("_", 1)[0] + ".md"))
+
+
 def _data_text(d: dict) -> str:
     if d["dataset"] != "fmnist":
         return f"{d['dataset']} at {d['root']}"
@@ -290,7 +296,8 @@ def setting_rows(params: dict, evaluation: dict) -> list[dict]:
         {"": "data", "paper": "ImageNet-1k, 1.28 M images, 224 x 224 RGB", "here": _data_text(params["data"])},
         {"": "teacher", "paper": "MAE ViT-B/16 (86 M), 1600 pretraining + 100 fine-tuning epochs",
          "here": f"{t['finetune']['model']} ({evaluation['teacher']['params'] / 1e6:.2f} M), "
-                 + {"bundled": "bundled, recipe in teachers/README.md", "train": "trained in the pipeline (teacher section)",
+                 + {"bundled": f"bundled, recipe in {_card(t['bundled']['classifier'])}",
+                    "train": "trained in the pipeline (teacher section)",
                     "download": "the official MAE checkpoints"}[t["mode"]]},
         {"": "student", "paper": "ViT-S/16 (22 M)",
          "here": f"{s['model']}" + (f" ({g2sd_params / 1e6:.2f} M)" if g2sd_params else "")},

@@ -61,7 +61,7 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
             src = Path(b[name])
             if not src.exists():
                 raise FileNotFoundError(f"bundled teacher {src} is missing; set teacher.mode: train in the profile "
-                                        "to train one (see teachers/README.md)")
+                                        "to train one (see the model cards in teachers/)")
             checkpoints.load_saved_model(src, expected_sha256=b.get(f"{name}_sha256"))  # refuses changed bytes
             _copy_saved(src, out[key])
     else:
@@ -80,10 +80,11 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
     return summary
 
 
-def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnist") -> dict:
+def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnist", notes=()) -> dict:
     """Bundle the teachers the ``train`` mode produced: float16 safetensors (the 10 MB budget of the
-    repository) under ``dest_dir`` plus a model card ``README.md`` generated from the run's own
-    histories and a fresh test-set evaluation of the stored (float16-rounded) classifier."""
+    repository) under ``dest_dir`` plus a model card ``<prefix>.md`` generated from the run's own
+    histories and a fresh test-set evaluation of the stored (float16-rounded) classifier. ``notes``:
+    lines added to the card's results (e.g. how the recipe was chosen)."""
     import platform
 
     import torch
@@ -110,6 +111,8 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
     hist = {step: json.loads((work / "teacher" / step / "history.json").read_text())
             for step in ("pretrain", "finetune")}
     minutes = {step: sum(r["seconds"] for r in h) / 60 for step, h in hist.items()}
+    machine = (f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available()
+               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     recipe = {"data": params["data"], "pretrain": params["teacher"]["pretrain"],
               "finetune": params["teacher"]["finetune"]}
     card = [
@@ -127,15 +130,15 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
         f"(5 000 images carved from the training split), {minutes['finetune']:.1f} min",
         f"- **test top-1 {100 * test['top1']:.2f} %**, top-5 {100 * test['top5']:.2f} % on the 10 000 test images "
         "(the stored float16 weights, as the pipeline uses them)",
-        f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        f"- machine: {machine}, torch {torch.__version__}", *[f"- {line}" for line in notes],
         "", "## Recipe", "",
         f"To regenerate: with `teacher.mode: train` in the profile `{params['profile']}` "
         f"(`g2sd_lib/profiles/{params['profile']}.yaml`), `dvc repro teacher@{params['profile']}`, then "
         f"`python -m g2sd_lib.teacher bundle {params['profile']} --prefix {prefix}` (seeded, so the same machine "
         "repeats the same weights).", "",
         "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
-    (dest / "README.md").write_text("\n".join(card))
-    return {"files": files, "test": test, "minutes": minutes}
+    (dest / f"{prefix}.md").write_text("\n".join(card))
+    return {"files": files, "test": test, "minutes": minutes, "card": str(dest / f"{prefix}.md")}
 
 
 def main(argv=None):
@@ -153,7 +156,8 @@ def main(argv=None):
     out = bundle_teacher(load_profile(args.profile), runs, prefix=args.prefix)
     for name, f in out["files"].items():
         print(f"{f['path']}: sha256 {f['sha256']}")
-    print(f"test top-1 {out['test']['top1']:.4f}; put the two sha256 in the profiles' teacher.bundled")
+    print(f"test top-1 {out['test']['top1']:.4f}; model card {out['card']}; put the two sha256 in the profiles' "
+          "teacher.bundled")
 
 
 if __name__ == "__main__":

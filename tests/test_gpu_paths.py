@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from g2sd_lib import config, data, engine, stages
+from g2sd_lib import checkpoints, config, data, engine, stages
 from g2sd_lib.dense import stages as dense_stages
 from g2sd_lib.engine import TrainConfig, train
 from g2sd_lib.errors import UserError
 from g2sd_lib.evaluate import count_params
-from g2sd_lib.models import create_classifier
+from g2sd_lib.models import create_classifier, create_mae
 from g2sd_lib.profiles import load_profile
 from g2sd_lib.tasks import Finetuning
 from g2sd_lib.teacher import obtain_teacher
@@ -115,7 +115,7 @@ def _shrunk_gpu_profile() -> dict:
 def test_the_gpu_profile_runs_every_stage_shrunk_on_cpu(tmp_path, fmnist_available):
     params = _shrunk_gpu_profile()
     teacher = obtain_teacher(params, tmp_path)  # mode train: MAE pretraining + fine-tuning
-    assert teacher["gd"]["model"] == "mae_vit_fmlarge_patch4_dec128d4b"
+    assert teacher["gd"]["model"] == "mae_vit_fmlarge_patch4_dec96d4b"
     for run in config.PRETRAIN_RUNS:
         stages.run_stage(config.stage_config(params, "pretrain", run, tmp_path))
     for run in config.STUDENT_RUNS:
@@ -131,6 +131,18 @@ def test_the_gpu_profile_runs_every_stage_shrunk_on_cpu(tmp_path, fmnist_availab
             history = stages.run_stage(config.dense_stage_config(params, task, run, tmp_path, seed=seed))
             assert f"val_{dense_stages.METRIC[task]}" in history[-1]
     assert json.loads((tmp_path / "dense/detection/g2sd/seed0/history.json").read_text())
+
+
+def test_the_gpu_profiles_teacher_pair_fits_the_10_mb_float16_bundle(tmp_path):
+    """The issue's budget for a bundled teacher: MAE with decoder + classifier, float16, within 10 MB."""
+    teacher = load_profile("gpu")["teacher"]
+    models = {"mae": create_mae(teacher["pretrain"]["model"]),
+              "classifier": create_classifier(teacher["finetune"]["model"], "avg", 10)}
+    size = 0
+    for name, model in models.items():
+        checkpoints.save_model(model, tmp_path / f"{name}.safetensors", dtype=torch.float16)
+        size += sum((tmp_path / f"{name}{ext}").stat().st_size for ext in (".safetensors", ".json"))
+    assert 8e6 < size < 10e6  # 9.0 MB: a ViT-B-role teacher as large as the budget allows
 
 
 def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):

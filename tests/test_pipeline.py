@@ -243,7 +243,7 @@ def test_bundled_teacher_mode_pins_hashes(smoke_repo):
     hashes = {name: json.loads((repo / f"teachers/fmnist_{name}.json").read_text())["sha256"]
               for name in ("mae", "classifier")}
     assert all(h in out for h in hashes.values())
-    card = (repo / "teachers/README.md").read_text()
+    card = (repo / "teachers/fmnist.md").read_text()
     assert "test top-1" in card and hashes["mae"] in card
     params = yaml.safe_load((repo / PARAMS).read_text())
     params["teacher"]["mode"] = "bundled"

@@ -33,8 +33,8 @@ ENCODER_SIZES = {
     "fmbase": (128, 6, 4, 28, 1),
     "fmsmall": (64, 6, 2, 28, 1),
     "fmtiny": (32, 6, 1, 28, 1),
-    "fmlarge": (192, 8, 6, 28, 1),  # the `gpu` profile's teacher (ViT-B role), 3.6 M parameters
-    "fmmedium": (96, 8, 3, 28, 1),  # its student (ViT-S role): half the width, same depth, ~1/4 the parameters
+    "fmlarge": (144, 8, 6, 28, 1),  # the `gpu` profile's teacher (ViT-B role), 2.0 M parameters (fp16 bundle < 10 MB)
+    "fmmedium": (72, 8, 3, 28, 1),  # its student (ViT-S role): half the width, same depth, 1/4 the parameters
     "smokebase": (32, 2, 2, 28, 1),
     "smokesmall": (16, 2, 2, 28, 1),
 }
