@@ -15,10 +15,13 @@ DEST="$ROOT/.whl"
 DEVICE_LIST="$ROOT/benchmarks/device_packages.txt"
 MAX_MIB="${MAX_MIB:-24}"   # the wheels' share of the 64 MiB a device call carries (tree ~12, data ~26)
 ROOTS="dvc papermill ipykernel pydantic nbformat nbclient ipywidgets"
-# Left out although required, to fit the 64 MiB (12 MiB): debugpy (ipykernel runs without it: no
+# Left out although required, to fit the 64 MiB (22 MiB): debugpy (ipykernel runs without it: no
 # debugger), jedi (IPython runs without it: no completion), widgetsnbextension (the classic
-# notebook's front-end files). Checked here: papermill ran a kernel with debugpy and jedi removed.
-SKIP="debugpy jedi widgetsnbextension"
+# notebook's front-end files), cryptography and pygit2 (dvc's remotes and one of scmrepo's git
+# backends; dulwich is the other). Checked here: papermill ran a kernel with debugpy and jedi
+# removed; `dvc repro`, `dvc status` and `dvc commit -f` of a matrix pipeline ran with cryptography
+# and pygit2 removed, in a repository dulwich made, with no git binary on the PATH.
+SKIP="debugpy jedi widgetsnbextension cryptography pygit2"
 mkdir -p "$DEST"
 
 # 1. Closure of the run-time requirements of ROOTS as installed in the venv, with markers

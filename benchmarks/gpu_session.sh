@@ -46,8 +46,12 @@ run)
     mkdir -p "$DATA"
     for f in $FILES; do xz -d -c ".whl/fmnist/$f.xz" > "$DATA/$f"; done
     python3 -m g2sd_lib.fmnist verify --dest "$DATA"
-    if [ ! -d .git ]; then
-        git init -q && git add -A && git -c user.name=gpu -c user.email=gpu@localhost commit -qm "device copy"
+    if [ ! -d .git ]; then  # DVC needs a git repository; dulwich (a carried wheel) makes one if git is missing
+        if command -v git >/dev/null; then
+            git init -q && git add -A && git -c user.name=gpu -c user.email=gpu@localhost commit -qm "device copy"
+        else
+            python3 -c "from dulwich import porcelain; porcelain.init('.')"
+        fi
     fi
     nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv || true
     python3 benchmarks/gpu_session.py --out "${OUT:?set OUT to the results folder}" --pack "$@"
