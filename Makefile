@@ -44,6 +44,7 @@ repro: data
 	$(BIN)/python -m g2sd_lib.fmnist verify --dest $(DATA)
 	$(BIN)/python -m g2sd_lib.profiles enable $(P)
 	$(BIN)/dvc repro report@$(P) explore@$(P) entry
+	$(BIN)/python -m g2sd_lib.compare
 
 benchmark: setup
 	$(BIN)/python benchmarks/throughput.py

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,18 @@ def test_profiles_side_by_side_name_their_budgets(tmp_path):
     assert "| gpu " in page and "91.00 ± 0.40" in page and "97.85 %" in page and "[gpu](gpu/README.md)" in page
     with pytest.raises(UserError, match="paper/summary.json is missing: run the paper profile first"):
         compare.write_comparison(["paper"], tmp_path)
+
+
+def test_the_committed_profiles_page_is_what_the_committed_summaries_give(tmp_path):
+    """reports/README.md is generated (make repro runs g2sd_lib.compare after dvc repro): regenerated
+    from the committed summaries of the profiles params.yaml lists, it must not differ."""
+    from g2sd_lib import compare
+    from g2sd_lib.profiles import enabled_profiles
+
+    root = Path(__file__).resolve().parents[1]
+    page = compare.write_comparison(enabled_profiles(root / "params.yaml"), root / "reports", tmp_path / "README.md")
+    expected = page.read_text().replace(str(root / "reports"), "reports")
+    assert (root / "reports/README.md").read_text() == expected, "stale: run python -m g2sd_lib.compare"
+    for ext in (".md", ".csv", ".tex"):
+        committed = (root / "reports/tables/profiles").with_suffix(ext).read_text()
+        assert committed == (tmp_path / "tables/profiles").with_suffix(ext).read_text().replace(str(root / "reports"), "reports")
