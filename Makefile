@@ -43,7 +43,7 @@ P ?= fmnist
 repro: data
 	$(BIN)/python -m g2sd_lib.fmnist verify --dest $(DATA)
 	$(BIN)/python -m g2sd_lib.profiles enable $(P)
-	$(BIN)/dvc repro report@$(P) explore@$(P) entry
+	$(BIN)/python -m g2sd_lib.repro $(P) $(if $(JOBS),--jobs $(JOBS))
 	$(BIN)/python -m g2sd_lib.compare
 
 benchmark: setup

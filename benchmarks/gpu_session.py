@@ -14,13 +14,14 @@ here, tried on the CPU first with ``--dry`` (the same code, a few images and one
   even when the session has no time left for more;
 * ``dense``: one epoch of each dense teacher from the sweep's MAE at two batch sizes (seconds per
   epoch, to size the dense schedules, which the sweep does not train);
-* ``repro``: the `gpu` profile through DVC (``dvc repro report@gpu explore@gpu``), timed per stage.
+* ``repro``: the `gpu` profile through DVC, its independent stages at once (``python -m g2sd_lib.repro
+  gpu``: ``concurrent_stages`` of them, each training ``concurrent_runs`` seeds at once), timed per stage.
 
 Everything it writes goes under ``--out`` (``$OUT`` on the device), and ``--pack`` keeps one archive
 ``gpu_session.tar.gz`` there (the device returns at most 8 files), renewed every minute and after
 each step, so a call cut off at its time limit still returns what was done. ``--deadline-min`` stops
-the work (and packs) before the device's own limit kills it. On a GPU ``gpu_util.csv`` samples
-``nvidia-smi`` every 2 s::
+the work (and packs) before the device's own limit kills it. ``cpu_util.csv`` samples the CPU load
+every 5 s and, on a GPU, ``gpu_util.csv`` ``nvidia-smi`` every 2 s::
 
     python benchmarks/gpu_session.py --dry --out /tmp/gs sweep dense bench   # CPU dry run, minutes
     python benchmarks/gpu_session.py --out "$OUT" --pack --deadline-min 8 sweep dense bench   # on the GPU
@@ -230,15 +231,16 @@ def dense(out: Path, dry: bool) -> dict:
 
 
 def repro(out: Path, dry: bool) -> None:
-    """The `gpu` profile through DVC, timed per stage by benchmarks/pipeline_time.py."""
+    """The `gpu` profile through DVC with independent stages at once, timed per stage (g2sd_lib.repro --json)."""
     if dry:
         log("repro: skipped in a dry run (tests/test_pipeline.py runs the pipeline on the smoke profile, and "
             "tests/test_gpu_paths.py the gpu profile's stages shrunk)")
         return
     subprocess.run([sys.executable, "-m", "g2sd_lib.profiles", "enable", "gpu"], check=True, cwd=REPO)
-    subprocess.run([sys.executable, str(REPO / "benchmarks/pipeline_time.py"), "--json", str(out / "pipeline_gpu.json"),
-                    "report@gpu", "explore@gpu"], check=True, cwd=REPO)
-    for rel in ("reports/gpu", "dvc.lock", "params.yaml"):
+    subprocess.run([sys.executable, "-m", "g2sd_lib.repro", "gpu", "--json", str(out / "pipeline_gpu.json")],
+                   check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "g2sd_lib.compare"], check=True, cwd=REPO)  # reports/README.md
+    for rel in ("reports/gpu", "reports/README.md", "reports/tables", "dvc.lock", "params.yaml"):
         subprocess.run(["cp", "-r", str(REPO / rel), str(out / "repro")], check=False)
 
 
@@ -268,6 +270,19 @@ def _every(seconds: float, fn, stop: threading.Event) -> threading.Thread:
     return thread
 
 
+def _cpu_sampler(path: Path, t0: float):
+    """A function appending ``seconds, cpu %, load average, training processes`` to ``path``."""
+    import psutil
+    path.write_text("seconds,cpu_percent,load_1min,training_processes\n")
+    psutil.cpu_percent()
+
+    def sample():
+        runs = sum(p.poll() is None for p in _children)
+        with open(path, "a") as f:
+            f.write(f"{time.perf_counter() - t0:.0f},{psutil.cpu_percent():.0f},{os.getloadavg()[0]:.1f},{runs}\n")
+    return sample
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("steps", nargs="+", choices=["sweep", "dense", "bench", "repro"])
@@ -295,6 +310,7 @@ def main(argv=None) -> None:
         with open(args.out / "gpu_util.csv", "w") as f:
             smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used",
                                     "--format=csv", "-l", "2"], stdout=f, stderr=subprocess.DEVNULL)
+    _every(5, _cpu_sampler(args.out / "cpu_util.csv", t0), stop)  # are the launch-bound runs short of cores?
     try:
         for step in args.steps:
             s0 = time.perf_counter()

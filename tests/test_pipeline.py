@@ -58,7 +58,9 @@ def smoke_repo(tmp_path_factory, fmnist_available):
     _sh([sys.executable, "-c", "from g2sd_lib.profiles import set_profiles; set_profiles(['smoke'])"], dest)
     _sh(["git", "add", "-A"], dest)
     _sh(["git", "commit", "-qm", "fresh clone"], dest)
-    log = _sh([str(BIN / "dvc"), "repro"], dest)
+    # the command `make repro` runs; the smoke profile's concurrent_stages is 1: plain dvc repro (two
+    # stages at once on this 2-core machine took 608 s instead of 456: tests/test_repro.py covers it)
+    log = _sh([sys.executable, "-m", "g2sd_lib.repro", "smoke", "--json", "repro_times.json"], dest)
     return dest, log
 
 
@@ -68,6 +70,7 @@ def test_dvc_repro_runs_every_stage_and_writes_sane_reports(smoke_repo):
         assert f"Running stage '{stage}'" in log, stage
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(STAGES) <= set(lock["stages"])
+    assert json.loads((repo / "repro_times.json").read_text())["jobs"] == 1  # g2sd_lib.repro's record
     assert lock["stages"]["students@smoke-g2sd"]["params"][PARAMS]["students.g2sd"]["kind"] == "sd"
 
     summary = json.loads((repo / OUT / "summary.json").read_text())["classification"]

@@ -64,7 +64,7 @@ def _set(path: str, value=_DROP):
 
 # (profile, mutation, substrings the message must hold: key path, value, allowed / did-you-mean)
 PROBES = {
-    "top-level typo": ("fmnist", _set("epcohs", 3), ["epcohs: unknown key (got 3)", "allowed: profile, nproc, concurrent_runs, seeds"]),
+    "top-level typo": ("fmnist", _set("epcohs", 3), ["epcohs: unknown key (got 3)", "allowed: profile, nproc, concurrent_runs, concurrent_stages, seeds"]),
     "augment typo": ("fmnist", _set("students.common.augment.mixpu", 0.2),
                      ["students.common.augment.mixpu: unknown key (got 0.2)", "did you mean 'mixup'?"]),
     "data typo": ("fmnist", _set("data.train_subest", 5),

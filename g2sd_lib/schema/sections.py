@@ -93,5 +93,5 @@ class Evaluate(Section):
 
 
 Group = dict[str, dict[str, Any]]  # common + runs, checked run by run after merging
-SECTIONS = {"profile": Str, "nproc": Count, "concurrent_runs": Count, "seeds": Seeds, "data": Data, "teacher": Teacher,
+SECTIONS = {"profile": Str, "nproc": Count, "concurrent_runs": Count, "concurrent_stages": Count, "seeds": Seeds, "data": Data, "teacher": Teacher,
             "pretrain": Group, "students": Group, "evaluate": Evaluate, "dense": Dense}

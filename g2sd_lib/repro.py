@@ -1,0 +1,165 @@
+"""``dvc repro`` with independent stages at once: ``python -m g2sd_lib.repro PROFILE [--jobs N]``.
+
+DVC runs a pipeline's stages one after the other. On a GPU that leaves it mostly idle: each of the
+`gpu` profile's small runs is bound by launching kernels, not by the GPU, and the six student stages
+(and the dense branch) do not depend on each other. DVC's documentation allows several ``dvc repro``
+processes on independent stages of one repository at once (its locks keep them apart), so this
+runs ``dvc repro --single-item STAGE`` for up to ``jobs`` stages whose upstream stages are done,
+in the order of the pipeline's graph. Each stage's lines are echoed prefixed by its name. When a
+stage fails, no new stage starts, the running ones finish (their results are recorded), and the
+failure is reported with the end of its output; Ctrl-C stops every stage (training runs resume from
+their ``last.pt``). ``--json`` writes when each stage started and ended, and whether it ran.
+
+``--jobs`` defaults to the profile's ``concurrent_stages`` (1 everywhere but `gpu`); with 1 this is
+plain ``dvc repro`` of the same targets. The targets are the profile's report and explorer stages
+and the entry notebook (everything ``make repro P=...`` regenerates), or those named with
+``--targets``.
+"""
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+LOCK_BUSY = "Unable to acquire lock"  # DVC's message when another process holds the repository lock
+
+
+def profile_targets(profile: str) -> list[str]:
+    return [f"report@{profile}", f"explore@{profile}", "entry"]
+
+
+def upstream_graph(targets: list[str], repo_dir=".") -> dict[str, set[str]]:
+    """``{stage: the stages it depends on}`` for the targets and everything upstream of them; stages
+    without a command (``data.dvc``) are left out, as they have nothing to run."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with contextlib.chdir(repo_dir), Repo(".") as repo:  # targets resolve against the working directory
+        graph = repo.index.graph  # edges point from a stage to the stages whose outputs it reads
+        wanted = set()
+        for target in targets:
+            for stage in repo.stage.collect(target):
+                wanted |= {stage, *nx.descendants(graph, stage)}
+        runnable = {s for s in wanted if getattr(s, "cmd", None)}
+        return {s.addressing: {d.addressing for d in graph.successors(s) if d in runnable} for s in runnable}
+
+
+def _dvc() -> str:
+    here = Path(sys.executable).with_name("dvc")
+    return str(here) if here.exists() else (shutil.which("dvc") or "dvc")
+
+
+class _Stage:
+    """One ``dvc repro -s`` process, its output echoed with a prefix and kept for the failure message."""
+
+    def __init__(self, name: str, dvc: str, cwd):
+        self.name, self.lines, self.start = name, [], time.time()
+        self.proc = subprocess.Popen([dvc, "repro", "--single-item", name], cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.reader = threading.Thread(target=self._echo, daemon=True)
+        self.reader.start()
+
+    def _echo(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            print(f"[{self.name}] {line}", end="", flush=True)
+
+    def finished(self) -> bool:
+        if self.proc.poll() is None:
+            return False
+        self.reader.join()
+        return True
+
+    def lock_busy(self) -> bool:
+        return self.proc.returncode != 0 and any(LOCK_BUSY in line for line in self.lines)
+
+
+def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: int = 10) -> dict:
+    """Reproduce ``targets`` with up to ``jobs`` stages at once; returns (and writes) the timings."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    dvc, t0 = _dvc(), time.time()
+    if jobs == 1:
+        code = subprocess.run([dvc, "repro", *targets], cwd=cwd).returncode
+        result = {"targets": targets, "jobs": 1, "seconds": time.time() - t0, "stages": {}, "failed": code != 0}
+        _write(json_path, result)
+        if code != 0:
+            raise UserError(f"dvc repro {' '.join(targets)} failed (exit {code}); its output is above")
+        return result
+    upstream = upstream_graph(targets, cwd)
+    todo, running, done, failed, timings, retries = set(upstream), {}, set(), None, {}, {}
+    print(f"g2sd_lib.repro: {len(upstream)} stages, up to {jobs} at once", flush=True)
+    try:
+        while running or (todo and failed is None):
+            ready = sorted(s for s in todo if upstream[s] <= done)
+            while failed is None and ready and len(running) < jobs:
+                name = ready.pop(0)
+                todo.discard(name)
+                running[name] = _Stage(name, dvc, cwd)
+            if not running:
+                break
+            time.sleep(0.2)
+            for name, stage in list(running.items()):
+                if not stage.finished():
+                    continue
+                del running[name]
+                if stage.lock_busy() and retries.get(name, 0) < lock_retries:  # a moment of contention: again
+                    retries[name] = retries.get(name, 0) + 1
+                    todo.add(name)
+                    time.sleep(1.0)
+                    continue
+                ran = any(line.startswith(f"Running stage '{name}'") for line in stage.lines)
+                timings[name] = {"start": stage.start - t0, "end": time.time() - t0,
+                                 "seconds": time.time() - stage.start, "ran": ran}
+                if stage.proc.returncode == 0:
+                    done.add(name)
+                elif failed is None:
+                    failed = (name, stage.proc.returncode, stage.lines[-20:])
+    except KeyboardInterrupt:
+        for stage in running.values():
+            stage.proc.terminate()
+        raise
+    result = {"targets": targets, "jobs": jobs, "seconds": time.time() - t0, "stages": timings,
+              "failed": failed[0] if failed else None}
+    _write(json_path, result)
+    if failed:
+        name, code, tail = failed
+        raise UserError(f"stage {name} failed (exit {code}); the end of its output:\n" + "\n".join(tail)
+                        + f"\nthe stages that finished are recorded; fix the cause and run the same command again")
+    if todo:
+        raise UserError(f"stages never became ready (a cycle?): {', '.join(sorted(todo))}")
+    print(f"g2sd_lib.repro: {len(done)} stages up to date in {result['seconds'] / 60:.1f} min "
+          f"({sum(t['ran'] for t in timings.values())} ran)", flush=True)
+    return result
+
+
+def _write(path, result):
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=1))
+
+
+def main(argv=None) -> int:
+    from .profiles import PROFILES, load_profile
+
+    p = argparse.ArgumentParser(prog="python -m g2sd_lib.repro", description=__doc__.split("\n\n")[0])
+    p.add_argument("profile", choices=PROFILES, help="whose stages (it must be listed in params.yaml)")
+    p.add_argument("--jobs", type=int, help="stages at once (default: the profile's concurrent_stages)")
+    p.add_argument("--targets", nargs="+", help="stages to reproduce (default: report@P explore@P entry)")
+    p.add_argument("--json", help="write each stage's start, end and whether it ran")
+    args = p.parse_args(argv)
+    jobs = args.jobs or load_profile(args.profile).get("concurrent_stages") or 1
+    run(args.targets or profile_targets(args.profile), jobs, json_path=args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import run_main
+    run_main(main)

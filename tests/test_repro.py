@@ -1,0 +1,91 @@
+"""g2sd_lib.repro: independent stages of a real DVC pipeline reproduced at once, in graph order, with
+failures reported and the finished stages recorded."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from g2sd_lib import repro
+from g2sd_lib.errors import UserError
+
+BIN = Path(sys.executable).parent
+
+PIPELINE = """
+stages:
+  first:
+    cmd: echo base > base.txt
+    outs: [base.txt]
+  work:
+    matrix:
+      it: ${items}
+    cmd: sleep 2 && cat base.txt > w_${item.it}.txt && echo ${item.it} >> w_${item.it}.txt
+    deps: [base.txt]
+    outs:
+      - w_${item.it}.txt
+  final:
+    cmd: cat w_a.txt w_b.txt w_c.txt > final.txt
+    deps: [w_a.txt, w_b.txt, w_c.txt]
+    outs: [final.txt]
+"""
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("items: [a, b, c]\n")
+    (tmp_path / "dvc.yaml").write_text(PIPELINE)
+    return tmp_path
+
+
+def test_independent_stages_run_at_once_after_their_upstream_and_are_all_recorded(dvc_repo, capsys):
+    assert repro.upstream_graph(["final"], dvc_repo) == {
+        "first": set(), "work@a": {"first"}, "work@b": {"first"}, "work@c": {"first"},
+        "final": {"work@a", "work@b", "work@c"}}
+    result = repro.run(["final"], jobs=3, cwd=dvc_repo, json_path=dvc_repo / "t.json")
+    t = result["stages"]
+    assert all(t[s]["ran"] for s in t) and set(t) == {"first", "final", "work@a", "work@b", "work@c"}
+    works = [t[f"work@{i}"] for i in "abc"]
+    assert all(w["start"] >= t["first"]["end"] - 0.5 for w in works)  # after their upstream stage
+    assert max(w["start"] for w in works) < min(w["end"] for w in works)  # the three at once
+    assert t["final"]["start"] >= max(w["end"] for w in works) - 0.5
+    assert "[work@b] Running stage 'work@b'" in capsys.readouterr().out  # lines prefixed by the stage
+    lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(t)
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=dvc_repo, capture_output=True, text=True)
+    assert "up to date" in status.stdout
+    assert repro.run(["final"], jobs=2, cwd=dvc_repo)["stages"]["final"]["ran"] is False  # nothing to do
+
+
+def test_a_failed_stage_is_named_and_the_others_are_kept(dvc_repo):
+    (dvc_repo / "dvc.yaml").write_text(PIPELINE.replace("echo ${item.it} >>", "test ${item.it} != b && echo ${item.it} >>"))
+    with pytest.raises(UserError, match=r"(?s)stage work@b failed \(exit \d+\).*exited with 1.*run the same command again"):
+        repro.run(["final"], jobs=3, cwd=dvc_repo)
+    lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text())
+    assert {"first", "work@a", "work@c"} <= set(lock["stages"]) and "final" not in lock["stages"]
+
+
+def test_one_job_is_plain_dvc_repro_and_a_bad_count_is_refused(dvc_repo):
+    assert repro.run(["final"], jobs=1, cwd=dvc_repo)["jobs"] == 1
+    assert (dvc_repo / "final.txt").read_text().split() == ["base", "a", "base", "b", "base", "c"]
+    with pytest.raises(UserError, match="--jobs must be >= 1"):
+        repro.run(["final"], jobs=0, cwd=dvc_repo)
+
+
+def test_the_pipelines_graph_orders_every_profile_stage_after_its_inputs():
+    """The graph g2sd_lib.repro schedules from, on this repository's dvc.yaml (fmnist, listed in
+    params.yaml): every stage of the profile, data.dvc left out, each after the stages it reads."""
+    root = Path(__file__).resolve().parents[1]
+    graph = repro.upstream_graph(repro.profile_targets("fmnist"), root)
+    assert "data.dvc" not in graph and graph["library"] == set()
+    assert graph["students@fmnist-g2sd"] >= {"library", "teacher@fmnist", "pretrain@fmnist-gd"}
+    assert graph["dense_students@fmnist-detection-g2sd"] >= {"dense_teacher@fmnist-detection", "pretrain@fmnist-gd"}
+    assert {f"students@fmnist-{s}" for s in ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")} <= graph["evaluate@fmnist"]
+    assert graph["report@fmnist"] >= {"evaluate@fmnist", "dense_evaluate@fmnist"}
+    independent = [s for s in graph if s.startswith("students@fmnist-")]
+    assert all(not (graph[a] & {b}) for a in independent for b in independent)  # the six can run at once
