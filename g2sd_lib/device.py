@@ -1,6 +1,7 @@
 """Where a run computes: device choice, bf16/fp16 autocast, the torchrun process group (DDP), and
-what only pays on a GPU (``torch.compile`` of the step, fewer host synchronisations), with the
-fallbacks that keep the same code running on a CPU.
+what only pays on a GPU (``torch.compile`` of the step, fewer host synchronisations: the losses
+are read back, and checked finite, every few steps by :func:`read_back`), with the fallbacks that
+keep the same code running on a CPU.
 
 Used by the engine and by the evaluation and benchmark code that must pick the same device and
 precision as training.
@@ -10,6 +11,8 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from .errors import NonFiniteLossError
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 COMPILE_MODES = ("none", "default", "reduce-overhead")
@@ -81,3 +84,37 @@ def compiled_loss(loss_fn, mode: str, device: torch.device):
     import torch._dynamo
     torch._dynamo.config.suppress_errors = True
     return torch.compile(loss_fn, mode=mode)
+
+
+def _nonfinite_hint(task) -> str:
+    ratio = getattr(task, "mask_ratio", None)
+    if ratio is not None and not 0 < ratio < 1:
+        left = "masked" if ratio <= 0 else "visible"
+        return (f"mask_ratio {ratio} leaves no {left} patch, so the loss averages over nothing: use a ratio "
+                "strictly between 0 and 1")
+    return "lower the learning rate (blr), or set amp: none if it runs in fp16/bf16"
+
+
+def read_back(pending: list, sums: dict, task, epoch: int) -> int:
+    """Add the pending steps' sample-weighted losses to ``sums`` (host floats, in step order) after
+    checking they are finite; returns the samples they cover and empties ``pending``."""
+    n = 0
+    for it, bs, loss, parts in pending:
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            raise NonFiniteLossError(f"non-finite loss {float(loss)} at epoch {epoch + 1}, step {it + 1} "
+                                     f"({detail}); likely cause: {_nonfinite_hint(task)}")
+        for k, v in {"loss": loss, **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * bs
+        n += bs
+    pending.clear()
+    return n
+
+
+def all_reduce_mean(values: dict, device) -> dict:
+    """The mean over the processes of a run (DDP) of each value of ``values``."""
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))

@@ -15,7 +15,6 @@ Randomness (masking noise, mixup, drop path, data order) is re-seeded at every e
 (seed, epoch, rank), so a run resumed at an epoch boundary repeats an uninterrupted one exactly.
 """
 
-import csv
 import json
 import os
 import random
@@ -32,10 +31,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoints import load_training_state, save_model, save_training_state
-from .device import (AMP_MODES, COMPILE_MODES, autocast_dtype, compiled_loss, host_sync_every, resolve_device,
-                     world_info)
-from .errors import NonFiniteLossError, ResumeMismatchError, check_writable, writing
+from .device import (AMP_MODES, COMPILE_MODES, all_reduce_mean, autocast_dtype, compiled_loss, host_sync_every,
+                     read_back, resolve_device, world_info)
+from .errors import ResumeMismatchError, check_writable
 from .optim import lr_at, scaled_lr, set_lr
+from .results import write_run_history
 
 
 @dataclass
@@ -103,22 +103,6 @@ def _set_epoch(loader, epoch):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
             return
-
-
-def _write_history(out_dir: Path, history: list[dict]):
-    """``history.json`` and ``history.csv`` (one row per epoch), each replaced atomically."""
-    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    for name in ("history.json", "history.csv"):
-        tmp = out_dir / f"{name}.tmp"
-        with writing(out_dir / name):
-            with open(tmp, "w", newline="") as f:
-                if name.endswith(".json"):
-                    f.write(json.dumps(history, indent=1))
-                else:
-                    w = csv.DictWriter(f, fieldnames=keys)
-                    w.writeheader()
-                    w.writerows(history)
-            os.replace(tmp, out_dir / name)
 
 
 def show_progress(setting) -> bool:
@@ -221,31 +205,6 @@ def config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _nonfinite_hint(task) -> str:
-    ratio = getattr(task, "mask_ratio", None)
-    if ratio is not None and not 0 < ratio < 1:
-        left = "masked" if ratio <= 0 else "visible"
-        return (f"mask_ratio {ratio} leaves no {left} patch, so the loss averages over nothing: use a ratio "
-                "strictly between 0 and 1")
-    return "lower the learning rate (blr), or set amp: none if it runs in fp16/bf16"
-
-
-def _read_back(pending: list, sums: dict, task, epoch: int) -> int:
-    """Add the pending steps' sample-weighted losses to ``sums`` (host floats, in step order) after
-    checking they are finite; returns the samples they cover and empties ``pending``."""
-    n = 0
-    for it, bs, loss, parts in pending:
-        if not torch.isfinite(loss):
-            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-            raise NonFiniteLossError(f"non-finite loss {float(loss)} at epoch {epoch + 1}, step {it + 1} "
-                                     f"({detail}); likely cause: {_nonfinite_hint(task)}")
-        for k, v in {"loss": loss, **parts}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * bs
-        n += bs
-    pending.clear()
-    return n
-
-
 def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> dict:
     """One pass over ``loader`` (MAE's ``train_one_epoch``): per-iteration lr, accumulation, autocast;
     returns the epoch's row of sample-weighted mean losses, lr, seconds and img/s."""
@@ -274,7 +233,7 @@ def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> 
             keep = (lambda t: t.detach().clone()) if run.sync_every > 1 else (lambda t: t.detach())
             pending.append((it, batch[0].shape[0], keep(loss), {k: keep(v) for k, v in parts.items()}))
             if len(pending) >= run.sync_every or it + 1 == steps:
-                n_seen += _read_back(pending, sums, task, epoch)
+                n_seen += read_back(pending, sums, task, epoch)
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{cur_lr:.2e}", refresh=False)
             scaled = loss / cfg.accum_steps
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
@@ -290,7 +249,7 @@ def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> 
     row = {"epoch": epoch + 1, "lr": cur_lr, "seconds": elapsed, **{f"train_{k}": v / n_seen for k, v in sums.items()},
            "img_per_s": n_seen * world / elapsed}
     if world > 1:
-        row.update(_all_reduce_mean({k: v for k, v in row.items() if k.startswith("train_")}, run.device))
+        row.update(all_reduce_mean({k: v for k, v in row.items() if k.startswith("train_")}, run.device))
     return row
 
 
@@ -302,7 +261,7 @@ def _end_epoch(run: _Run, row: dict, cfg: "TrainConfig", evaluate) -> None:
         row.update(evaluate(run.model))
     run.history.append(row)
     if run.rank == 0:
-        _write_history(run.out_dir, run.history)
+        write_run_history(run.out_dir, run.history)
         if epoch % cfg.save_every == 0 or last:
             save_training_state(run.state_path, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                                 scaler=run.scaler.state_dict() if run.scaler is not None else {},
@@ -332,14 +291,6 @@ def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
     if run.world > 1:
         dist.barrier()
     return run.history
-
-
-def _all_reduce_mean(values: dict, device) -> dict:
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
 
 
 def _plain(obj):

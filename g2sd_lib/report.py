@@ -1,4 +1,6 @@
-"""Tables and the machine-readable summary, rendered from the pipeline's result files only.
+"""Tables, rendered from the pipeline's result files only (:mod:`g2sd_lib.results` reads and
+summarises those files; its helpers are re-exported here, as the stage notebooks call them
+``report.write_json``, ``report.summarize``, ...).
 
 Paper numbers appear only with their provenance. The companion could not obtain the paper's full
 tables, so a cell with no published source says "unavailable" rather than holding a guess.
@@ -12,15 +14,16 @@ Three kinds of files carry the stages' numbers (declared in dvc.yaml):
 """
 
 import hashlib
-import json
 import os
 import platform
-import statistics
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from .results import (DENSE_METRICS, mean_std, metrics_per_model, read_json, summarize,  # noqa: F401 (re-exported)
+                      summarize_dense, summarize_task, write_history, write_json)
 
 # What the paper and its reference READMEs publish, with where each value comes from.
 PAPER = {
@@ -44,92 +47,15 @@ METHODS = {
 
 # The dense tasks: metric key in the evaluation, its label, and the paper's teacher ratio / teacher value.
 DENSE = {
-    "segmentation": {"metric": "miou", "label": "mIoU", "ratio": "segmentation_ratio", "benchmark": "ADE20K",
+    "segmentation": {"metric": DENSE_METRICS["segmentation"], "label": "mIoU", "ratio": "segmentation_ratio", "benchmark": "ADE20K",
                      "teacher": None},
-    "detection": {"metric": "box_ap", "label": "box AP", "ratio": "detection_ratio", "benchmark": "COCO",
+    "detection": {"metric": DENSE_METRICS["detection"], "label": "box AP", "ratio": "detection_ratio", "benchmark": "COCO",
                   "teacher": (51.6, "ViTDet README: Mask R-CNN ViT-B box AP (the checkpoint the official code distils from)")},
 }
 DENSE_METHODS = {
     "g2sd": ("G2SD (GD + dense SD)", "GD student, then the task's specific distillation from the dense teacher"),
     "gd_only": ("GD only", "GD student, then fine-tuning on the dense labels"),
 }
-
-
-def read_json(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def write_history(history: list[dict], path) -> Path:
-    """One training run's per-epoch history as CSV, ``epoch`` first (the x axis of ``dvc plots``).
-    An empty history (a model trained elsewhere, e.g. a bundled teacher) gives the header only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(history) if history else pd.DataFrame(columns=["epoch", "train_loss"])
-    frame[["epoch", *(c for c in frame.columns if c != "epoch")]].to_csv(path, index=False)
-    return path
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize_task(teacher: dict, students: dict, metric: str) -> dict:
-    """One task's section of ``summary.json`` (classification, segmentation or detection).
-
-    ``teacher``: the teacher's evaluation ``{score: value, ...}`` (non-score keys such as ``params``
-    are left out); ``students``: ``{name: {"seeds": {seed: {score: value}}}}``. Returns ``metric``,
-    ``teacher`` and per student every score averaged over seeds, plus ``{metric}_mean``,
-    ``{metric}_std``, ``seeds`` and ``ratio_to_teacher``; values are fractions.
-    """
-    scores = {k for s in students.values() for row in s["seeds"].values() for k in row}
-    out = {"metric": metric, "teacher": {k: v for k, v in teacher.items() if k in scores}, "students": {}}
-    t = out["teacher"][metric]
-    for name, s in students.items():
-        rows = list(s["seeds"].values())
-        m, sd = mean_std([row[metric] for row in rows])
-        out["students"][name] = {metric: m, f"{metric}_mean": m, f"{metric}_std": sd,
-                                 "seeds": [int(k) for k in s["seeds"]], "ratio_to_teacher": m / t if t else None,
-                                 **{k: statistics.fmean(row[k] for row in rows) for k in rows[0]
-                                    if k != metric and all(k in row for row in rows)}}
-    return out
-
-
-def summarize(evaluation: dict, dense_evaluation: dict | None = None) -> dict:
-    """``reports/summary.json``: the classification section (top-1) and, given the dense evaluation,
-    the :func:`summarize_dense` sections."""
-    out = {"classification": summarize_task(evaluation["teacher"], evaluation["students"], "top1")}
-    return {**out, **summarize_dense(dense_evaluation)} if dense_evaluation is not None else out
-
-
-def summarize_dense(evaluation: dict) -> dict:
-    """The ``segmentation`` / ``detection`` sections of ``summary.json`` (:func:`summarize_task` on
-    mIoU / box AP); a profile whose dense tasks run outside the pipeline gets ``{"metric", "status"}``."""
-    out = {}
-    for task, spec in DENSE.items():
-        ev = evaluation.get("tasks", {}).get(task)
-        out[task] = (summarize_task(ev["teacher"], ev["students"], spec["metric"]) if ev is not None
-                     else {"metric": spec["metric"], "status": evaluation.get("status", "not run")})
-    return out
-
-
-def metrics_per_model(section: dict) -> dict[str, dict]:
-    """Per model of a :func:`summarize_task` section, the numbers its test metric file keeps: the
-    mean over seeds, the std and the fraction of the teacher's, e.g. ``{"top1": ..., "top1_std": ...,
-    "of_teacher": ...}`` (the teacher: its metric only). The validation files of the training stages
-    use the same keys, so that ``dvc metrics show`` stays a few columns wide."""
-    metric = section["metric"]
-    files = {"teacher": {metric: section["teacher"][metric]}}
-    for name, s in section["students"].items():
-        files[name] = {metric: s[f"{metric}_mean"], f"{metric}_std": s[f"{metric}_std"],
-                       "of_teacher": s["ratio_to_teacher"]}
-    return files
 
 
 def _pct(x: float) -> str:

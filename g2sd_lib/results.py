@@ -1,0 +1,120 @@
+"""The pipeline's result files: JSON, per-epoch histories, and ``summary.json`` computed from them.
+
+Three kinds of files carry the stages' numbers (declared in dvc.yaml), all written through here:
+
+* ``reports/<profile>/metrics/``: the few numbers per run a person compares between runs and
+  experiments (``dvc metrics show``, ``dvc exp show``): :func:`metrics_per_model`;
+* ``reports/<profile>/plots/``: every training run's per-epoch history as CSV (``dvc plots show``):
+  :func:`write_history` (the run directory's own ``history.{json,csv}``: :func:`write_run_history`);
+* ``reports/<profile>/results/``: the detailed per-seed results the report stage renders its tables
+  from, and ``summary.json``: :func:`summarize` (means and stds over seeds, shares of the teacher).
+
+:mod:`g2sd_lib.report` renders the tables from these files.
+"""
+
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+
+from .errors import writing
+
+# The dense tasks' metric keys in the evaluation files.
+DENSE_METRICS = {"segmentation": "miou", "detection": "box_ap"}
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_history(history: list[dict], path) -> Path:
+    """One training run's per-epoch history as CSV, ``epoch`` first (the x axis of ``dvc plots``).
+    An empty history (a model trained elsewhere, e.g. a bundled teacher) gives the header only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import pandas as pd  # here: the training processes import this module and need no pandas
+
+    frame = pd.DataFrame(history) if history else pd.DataFrame(columns=["epoch", "train_loss"])
+    frame[["epoch", *(c for c in frame.columns if c != "epoch")]].to_csv(path, index=False)
+    return path
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize_task(teacher: dict, students: dict, metric: str) -> dict:
+    """One task's section of ``summary.json`` (classification, segmentation or detection).
+
+    ``teacher``: the teacher's evaluation ``{score: value, ...}`` (non-score keys such as ``params``
+    are left out); ``students``: ``{name: {"seeds": {seed: {score: value}}}}``. Returns ``metric``,
+    ``teacher`` and per student every score averaged over seeds, plus ``{metric}_mean``,
+    ``{metric}_std``, ``seeds`` and ``ratio_to_teacher``; values are fractions.
+    """
+    scores = {k for s in students.values() for row in s["seeds"].values() for k in row}
+    out = {"metric": metric, "teacher": {k: v for k, v in teacher.items() if k in scores}, "students": {}}
+    t = out["teacher"][metric]
+    for name, s in students.items():
+        rows = list(s["seeds"].values())
+        m, sd = mean_std([row[metric] for row in rows])
+        out["students"][name] = {metric: m, f"{metric}_mean": m, f"{metric}_std": sd,
+                                 "seeds": [int(k) for k in s["seeds"]], "ratio_to_teacher": m / t if t else None,
+                                 **{k: statistics.fmean(row[k] for row in rows) for k in rows[0]
+                                    if k != metric and all(k in row for row in rows)}}
+    return out
+
+
+def summarize(evaluation: dict, dense_evaluation: dict | None = None) -> dict:
+    """``reports/summary.json``: the classification section (top-1) and, given the dense evaluation,
+    the :func:`summarize_dense` sections."""
+    out = {"classification": summarize_task(evaluation["teacher"], evaluation["students"], "top1")}
+    return {**out, **summarize_dense(dense_evaluation)} if dense_evaluation is not None else out
+
+
+def summarize_dense(evaluation: dict) -> dict:
+    """The ``segmentation`` / ``detection`` sections of ``summary.json`` (:func:`summarize_task` on
+    mIoU / box AP); a profile whose dense tasks run outside the pipeline gets ``{"metric", "status"}``."""
+    out = {}
+    for task, metric in DENSE_METRICS.items():
+        ev = evaluation.get("tasks", {}).get(task)
+        out[task] = (summarize_task(ev["teacher"], ev["students"], metric) if ev is not None
+                     else {"metric": metric, "status": evaluation.get("status", "not run")})
+    return out
+
+
+def metrics_per_model(section: dict) -> dict[str, dict]:
+    """Per model of a :func:`summarize_task` section, the numbers its test metric file keeps: the
+    mean over seeds, the std and the fraction of the teacher's, e.g. ``{"top1": ..., "top1_std": ...,
+    "of_teacher": ...}`` (the teacher: its metric only). The validation files of the training stages
+    use the same keys, so that ``dvc metrics show`` stays a few columns wide."""
+    metric = section["metric"]
+    files = {"teacher": {metric: section["teacher"][metric]}}
+    for name, s in section["students"].items():
+        files[name] = {metric: s[f"{metric}_mean"], f"{metric}_std": s[f"{metric}_std"],
+                       "of_teacher": s["ratio_to_teacher"]}
+    return files
+
+
+def write_run_history(out_dir: Path, history: list[dict]):
+    """A training run's ``history.json`` and ``history.csv`` in ``out_dir`` (one row per epoch, written by
+    the engine after every epoch), each replaced atomically."""
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    for name in ("history.json", "history.csv"):
+        tmp = out_dir / f"{name}.tmp"
+        with writing(out_dir / name):
+            with open(tmp, "w", newline="") as f:
+                if name.endswith(".json"):
+                    f.write(json.dumps(history, indent=1))
+                else:
+                    w = csv.DictWriter(f, fieldnames=keys)
+                    w.writeheader()
+                    w.writerows(history)
+            os.replace(tmp, out_dir / name)
