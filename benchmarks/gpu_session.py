@@ -66,8 +66,8 @@ _children = []
 _start_process = stages._start
 
 
-def _start_tracked(cfg: dict):
-    started = _start_process(cfg)
+def _start_tracked(*args, **kwargs):
+    started = _start_process(*args, **kwargs)
     _children.append(started[0])
     return started
 

@@ -19,6 +19,7 @@ and the entry notebook (everything ``make repro P=...`` regenerates), or those n
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,10 +60,11 @@ def _dvc() -> str:
 class _Stage:
     """One ``dvc repro -s`` process, its output echoed with a prefix and kept for the failure message."""
 
-    def __init__(self, name: str, dvc: str, cwd):
+    def __init__(self, name: str, dvc: str, cwd, jobs: int):
         self.name, self.lines, self.start = name, [], time.time()
+        env = {**os.environ, "G2SD_CONCURRENT_STAGES": str(jobs)}  # the runs share the CPU cores (stages._run_env)
         self.proc = subprocess.Popen([dvc, "repro", "--single-item", name], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         self.reader = threading.Thread(target=self._echo, daemon=True)
         self.reader.start()
 
@@ -102,7 +104,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
             while failed is None and ready and len(running) < jobs:
                 name = ready.pop(0)
                 todo.discard(name)
-                running[name] = _Stage(name, dvc, cwd)
+                running[name] = _Stage(name, dvc, cwd, jobs)
             if not running:
                 break
             time.sleep(0.2)

@@ -197,7 +197,7 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
         while todo or running:
             while todo and len(running) < concurrent:
                 name, cfg = todo.pop(0)
-                running[name] = _start(cfg)
+                running[name] = _start(cfg, _run_env(concurrent))
             time.sleep(0.5)
             for name, (proc, log, pos) in list(running.items()):
                 running[name] = (proc, log, _echo(log, pos, name))
@@ -213,13 +213,26 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
     return [done[name] for name in names]
 
 
-def _start(cfg: dict):
+def _run_env(concurrent: int) -> dict:
+    """The environment of a run trained next to ``concurrent - 1`` others. On a GPU each run is bound by
+    launching kernels and needs few CPU threads, so, as torchrun does for its workers, the CPU threads
+    (``OMP_NUM_THREADS``, unless set) are the cores shared among every run at once: these and, under
+    ``python -m g2sd_lib.repro``, those of the other stages (``G2SD_CONCURRENT_STAGES``). On a CPU the
+    runs keep torch's default, so that they compute exactly as one run alone."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if "OMP_NUM_THREADS" not in env and torch.cuda.is_available():
+        sharing = concurrent * max(1, int(env.get("G2SD_CONCURRENT_STAGES", "1")))
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // sharing))
+    return env
+
+
+def _start(cfg: dict, env: dict | None = None):
     """A ``python -m g2sd_lib.stages`` process of one configuration, its output going to log.txt."""
     cfg_path = _write_config(cfg)
     log = cfg_path.parent / "log.txt"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.stages", str(cfg_path)], stdout=f,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                stderr=subprocess.STDOUT, env=env or {**os.environ, "PYTHONUNBUFFERED": "1"})
     return proc, log, 0
 
 

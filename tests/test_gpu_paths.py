@@ -160,3 +160,19 @@ def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
     for task in ("segmentation", "detection"):  # every dense run of the dry run takes one epoch too
         for run, seed in (("teacher", None), ("g2sd", 0)):
             assert config.dense_stage_config(shrunk, task, run, tmp_path, seed=seed)["train"]["epochs"] == 1
+
+
+def test_runs_at_once_share_the_cpu_threads_on_a_gpu_and_keep_them_on_a_cpu(monkeypatch):
+    """On a GPU, each of the runs trained at once (seeds of a stage, stages under g2sd_lib.repro) gets
+    the cores divided among all of them, as torchrun caps its workers; on a CPU nothing changes."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("G2SD_CONCURRENT_STAGES", raising=False)
+    monkeypatch.setattr(stages.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(stages.torch.cuda, "is_available", lambda: False)
+    assert "OMP_NUM_THREADS" not in stages._run_env(3)  # the CPU fallback: the runs compute as one alone
+    monkeypatch.setattr(stages.torch.cuda, "is_available", lambda: True)
+    assert stages._run_env(3)["OMP_NUM_THREADS"] == "5"
+    monkeypatch.setenv("G2SD_CONCURRENT_STAGES", "4")  # 4 stages x 3 runs on 16 cores
+    assert stages._run_env(3)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's setting wins
+    assert stages._run_env(3)["OMP_NUM_THREADS"] == "7"
