@@ -44,11 +44,15 @@ run)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$ROOT" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
     mkdir -p "$DATA"
-    for f in $FILES; do xz -d -c ".whl/fmnist/$f.xz" > "$DATA/$f"; done
+    for f in $FILES; do  # python's lzma: the device may lack the xz binary
+        python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+            ".whl/fmnist/$f.xz" "$DATA/$f"
+    done
     python3 -m g2sd_lib.fmnist verify --dest "$DATA"
     if [ ! -d .git ]; then  # DVC needs a git repository; dulwich (a carried wheel) makes one if git is missing
         if command -v git >/dev/null; then
-            git init -q && git add -A && git -c user.name=gpu -c user.email=gpu@localhost commit -qm "device copy"
+            git init -q && echo /.whl/ >> .git/info/exclude && git add -A \
+                && git -c user.name=gpu -c user.email=gpu@localhost commit -qm "device copy"
         else
             python3 -c "from dulwich import porcelain; porcelain.init('.')"
         fi
