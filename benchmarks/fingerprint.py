@@ -17,7 +17,6 @@ seeded, so the same code on the same machine prints the same lines.
 
 import argparse
 import contextlib
-import copy
 import hashlib
 import json
 import sys
@@ -31,19 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from g2sd_lib import config, stages  # noqa: E402
-from g2sd_lib.profiles import load_profile  # noqa: E402
+from g2sd_lib.profiles import load_profile, shrink  # noqa: E402
 from g2sd_lib.teacher import obtain_teacher  # noqa: E402
 
 TIMING = ("seconds", "img_per_s")
-
-
-def shrunk(params: dict, images: int) -> dict:
-    """The profile on ``images`` images, one epoch, batch 64, no warm-up or compilation, no progress bars."""
-    p = copy.deepcopy(params)
-    p["data"].update(train_subset=images, val_subset=images, test_subset=images, eval_batch_size=images)
-    for section in (p["teacher"]["pretrain"], p["teacher"]["finetune"], p["pretrain"]["common"], p["students"]["common"]):
-        section["train"].update(epochs=1, warmup_epochs=0, batch_size=64, compile="none", progress=False)
-    return p
 
 
 def digest(run_dir: Path) -> str:
@@ -61,7 +51,7 @@ def main(argv=None) -> None:
     p.add_argument("--profile", default="fmnist", help="whose models and recipes (default fmnist)")
     p.add_argument("--images", type=int, default=512, help="training / validation images (default 512)")
     args = p.parse_args(argv)
-    params = shrunk(load_profile(args.profile), args.images)
+    params = shrink(load_profile(args.profile), images=args.images, batch=64, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with contextlib.redirect_stdout(sys.stderr):

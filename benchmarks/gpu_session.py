@@ -40,13 +40,14 @@ import sys
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from g2sd_lib import config, stages  # noqa: E402
-from g2sd_lib.profiles import load_profile  # noqa: E402
+from g2sd_lib.profiles import load_profile, shrink  # noqa: E402
 from g2sd_lib.stages import launch_all  # noqa: E402
 from g2sd_lib.teacher import _copy_saved, bundle_teacher  # noqa: E402
 
@@ -61,36 +62,22 @@ TEACHER_VARIANTS = {
 
 
 # every training process started here, so a stopped session can end them (launch_all ends its own
-# when it is interrupted, but not those of a launch_all running in another thread)
+# when it is interrupted, but not those of a launch_all running in another thread); main() installs it
 _children = []
-_start_process = stages._start
 
 
-def _start_tracked(*args, **kwargs):
-    started = _start_process(*args, **kwargs)
-    _children.append(started[0])
-    return started
+def _track_children() -> None:
+    start = stages._start
 
-
-stages._start = _start_tracked
+    def tracked(*args, **kwargs):
+        started = start(*args, **kwargs)
+        _children.append(started[0])
+        return started
+    stages._start = tracked
 
 
 def log(msg: str) -> None:
     print(f"[gpu_session {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def shrink(params: dict, images: int = 256, batch: int = 64, canvases=(16, 8, 8), **train) -> dict:
-    """The profile on a few images for one epoch, same models and code, no compilation (the dry run
-    here; the tests with smaller sizes). ``train``: more TrainConfig fields for every run."""
-    p = copy.deepcopy(params)
-    p["data"].update(train_subset=images, val_subset=images, test_subset=images, eval_batch_size=images)
-    for section in (p["teacher"]["pretrain"], p["teacher"]["finetune"], p["pretrain"]["common"],
-                    p["students"]["common"], p["dense"]["common"]):
-        section["train"].update(epochs=1, warmup_epochs=0, batch_size=batch, compile="none", **train)
-    for task in config.DENSE_TASKS:  # the dense runs' own schedules (e.g. detection's 24 epochs) go too
-        p["dense"][task].update(teacher_train={}, student_train={})
-    p["dense"]["data"].update(dict(zip(("train", "val", "test"), canvases)))
-    return p
 
 
 def bench(out: Path, dry: bool) -> None:
@@ -142,11 +129,9 @@ def sweep(out: Path, dry: bool, concurrent: int) -> dict:
     result = {"dry": dry, "minutes": {}, "runs": {}}
     t0 = time.perf_counter()
     # the students from scratch need no teacher: they train alongside the teacher's MAE pretraining
-    scratch_done = {}
-    alongside = threading.Thread(target=lambda: scratch_done.update(
-        _guarded(lambda: zip(scratch, launch_all([runs[n] for n in scratch], 1, concurrent, names=scratch)))),
-        daemon=True)
-    alongside.start()
+    pool = ThreadPoolExecutor(1)
+    alongside = pool.submit(launch_all, [runs[n] for n in scratch], 1, concurrent, names=scratch)
+    pool.shutdown(wait=False)
     pre = config.teacher_stage_config(params, "pretrain", root)
     log(f"sweep: teacher MAE pretraining, {pre['train']['epochs']} epochs; {', '.join(scratch)} alongside")
     launch_all([pre], names=["teacher MAE"])
@@ -161,25 +146,14 @@ def sweep(out: Path, dry: bool, concurrent: int) -> dict:
     log(f"sweep: best teacher {best}, val top-1 {result['runs'][best]['val_top1']:.4f}; bundling it")
     result["teacher_bundle"] = _bundle(params, root, out / "teachers", best, runs[best], teachers)
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
-    alongside.join()
-    if isinstance(scratch_done.get("error"), BaseException):
-        raise scratch_done["error"]
-    for name in scratch:
-        result["runs"][name] = _summary(runs[name], scratch_done[name], None)
+    for name, history in zip(scratch, alongside.result()):  # a failure there is raised here
+        result["runs"][name] = _summary(runs[name], history, None)
     x1, x2 = (result["runs"][n]["val_top1"] for n in scratch)
     result["scratch_doubling_gain_points"] = 100 * (x2 - x1)
     result["minutes"]["total"] = (time.perf_counter() - t0) / 60
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
     log(f"sweep: scratch x2 - x1 = {result['scratch_doubling_gain_points']:+.2f} points of validation top-1")
     return result
-
-
-def _guarded(fn):
-    """``fn()``'s pairs, or ``[("error", exception)]``: a thread's failure, raised again when joined."""
-    try:
-        return list(fn())
-    except BaseException as e:  # noqa: BLE001 - handed to the main thread
-        return [("error", e)]
 
 
 def _summary(cfg: dict, history: list, overrides) -> dict:
@@ -297,11 +271,11 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     # a timeout's SIGTERM (and the deadline) unwinds through the finally below: the runs stop, all is packed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"stopped by SIGTERM after {(time.perf_counter() - t0) / 60:.1f} min"))
-    deadline = threading.Timer(60 * args.deadline_min if args.deadline_min else 0,
-                               lambda: os.kill(os.getpid(), signal.SIGTERM))
+    deadline = threading.Timer(60 * (args.deadline_min or 0), lambda: os.kill(os.getpid(), signal.SIGTERM))
     deadline.daemon = True
     if args.deadline_min:
         deadline.start()
+    _track_children()
     stop = threading.Event()
     if args.pack:
         _every(60, lambda: pack(args.out), stop)

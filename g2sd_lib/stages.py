@@ -226,13 +226,13 @@ def _run_env(concurrent: int) -> dict:
     return env
 
 
-def _start(cfg: dict, env: dict | None = None):
+def _start(cfg: dict, env: dict):
     """A ``python -m g2sd_lib.stages`` process of one configuration, its output going to log.txt."""
     cfg_path = _write_config(cfg)
     log = cfg_path.parent / "log.txt"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.stages", str(cfg_path)], stdout=f,
-                                stderr=subprocess.STDOUT, env=env or {**os.environ, "PYTHONUNBUFFERED": "1"})
+                                stderr=subprocess.STDOUT, env=env)
     return proc, log, 0
 
 

@@ -13,7 +13,7 @@ from g2sd_lib.engine import TrainConfig, train
 from g2sd_lib.errors import UserError
 from g2sd_lib.evaluate import count_params
 from g2sd_lib.models import create_classifier, create_mae
-from g2sd_lib.profiles import load_profile
+from g2sd_lib.profiles import load_profile, shrink
 from g2sd_lib.tasks import Finetuning
 from g2sd_lib.teacher import obtain_teacher
 
@@ -104,7 +104,7 @@ def _gpu_session():
 def _shrunk_gpu_profile() -> dict:
     """The `gpu` profile with its models, kinds and options, on a few images for one epoch (no compile:
     test_compiled_step_* covers it)."""
-    params = _gpu_session().shrink(load_profile("gpu"), images=64, batch=32, canvases=(8, 4, 4), progress=False,
+    params = shrink(load_profile("gpu"), images=64, batch=32, canvases=(8, 4, 4), progress=False,
                                    device="cpu")
     params["seeds"] = params["dense"]["seeds"] = [0]
     params["dense"]["common"]["train"]["batch_size"] = 4
@@ -149,14 +149,14 @@ def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
     """benchmarks/gpu_session.py runs on a GPU only; its configurations are checked here."""
     from g2sd_lib import schema
     session = _gpu_session()
-    for params in (load_profile("gpu"), session.shrink(load_profile("gpu"))):
+    for params in (load_profile("gpu"), shrink(load_profile("gpu"))):
         names, cfgs = session.sweep_configs(params, tmp_path)
         assert len({c["out_dir"] for c in cfgs}) == len(cfgs) == len(session.TEACHER_VARIANTS) + 2
         for cfg in cfgs:
             schema.validate_stage(cfg)
         x1, x2 = cfgs[-2:]
         assert x2["train"]["epochs"] == 2 * x1["train"]["epochs"] and x1["kind"] == "finetune"
-    shrunk = session.shrink(load_profile("gpu"))
+    shrunk = shrink(load_profile("gpu"))
     for task in ("segmentation", "detection"):  # every dense run of the dry run takes one epoch too
         for run, seed in (("teacher", None), ("g2sd", 0)):
             assert config.dense_stage_config(shrunk, task, run, tmp_path, seed=seed)["train"]["epochs"] == 1

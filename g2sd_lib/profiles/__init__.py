@@ -35,6 +35,26 @@ def output_dirs(profile: str) -> tuple[Path, Path]:
     return Path("runs") / profile, Path("reports") / profile
 
 
+def shrink(params: dict, images: int = 256, batch: int = 64, canvases=(16, 8, 8), **train) -> dict:
+    """A copy of a profile on a few images for one epoch, with the same models and code and no
+    compilation: every train section (the teacher's recipe, pretrain, students, dense, and the dense
+    runs' own schedules) trains 1 epoch of ``images`` images at ``batch``, no warm-up; the dense
+    canvases are ``canvases`` (train, val, test). ``train``: more TrainConfig fields for every run.
+    For dry runs on a CPU (``benchmarks/gpu_session.py --dry``, ``benchmarks/fingerprint.py``, tests)."""
+    import copy
+
+    from ..config import DENSE_TASKS
+    p = copy.deepcopy(params)
+    p["data"].update(train_subset=images, val_subset=images, test_subset=images, eval_batch_size=images)
+    for section in (p["teacher"]["pretrain"], p["teacher"]["finetune"], p["pretrain"]["common"],
+                    p["students"]["common"], p["dense"]["common"]):
+        section["train"].update(epochs=1, warmup_epochs=0, batch_size=batch, compile="none", **train)
+    for task in DENSE_TASKS:  # the dense runs' own schedules (e.g. detection's 24 epochs) go too
+        p["dense"][task].update(teacher_train={}, student_train={})
+    p["dense"]["data"].update(dict(zip(("train", "val", "test"), canvases)))
+    return p
+
+
 def complete(profile: str = "smoke", **sections) -> dict:
     """The notebooks' parameters, validated: each section given as None is taken from ``profile``.
 
