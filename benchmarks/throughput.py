@@ -21,6 +21,7 @@ each forward counted by ``FlopCounterMode`` at mask ratio 0.75. See benchmarks/R
 """
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -34,7 +35,7 @@ import timm
 import torch
 
 from g2sd_lib import data
-from g2sd_lib.device import COMPILE_MODES, autocast_dtype, compiled_loss
+from g2sd_lib.device import AMP_MODES, COMPILE_MODES, autocast_dtype, compiled_loss
 from g2sd_lib.evaluate import flops_per_image
 from g2sd_lib.models import create_classifier, create_mae, create_student, mae_kwargs
 from g2sd_lib.profiles import load_profile
@@ -165,13 +166,15 @@ def build_task(kind: str, cfg: Config):
 
 
 def time_training_steps(task, batch, amp_dtype, warmup: int, steps: int, device="cpu",
-                        compile_mode: str = "none") -> list[float]:
+                        compile_mode: str = "none", teacher_amp: str = "same") -> list[float]:
     """Seconds of each timed step: autocast forward + loss, backward, AdamW step, zero_grad, as the
-    engine runs it on ``device`` (fused AdamW on CUDA; ``compile_mode`` through ``compiled_loss``)."""
+    engine runs it on ``device`` (fused AdamW on CUDA; ``compile_mode`` through ``compiled_loss``;
+    the teacher's forward at ``teacher_amp``, the engine's ``TrainConfig.teacher_amp``)."""
     device = torch.device(device)
     model = task.model.to(device)
     if getattr(task, "teacher", None) is not None:
         task.teacher.to(device)
+        task.set_teacher_precision(teacher_amp, device)
     model.train()
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(task.param_groups(WEIGHT_DECAY), lr=1e-4, **fused)
@@ -211,7 +214,7 @@ def time_augmentation(cfg: "Config", warmup: int, steps: int, device="cpu") -> l
 
 
 def benchmark(cfg_name: str, cfg: Config, kinds, precisions, peak: dict, device="cpu",
-              compile_modes=("none",)) -> list[dict]:
+              compile_modes=("none",), teacher_amps=("same",)) -> list[dict]:
     rows = []
     dev = torch.device(device)
     for kind in kinds:
@@ -220,25 +223,28 @@ def benchmark(cfg_name: str, cfg: Config, kinds, precisions, peak: dict, device=
         train_flops = 3 * trained_fwd + frozen_fwd
         batch = [t.to(dev) for t in (torch.randn(cfg.batch, *cfg.input_shape),
                                      torch.randint(cfg.num_classes, (cfg.batch,)))]
-        for prec in precisions:
-            for mode in (compile_modes if task is not None else ("none",)):
-                if task is None:
-                    times = time_augmentation(cfg, cfg.warmup, cfg.steps, dev)
-                else:
-                    times = time_training_steps(task, batch, autocast_dtype(PRECISIONS[prec], dev),
-                                                cfg.warmup + (3 if mode != "none" else 0), cfg.steps, dev, mode)
-                img_s = cfg.batch / statistics.median(times)
-                achieved = img_s * train_flops
-                rows.append({"config": cfg_name, "kind": kind, "precision": prec, "batch": cfg.batch,
-                             "device": dev.type, "compile": mode,
-                             "img_per_s": img_s, "train_flops_per_img": train_flops,
-                             "trained_forward_flops": trained_fwd, "frozen_forward_flops": frozen_fwd,
-                             "achieved_flops": achieved, "pct_of_peak": 100 * achieved / peak[prec]["flops"],
-                             "step_seconds": times, "warmup": cfg.warmup,
-                             "trained_model": task.model.arch["name"] if task is not None else None,
-                             "teacher_model": task.teacher.arch["name"] if hasattr(task, "teacher") else None})
-                log(f"[{cfg_name} {kind} {prec} {dev.type} compile={mode}] median {statistics.median(times):.4f} s/step "
-                    f"over {len(times)} -> {img_s:.1f} img/s, {achieved / 1e9:.1f} GFLOP/s")
+        teacher = getattr(task, "teacher", None) is not None
+        for prec, mode, t_amp in itertools.product(precisions, compile_modes if task is not None else ("none",),
+                                                   teacher_amps if teacher else ("same",)):
+            if task is None:
+                times = time_augmentation(cfg, cfg.warmup, cfg.steps, dev)
+            else:
+                times = time_training_steps(task, batch, autocast_dtype(PRECISIONS[prec], dev),
+                                            cfg.warmup + (3 if mode != "none" else 0), cfg.steps, dev, mode,
+                                            t_amp)
+            img_s = cfg.batch / statistics.median(times)
+            achieved = img_s * train_flops
+            rows.append({"config": cfg_name, "kind": kind, "precision": prec, "batch": cfg.batch,
+                         "device": dev.type, "compile": mode, "teacher_amp": t_amp,
+                         "img_per_s": img_s, "train_flops_per_img": train_flops,
+                         "trained_forward_flops": trained_fwd, "frozen_forward_flops": frozen_fwd,
+                         "achieved_flops": achieved, "pct_of_peak": 100 * achieved / peak[prec]["flops"],
+                         "step_seconds": times, "warmup": cfg.warmup,
+                         "trained_model": task.model.arch["name"] if task is not None else None,
+                         "teacher_model": task.teacher.arch["name"] if hasattr(task, "teacher") else None})
+            log(f"[{cfg_name} {kind} {prec} {dev.type} compile={mode} teacher={t_amp}] median "
+                f"{statistics.median(times):.4f} s/step over {len(times)} -> {img_s:.1f} img/s, "
+                f"{achieved / 1e9:.1f} GFLOP/s")
         del task
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -269,10 +275,11 @@ def markdown(result: dict) -> str:
     lines = [f"torch {env['torch']}, timm {env['timm']}, {where}, native bf16: {'yes' if env['native_bf16'] else 'no'}",
              "matmul peak: " + ", ".join(f"{k} {v['flops'] / 1e9:.1f} GFLOP/s (n={v['n']})" for k, v in peak.items()),
              FLOPS_NOTE, "",
-             "| config | kind | precision | compile | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| config | kind | precision | teacher | compile | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["results"]:
-        lines.append(f"| {r['config']} | {r['kind']} | {r['precision']} | {r.get('compile', 'none')} | {r['batch']} | "
+        lines.append(f"| {r['config']} | {r['kind']} | {r['precision']} | {r.get('teacher_amp', 'same')} | "
+                     f"{r.get('compile', 'none')} | {r['batch']} | "
                      f"{r['img_per_s']:.1f} | "
                      f"{r['train_flops_per_img'] / 1e9:.3g} | {r['achieved_flops'] / 1e9:.1f} | "
                      f"{r['pct_of_peak']:.0f} |")
@@ -293,6 +300,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"],
                    help="torch.compile modes of the step to measure (default: none = eager)")
+    p.add_argument("--teacher-amp", nargs="+", choices=("same", *AMP_MODES), default=["same"],
+                   help="precisions of the frozen teacher's forward in gd / sd (TrainConfig.teacher_amp; default: "
+                        "same = the step's own)")
     p.add_argument("--peak-n", nargs="+", type=int, help="matrix sizes of the matmul peak measurement "
                    "(default: 1024 2048 on CPU, 4096 8192 on CUDA)")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -320,7 +330,7 @@ def main(argv=None) -> dict:
     for name in args.configs:
         batch = {"batch": CUDA_BATCH[name]} if cuda else {}
         cfg = Config(**{**asdict(CONFIGS[name]), **batch, **overrides})
-        rows += benchmark(name, cfg, args.kinds, args.precisions, peak, args.device, args.compile)
+        rows += benchmark(name, cfg, args.kinds, args.precisions, peak, args.device, args.compile, args.teacher_amp)
     result = {"environment": env, "peak": peak, "flops_note": FLOPS_NOTE, "results": rows}
     print(markdown(result), flush=True)
     if args.json:

@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.999)
     accum_steps: int = 1
     amp: str = "auto"
+    teacher_amp: str = "same"  # the frozen teacher's forward: same (the run's amp) | auto | bf16 | fp16 | none
     device: str = "auto"
     seed: int = 0
     save_every: int = 1
@@ -78,6 +79,8 @@ class TrainConfig:
             errors.append(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.amp not in AMP_MODES:
             errors.append(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.teacher_amp not in ("same", *AMP_MODES):
+            errors.append(f"teacher_amp must be one of {('same', *AMP_MODES)}, got {self.teacher_amp!r}")
         if self.compile not in COMPILE_MODES:
             errors.append(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if errors:
@@ -149,6 +152,7 @@ def _setup(task, loader, cfg: "TrainConfig") -> _Run:
     model = task.model.to(device)
     if getattr(task, "teacher", None) is not None:
         task.teacher.to(device)
+        task.set_teacher_precision(cfg.teacher_amp, device)
     if len(loader) < cfg.accum_steps:
         raise ValueError(f"the loader gives {len(loader)} batches per epoch, fewer than accum_steps={cfg.accum_steps}")
     lr = scaled_lr(cfg.blr, cfg.batch_size * cfg.accum_steps * world)
@@ -169,7 +173,9 @@ def _setup(task, loader, cfg: "TrainConfig") -> _Run:
 def _resume(run: _Run, cfg: "TrainConfig") -> None:
     """Load ``last.pt`` into ``run``; refuse it when it was written under another configuration."""
     state = load_training_state(run.state_path)
-    saved = {"train": state.get("config", {}), "world_size": state.get("world_size", run.world),
+    # a field added since the state was saved counts as its default (the value that run computed with)
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    saved = {"train": {**defaults, **state.get("config", {})}, "world_size": state.get("world_size", run.world),
              "stage": state.get("run_config", _plain(cfg.run_config))}
     now = {"train": _plain(asdict(cfg)), "world_size": run.world, "stage": _plain(cfg.run_config)}
     changes = config_changes(saved, now)

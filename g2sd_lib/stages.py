@@ -20,7 +20,7 @@ take the keys of :func:`g2sd_lib.config.dense_stage_config`)::
           finetune: layer_decay; kd: alpha, temperature, layer_decay)
     model_kwargs: extra constructor arguments (e.g. drop_path_rate)
     train: TrainConfig fields (epochs, batch_size, blr, min_lr, warmup_epochs, weight_decay, betas,
-           accum_steps, amp, device, seed, save_every, eval_every, progress)
+           accum_steps, amp, teacher_amp, device, seed, save_every, eval_every, progress, compile)
 """
 
 import json

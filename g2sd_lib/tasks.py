@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from . import losses
+from .device import autocast_dtype
 from .optim import param_groups
 
 
@@ -20,6 +21,42 @@ def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _to_float(out):
+    """``out`` (a tensor, or tuples / lists / dicts of them) with floating tensors in float32."""
+    if torch.is_tensor(out):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _to_float(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(v) for v in out)
+    return out
+
+
+class TeacherForward:
+    """The frozen teacher's forward precision (``TrainConfig.teacher_amp``, set by the engine).
+
+    ``same`` (the default): the teacher runs under the run's own autocast, as the official code runs
+    teacher and student under one AMP context. Otherwise the teacher gets its own autocast
+    (``none`` = fp32, ``auto`` = bf16 where the hardware has it, ``bf16``, ``fp16``) and its outputs
+    come back in float32: e.g. a student trained in fp32 on a CPU whose bf16 is fast for the wide
+    teacher's inference-only forward but not for the narrow student's training step.
+    """
+
+    teacher_autocast = None  # None: the run's autocast; else (device type, dtype or None = fp32)
+
+    def set_teacher_precision(self, teacher_amp: str, device: torch.device) -> None:
+        self.teacher_autocast = None if teacher_amp == "same" else (device.type, autocast_dtype(teacher_amp, device))
+
+    def teacher_forward(self, fn, *args):
+        """``fn(*args)`` without gradients, at the teacher's precision."""
+        with torch.no_grad():
+            if self.teacher_autocast is None:
+                return fn(*args)
+            device_type, dtype = self.teacher_autocast
+            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+                return _to_float(fn(*args))
 
 
 class MAEPretraining:
@@ -38,7 +75,7 @@ class MAEPretraining:
         return loss, {"mae": loss.detach()}
 
 
-class GenericDistillation:
+class GenericDistillation(TeacherForward):
     """G2SD stage 1: the student's decoder features regress the teacher decoder's hidden states.
 
     Per batch one noise tensor -> one mask for both models; target = teacher decoder after block
@@ -66,9 +103,11 @@ class GenericDistillation:
     def param_groups(self, weight_decay):
         return param_groups(self.model, weight_decay)
 
-    @torch.no_grad()
     def teacher_targets(self, x, noise):
         """Teacher decoder hidden states (B, 1 + L, D_T) and pre-norm encoder tokens (B, 1 + L_keep, D)."""
+        return self.teacher_forward(self._teacher_targets, x, noise)
+
+    def _teacher_targets(self, x, noise):
         latent, _, ids_restore, prenorm = self.teacher.forward_encoder(x, self.mask_ratio, noise,
                                                                        return_prenorm=True)
         return self.teacher.forward_decoder(latent, ids_restore, stop_after=self.target_block), prenorm
@@ -113,7 +152,7 @@ class Finetuning:
         return loss, {"ce": loss.detach()}
 
 
-class SpecificDistillation(Finetuning):
+class SpecificDistillation(TeacherForward, Finetuning):
     """G2SD stage 2 (classification): labels for the cls head, the teacher's decision for the dist head.
 
     The teacher sees the same mixup/cutmix-ed batch; ``loss = (SoftCE + CE(dist, argmax T)) / 2``
@@ -133,8 +172,7 @@ class SpecificDistillation(Finetuning):
 
     def loss(self, model, batch):
         x, y = self.mixed(batch)
-        with torch.no_grad():
-            t = self.teacher(x)
+        t = self.teacher_forward(self.teacher, x)
         cls, dist = model(x)
         if self.loss_type == "nkd":
             loss = losses.nkd_loss(cls + 0 * dist, t, y)
@@ -142,7 +180,7 @@ class SpecificDistillation(Finetuning):
         return losses.sd_classification_loss(cls, dist, y, t)
 
 
-class KnowledgeDistillation(Finetuning):
+class KnowledgeDistillation(TeacherForward, Finetuning):
     """Single-stage "conventional" KD baseline: ``(1 - alpha) CE + alpha tau^2 KL(T || S)``."""
 
     def __init__(self, teacher, model, alpha=0.5, temperature=4.0, **kwargs):
@@ -151,8 +189,7 @@ class KnowledgeDistillation(Finetuning):
 
     def loss(self, model, batch):
         x, y = self.mixed(batch)
-        with torch.no_grad():
-            t = self.teacher(x)
+        t = self.teacher_forward(self.teacher, x)
         logits = model(x)
         ce = self.label_loss(logits, y)
         kd = losses.soft_kd_loss(logits, t, self.temperature)

@@ -42,9 +42,17 @@ def test_smoke_run_reports_every_kind(bench, tmp_path, capsys):
     assert rows["gd"]["trained_model"] == "mae_vit_smokesmall_patch7_dec16d1b"
 
     table = capsys.readouterr().out
-    assert "| config | kind | precision | compile | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |" in table
+    assert ("| config | kind | precision | teacher | compile | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |"
+            in table)
     for kind in bench.KINDS:
-        assert f"| smoke | {kind} | fp32 | none | 8 |" in table
+        assert f"| smoke | {kind} | fp32 | same | none | 8 |" in table
+
+
+def test_the_teachers_precision_is_measured_for_the_steps_with_a_teacher(bench):
+    data = bench.main(["--configs", "smoke", "--precisions", "fp32", "--kinds", "finetune", "sd", "--warmup", "0",
+                       "--steps", "1", "--peak-n", "128", "--teacher-amp", "same", "bf16"])
+    assert [(r["kind"], r["teacher_amp"]) for r in data["results"]] == [("finetune", "same"), ("sd", "same"),
+                                                                        ("sd", "bf16")]
 
 
 def test_compiled_steps_are_measured_and_a_missing_gpu_is_named(bench, capsys):

@@ -150,6 +150,21 @@ def test_detection_distillation_step(canvases):
     assert {f"distill_adapter.{i}.weight" for i in range(5)} <= grads
     assert "backbone.vit.blocks.0.attn.qkv.weight" in grads and "rpn.head.cls_logits.weight" in grads
     assert not any(p.requires_grad for p in task.teacher.parameters()) and not task.teacher.training
+    task.set_teacher_precision("bf16", torch.device("cpu"))  # teacher_amp: its pyramid and logits in float32
+    feats, obj = task.teacher_rpn(list(x.unbind(0)))
+    assert {f.dtype for f in feats + obj} == {torch.float32}
+    assert torch.isfinite(task.loss(task.model, (x, targets))[0])
+
+
+def test_segmentation_teacher_amp(canvases):
+    task = SegmentationDistillation(ViTSegmenter(TEACHER, img_size=64), ViTSegmenter(STUDENT, img_size=64))
+    x, masks = next(iter(DenseLoader(canvases, "segmentation", 2, shuffle=False)))
+    with torch.no_grad():
+        fp32 = task.teacher(x)["logits"]
+    task.set_teacher_precision("bf16", torch.device("cpu"))
+    t = task.teacher_forward(task.teacher, x)["logits"]
+    assert t.dtype == torch.float32 and not torch.equal(t, fp32)
+    assert torch.isfinite(task.loss(task.model, (x, masks))[0])
 
 
 def test_box_ap_known_answers():

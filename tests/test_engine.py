@@ -196,6 +196,25 @@ def test_resume_refuses_a_changed_configuration_naming_keys_and_last_pt(tmp_path
     assert "train.epochs 2 -> 1" in msg and str(tmp_path / "last.pt") in msg and "Delete" in msg
     with pytest.raises(ValueError, match=r"stage\.task\.mask_ratio 0\.75 -> 0\.5"):
         train(_LinearTask(), _linear_loader(), cfg(run_config={"kind": "mae", "task": {"mask_ratio": 0.5}}))
+    # a state saved before a TrainConfig field existed resumes as if it held the field's default
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    state["config"].pop("teacher_amp")
+    state["epoch"] = 1
+    torch.save(state, tmp_path / "last.pt")
+    train(_LinearTask(), _linear_loader(), cfg())
+    with pytest.raises(ValueError, match=r"train\.teacher_amp 'same' -> 'bf16'"):
+        train(_LinearTask(), _linear_loader(), cfg(teacher_amp="bf16"))
+
+
+def test_the_engine_sets_the_teachers_precision(tmp_path, no_model_file):
+    task = _LinearTask()
+    task.teacher = nn.Linear(4, 1)
+    task.set_teacher_precision = lambda amp, device: setattr(task, "teacher_amp", (amp, device.type))
+    train(task, _linear_loader(), TrainConfig(epochs=1, batch_size=8, blr=1e-3, out_dir=str(tmp_path), amp="none",
+                                              teacher_amp="bf16", progress=False))
+    assert task.teacher_amp == ("bf16", "cpu")
+    with pytest.raises(ValueError, match="teacher_amp must be one of"):
+        TrainConfig(epochs=1, batch_size=8, blr=1e-3, out_dir="x", teacher_amp="fp8").validate()
 
 
 def test_an_unwritable_output_directory_fails_before_the_first_step(tmp_path, no_model_file):

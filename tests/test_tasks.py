@@ -93,3 +93,57 @@ def test_finetune_and_kd_steps():
     kd = KnowledgeDistillation(teacher, model, alpha=0.25, temperature=2.0)
     loss, parts = kd.loss(model, (X, Y))
     torch.testing.assert_close(loss.detach(), 0.75 * parts["ce"] + 0.25 * parts["kd"])
+
+
+def _sd_task():
+    torch.manual_seed(0)
+    teacher = create_classifier("vit_smokebase_patch7", "avg", 10)
+    return SpecificDistillation(teacher, create_classifier("vit_smokesmall_patch7", "distilled", 10))
+
+
+def test_teacher_amp_same_runs_the_teacher_under_the_runs_autocast():
+    task = _sd_task()
+    task.set_teacher_precision("same", torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = task.teacher_forward(task.teacher, X)
+        expected = task.teacher(X)
+    assert t.dtype == torch.bfloat16 and torch.equal(t, expected) and not t.requires_grad
+
+
+def test_teacher_amp_gives_the_teacher_its_own_precision_and_float32_outputs():
+    task = _sd_task()
+    with torch.no_grad():
+        fp32 = task.teacher(X)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = task.teacher(X).float()
+    assert not torch.equal(fp32, bf16)  # the two precisions are told apart below
+    task.set_teacher_precision("bf16", torch.device("cpu"))  # an fp32 student, a bf16 teacher
+    t = task.teacher_forward(task.teacher, X)
+    assert t.dtype == torch.float32 and torch.equal(t, bf16)
+    task.set_teacher_precision("none", torch.device("cpu"))  # a bf16 run, an fp32 teacher
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = task.teacher_forward(task.teacher, X)
+    assert t.dtype == torch.float32 and torch.equal(t, fp32)
+    with pytest.raises(ValueError, match="CUDA"):
+        task.set_teacher_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ["gd", "kd"])
+def test_teacher_amp_reaches_the_gd_and_kd_teachers(kind):
+    torch.manual_seed(0)
+    if kind == "gd":
+        task = _gd()
+        noise = torch.rand(4, task.model.num_patches)
+        run = lambda: task.teacher_targets(X, noise)[0]  # noqa: E731
+    else:
+        task = KnowledgeDistillation(create_classifier("vit_smokebase_patch7", "avg", 10),
+                                     create_classifier("vit_smokesmall_patch7", "avg", 10))
+        run = lambda: task.teacher_forward(task.teacher, X)  # noqa: E731
+    fp32 = run()
+    task.set_teacher_precision("bf16", torch.device("cpu"))
+    bf16 = run()
+    assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
+    torch.testing.assert_close(bf16, fp32, atol=0.1, rtol=0.05)
+    loss, _ = task.loss(task.model, (X, Y))
+    loss.backward()
+    assert torch.isfinite(loss)

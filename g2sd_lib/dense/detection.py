@@ -35,7 +35,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..losses import distill_warmup, frs_losses
-from ..tasks import freeze
+from ..tasks import TeacherForward, freeze
 from .backbone import build_vit, check_scales, dense_param_groups, rescale_layers, vit_feature_maps
 from .metrics import box_ap
 
@@ -140,7 +140,7 @@ class DetectionTraining:
         return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
 
 
-class DetectionDistillation(DetectionTraining):
+class DetectionDistillation(TeacherForward, DetectionTraining):
     """G2SD specific distillation for detection (official ``plain_distill_net.py:do_train``).
 
     ``L = L_R-CNN + w(it) (feat_weight sum_l feat_l + obj_weight sum_l obj_l)``, the FRS terms of
@@ -182,9 +182,11 @@ class DetectionDistillation(DetectionTraining):
                 self._captured[key] = output
         return hook
 
-    @torch.no_grad()
     def teacher_rpn(self, images: list[torch.Tensor]):
         """Teacher pyramid p2..p6 (N, C, H_l, W_l) and RPN objectness logits (N, A, H_l, W_l), per level."""
+        return self.teacher_forward(self._teacher_rpn, images)
+
+    def _teacher_rpn(self, images: list[torch.Tensor]):
         image_list, _ = self.teacher.transform(images)
         features = list(self.teacher.backbone(image_list.tensors).values())
         objectness, _ = self.teacher.rpn.head(features)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..losses import cwd_loss
-from ..tasks import freeze
+from ..tasks import TeacherForward, freeze
 from .backbone import build_vit, check_scales, default_out_indices, dense_param_groups, rescale_layers, vit_feature_maps
 from .metrics import confusion_matrix, iou_per_class
 
@@ -223,7 +223,7 @@ class SegmentationTraining:
         return seg_loss(model(x), masks, self.aux_weight)
 
 
-class SegmentationDistillation(SegmentationTraining):
+class SegmentationDistillation(TeacherForward, SegmentationTraining):
     """G2SD specific distillation for segmentation (official ``distill_cwd.py`` run by ``run.sh``).
 
     ``L = CE + 0.4 CE_aux + CWD(z_S, z_T)``, z = ``decode_head.conv_seg`` outputs (B, K, 4h, 4w) of
@@ -245,8 +245,7 @@ class SegmentationDistillation(SegmentationTraining):
 
     def loss(self, model, batch):
         x, masks = batch
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)["logits"]
+        teacher_logits = self.teacher_forward(self.teacher, x)["logits"]
         out = model(x)
         loss, parts = seg_loss(out, masks, self.aux_weight)
         cwd = cwd_loss(out["logits"], teacher_logits, tau=self.tau, weight=self.weight)

@@ -72,6 +72,7 @@ class Train(Section):
     betas: Annotated[list[Rate], Len(2, 2)] = [0.9, 0.999]
     accum_steps: Count = 1
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    teacher_amp: Literal["same", "auto", "bf16", "fp16", "none"] = "same"
     device: Str = "auto"
     seed: Int = 0
     save_every: Count = 1
