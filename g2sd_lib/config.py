@@ -141,8 +141,11 @@ def budget(params: dict) -> dict:
         out = {}
         for run in section:
             if run != "common":
-                epochs = deep_merge(section.get("common", {}), section[run]).get("train", {}).get("epochs")
-                out[run] = {"epochs": epochs, "images_seen": epochs * n}
+                cfg = deep_merge(section.get("common", {}), section[run])
+                epochs = cfg.get("train", {}).get("epochs")
+                # a run's own data section (e.g. students.common.data.train_subset) sets its images per epoch
+                per_epoch = train_images({"data": deep_merge(params["data"], cfg.get("data", {}))})
+                out[run] = {"epochs": epochs, "images_seen": epochs * per_epoch}
         return out
 
     out = {"train_images_per_epoch": n, "seeds": list(params["seeds"]), "teacher_mode": params["teacher"]["mode"],

@@ -118,3 +118,13 @@ def test_the_committed_profiles_page_is_what_the_committed_summaries_give(tmp_pa
     for ext in (".md", ".csv", ".tex"):
         committed = (root / "reports/tables/profiles").with_suffix(ext).read_text()
         assert committed == (tmp_path / "tables/profiles").with_suffix(ext).read_text().replace(str(root / "reports"), "reports")
+
+
+def test_the_budget_counts_a_runs_own_training_subset():
+    from g2sd_lib.config import budget, budget_text
+    from g2sd_lib.profiles import load_profile
+    params = load_profile("fmnist")
+    params["students"]["common"]["data"] = {"train_subset": 20000}
+    b = budget(params)
+    assert b["students"]["g2sd"]["images_seen"] == 2 * 20000 and b["pretrain"]["gd"]["images_seen"] == 4 * 55000
+    assert "SD / fine-tuning 2 epochs (40 000 images)" in budget_text(b)
