@@ -11,20 +11,24 @@ here, tried on the CPU first with ``--dry`` (the same code, a few images and one
   schedule and at twice it (the convergence check: doubling moves validation top-1 by < 0.3 points).
   The best variant on validation is bundled there and then (``bundle_teacher``: float16 MAE +
   classifier and their model card, under ``teachers/`` in the archive), so the teacher comes back
-  even when the session has no time left for more;
+  even when the session has no time left for more. Alongside too, the ``fmnist`` profile's own
+  (patch 7) teacher architecture is trained by the ``gpu`` profile's long teacher recipe and bundled
+  as ``teachers/fmnist_long_*``: the stronger teacher the CPU default can afford (the ``gpu`` teacher
+  costs it 5 x per image, benchmarks/candidates/README.md);
 * ``dense``: one epoch of each dense teacher from the sweep's MAE at two batch sizes (seconds per
   epoch, to size the dense schedules, which the sweep does not train);
 * ``repro``: the `gpu` profile through DVC, its independent stages at once (``python -m g2sd_lib.repro
   gpu``: ``concurrent_stages`` of them, each training ``concurrent_runs`` seeds at once), timed per stage.
 
-Everything it writes goes under ``--out`` (``$OUT`` on the device), and ``--pack`` keeps one archive
-``gpu_session.tar.gz`` there (the device returns at most 8 files), renewed every minute and after
-each step, so a call cut off at its time limit still returns what was done. ``--deadline-min`` stops
+Everything it writes goes under ``--out`` (a working directory), and ``--pack-to`` (``$OUT`` on the
+device, which returns at most 8 files of 16 MiB, no more than 2 folders down) keeps archives there:
+``gpu_session.tar.gz`` and one ``teachers_<prefix>.tar.gz`` per bundled teacher, renewed every minute
+and after each step, so a call cut off at its time limit still returns what was done. ``--deadline-min`` stops
 the work (and packs) before the device's own limit kills it. ``cpu_util.csv`` samples the CPU load
 every 5 s and, on a GPU, ``gpu_util.csv`` ``nvidia-smi`` every 2 s::
 
     python benchmarks/gpu_session.py --dry --out /tmp/gs sweep dense bench   # CPU dry run, minutes
-    python benchmarks/gpu_session.py --out "$OUT" --pack --deadline-min 8 sweep dense bench   # on the GPU
+    python benchmarks/gpu_session.py --out /tmp/gs --pack-to "$OUT" --deadline-min 8 sweep dense bench   # on the GPU
 
 ``benchmarks/gpu_session.sh`` prepares the device (wheels, data) and calls this.
 """
@@ -40,7 +44,7 @@ import sys
 import tarfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,14 +66,18 @@ TEACHER_VARIANTS = {
 
 
 # every training process started here, so a stopped session can end them (launch_all ends its own
-# when it is interrupted, but not those of a launch_all running in another thread); main() installs it
-_children = []
+# when it is interrupted, but not those of a launch_all running in another thread); main() installs it.
+# Once the session stops, no new one starts, and the threads' work (the scratch runs, the twin
+# teacher) gets a short grace before the last pack.
+_children, _helpers, _stopping = [], [], threading.Event()
 
 
 def _track_children() -> None:
     start = stages._start
 
     def tracked(*args, **kwargs):
+        if _stopping.is_set():
+            raise RuntimeError("the GPU session is stopping: no new training process")
         started = start(*args, **kwargs)
         _children.append(started[0])
         return started
@@ -118,6 +126,35 @@ def sweep_configs(params: dict, root: Path) -> tuple[list[str], list[dict]]:
     return names, cfgs
 
 
+def twin_params(dry: bool) -> dict:
+    """The ``fmnist`` profile with the ``gpu`` profile's teacher schedules (pretraining and fine-tuning
+    epochs, batches, learning rates, precision, compile): its patch-7 teacher trained to convergence."""
+    params, gpu = load_profile("fmnist"), load_profile("gpu")
+    params["teacher"]["mode"] = "train"
+    for step in ("pretrain", "finetune"):
+        params["teacher"][step]["train"] = copy.deepcopy(gpu["teacher"][step]["train"])
+    params["data"]["eval_batch_size"] = gpu["data"]["eval_batch_size"]
+    return shrink(params) if dry else params
+
+
+def twin(out: Path, dry: bool) -> dict:
+    """The CPU default's teacher architecture by the long recipe (``twin_params``), bundled as
+    ``teachers/fmnist_long_*`` with its card; the same steps as the teacher stage's ``train`` mode."""
+    params, root = twin_params(dry), out / "sweep_twin"
+    paths, t0 = config.teacher_paths(root), time.perf_counter()
+    for step, key in (("pretrain", "gd"), ("finetune", "sd")):
+        cfg = config.teacher_stage_config(params, step, root)
+        log(f"twin: fmnist teacher {step}, {cfg['train']['epochs']} epochs")
+        (history,) = launch_all([cfg], names=[f"twin {step}"])
+        _copy_saved(Path(cfg["out_dir"]) / "model.safetensors", paths[key])
+    notes = ["the `fmnist` profile's teacher architecture trained by the `gpu` profile's teacher schedules "
+             "(benchmarks/gpu_session.py twin_params), alongside the `gpu` teacher's sweep on the same GPU"]
+    bundled = bundle_teacher(params, root, out / "teachers", prefix="fmnist_long", notes=notes)
+    log(f"twin: bundled, val top-1 {history[-1].get('val_top1', 0):.4f}, test top-1 {bundled['test']['top1']:.4f}")
+    return {"val_top1": history[-1].get("val_top1"), "test_top1": bundled["test"]["top1"],
+            "files": bundled["files"], "minutes": (time.perf_counter() - t0) / 60}
+
+
 def sweep(out: Path, dry: bool, concurrent: int) -> dict:
     params = load_profile("gpu")
     params = shrink(params) if dry else params
@@ -128,9 +165,12 @@ def sweep(out: Path, dry: bool, concurrent: int) -> dict:
     teachers = [n for n in names if n.startswith("teacher")]
     result = {"dry": dry, "minutes": {}, "runs": {}}
     t0 = time.perf_counter()
-    # the students from scratch need no teacher: they train alongside the teacher's MAE pretraining
-    pool = ThreadPoolExecutor(1)
+    # the students from scratch need no teacher: they train alongside the teacher's MAE pretraining,
+    # and so does the CPU default's twin teacher
+    pool = ThreadPoolExecutor(2)
     alongside = pool.submit(launch_all, [runs[n] for n in scratch], 1, concurrent, names=scratch)
+    twin_run = pool.submit(twin, out, dry)
+    _helpers.extend([alongside, twin_run])
     pool.shutdown(wait=False)
     pre = config.teacher_stage_config(params, "pretrain", root)
     log(f"sweep: teacher MAE pretraining, {pre['train']['epochs']} epochs; {', '.join(scratch)} alongside")
@@ -150,9 +190,11 @@ def sweep(out: Path, dry: bool, concurrent: int) -> dict:
         result["runs"][name] = _summary(runs[name], history, None)
     x1, x2 = (result["runs"][n]["val_top1"] for n in scratch)
     result["scratch_doubling_gain_points"] = 100 * (x2 - x1)
-    result["minutes"]["total"] = (time.perf_counter() - t0) / 60
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
     log(f"sweep: scratch x2 - x1 = {result['scratch_doubling_gain_points']:+.2f} points of validation top-1")
+    result["fmnist_long_teacher"] = twin_run.result()
+    result["minutes"]["total"] = (time.perf_counter() - t0) / 60
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -218,21 +260,45 @@ def repro(out: Path, dry: bool) -> None:
         subprocess.run(["cp", "-r", str(REPO / rel), str(out / "repro")], check=False)
 
 
-def pack(out: Path) -> Path:
-    """``out`` into ``out/gpu_session.tar.gz``, replaced atomically (a cut-off call keeps the last one):
-    histories, metrics, logs, reports and the bundled teacher; no training checkpoints."""
-    archive, partial = out / "gpu_session.tar.gz", out / "gpu_session.partial"
-    with tarfile.open(partial, "w:gz") as tar:
-        for path in sorted(out.rglob("*")):
-            rel = path.relative_to(out)
-            wanted = path.suffix not in (".pt", ".safetensors") or rel.parts[0] == "teachers"
-            if path.is_file() and path not in (archive, partial) and wanted:
+MIB16 = 16 * 1024 * 1024  # the device returns files from $OUT up to 16 MiB each, at most 8 of them
+
+
+def _bundles(out: Path) -> dict:
+    """``{prefix: its files}`` for each teacher bundled under ``out/teachers`` (card ``<prefix>.md``)."""
+    teachers = out / "teachers"
+    return {card.stem: [card, *(teachers / f"{card.stem}_{role}{ext}" for role in ("mae", "classifier")
+                                for ext in (".safetensors", ".json"))]
+            for card in sorted(teachers.glob("*.md"))}
+
+
+def pack(out: Path, dest: Path) -> list[Path]:
+    """``out`` into archives in ``dest`` ($OUT on the device, which returns at most 8 files of 16 MiB,
+    no more than 2 folders down; so the work itself lives elsewhere): ``gpu_session.tar.gz`` with the
+    histories, metrics, logs and reports (no training checkpoints, no bundles) and one
+    ``teachers_<prefix>.tar.gz`` per bundled teacher (9 MB for ``gpu``). Each is replaced atomically,
+    so a call cut off at its limit keeps the last ones."""
+    bundles = _bundles(out)
+    in_bundle = {f for files in bundles.values() for f in files}
+    groups = {"gpu_session": [f for f in sorted(out.rglob("*")) if f.is_file() and f not in in_bundle
+                              and f.suffix not in (".pt", ".safetensors", ".partial")
+                              and not f.name.endswith(".tar.gz")]}
+    groups.update({f"teachers_{prefix}": [f for f in files if f.exists()] for prefix, files in bundles.items()})
+    dest.mkdir(parents=True, exist_ok=True)
+    archives = []
+    for name, files in groups.items():
+        archive, partial = dest / f"{name}.tar.gz", dest / f"{name}.partial"
+        with tarfile.open(partial, "w:gz") as tar:
+            for path in files:
                 try:
-                    tar.add(path, arcname=str(rel))
+                    tar.add(path, arcname=str(path.relative_to(out)))
                 except OSError:  # a file a run replaced meanwhile: the next pack has it
                     pass
-    os.replace(partial, archive)
-    return archive
+        os.replace(partial, archive)
+        if archive.stat().st_size > MIB16:
+            log(f"WARNING: {archive.name} is {archive.stat().st_size / 2**20:.1f} MiB, over the 16 MiB the device "
+                "returns: it will not come back")
+        archives.append(archive)
+    return archives
 
 
 def _every(seconds: float, fn, stop: threading.Event) -> threading.Thread:
@@ -260,10 +326,10 @@ def _cpu_sampler(path: Path, t0: float):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("steps", nargs="+", choices=["sweep", "dense", "bench", "repro"])
-    p.add_argument("--out", type=Path, required=True, help="results directory ($OUT on the device)")
+    p.add_argument("--out", type=Path, required=True, help="working directory (runs, histories, bundles)")
     p.add_argument("--dry", action="store_true", help="shrunk, for a CPU dry run of the exact steps")
     p.add_argument("--concurrent", type=int, default=6, help="runs trained at once in the sweep (default 6)")
-    p.add_argument("--pack", action="store_true", help="keep --out packed in one gpu_session.tar.gz inside it")
+    p.add_argument("--pack-to", type=Path, help="keep --out packed in archives there ($OUT on the device)")
     p.add_argument("--deadline-min", type=float, help="stop (and pack) after this many minutes")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -277,8 +343,8 @@ def main(argv=None) -> None:
         deadline.start()
     _track_children()
     stop = threading.Event()
-    if args.pack:
-        _every(60, lambda: pack(args.out), stop)
+    if args.pack_to:
+        _every(60, lambda: pack(args.out, args.pack_to), stop)
     smi = None
     if shutil.which("nvidia-smi"):
         with open(args.out / "gpu_util.csv", "w") as f:
@@ -291,20 +357,22 @@ def main(argv=None) -> None:
             {"bench": lambda: bench(args.out, args.dry), "sweep": lambda: sweep(args.out, args.dry, args.concurrent),
              "dense": lambda: dense(args.out, args.dry), "repro": lambda: repro(args.out, args.dry)}[step]()
             log(f"{step}: {(time.perf_counter() - s0) / 60:.1f} min")
-            if args.pack:
-                pack(args.out)
+            if args.pack_to:
+                pack(args.out, args.pack_to)
     finally:
         deadline.cancel()
         stop.set()
+        _stopping.set()
         for proc in _children:  # runs a thread started (the sweep's scratch runs), when it was cut short
             if proc.poll() is None:
                 proc.terminate()
         if smi is not None:
             smi.terminate()
+        wait(_helpers, timeout=30)  # e.g. a bundle being written in a helper thread
         log(f"total {(time.perf_counter() - t0) / 60:.1f} min")
-        if args.pack:
-            archive = pack(args.out)
-            log(f"packed {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+        if args.pack_to:
+            for archive in pack(args.out, args.pack_to):
+                log(f"packed {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

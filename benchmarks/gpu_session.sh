@@ -13,9 +13,10 @@
 #   bash benchmarks/gpu_session.sh run --deadline-min 8 sweep dense bench      (first session: the teacher)
 #   bash benchmarks/gpu_session.sh run --deadline-min 8 repro            (once the teacher is bundled)
 #     installs the wheels into /tmp/site, unpacks the data, makes the tree a git repository (DVC
-#     needs one), then runs benchmarks/gpu_session.py ARGS --out $OUT --pack: one archive
-#     $OUT/gpu_session.tar.gz comes back, renewed every minute (histories, metrics, logs, reports,
-#     the bundled teacher; no training checkpoints), so a call cut off at its limit still returns it.
+#     needs one), then runs benchmarks/gpu_session.py ARGS --out /tmp/gpu_session --pack-to $OUT: only
+#     archives go to $OUT (the device returns at most 8 files of 16 MiB): gpu_session.tar.gz (histories,
+#     metrics, logs, reports; no training checkpoints) and teachers_<prefix>.tar.gz per bundled teacher,
+#     renewed every minute, so a call cut off at its limit still returns them.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -38,7 +39,8 @@ prepare)
     [ $(( tracked + carried )) -lt $(( 64 * 1048576 )) ] || { echo "over 64 MiB: carry less"; exit 1; }
     ;;
 dry)
-    .venv/bin/python benchmarks/gpu_session.py --dry --out "${OUT:-/tmp/gpu_session_dry}" --pack --concurrent 3 "$@"
+    dest="${OUT:-/tmp/gpu_session_dry}"
+    .venv/bin/python benchmarks/gpu_session.py --dry --out "$dest/work" --pack-to "$dest" --concurrent 3 "$@"
     ;;
 run)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -58,7 +60,7 @@ run)
         fi
     fi
     nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv || true
-    python3 benchmarks/gpu_session.py --out "${OUT:?set OUT to the results folder}" --pack "$@"
+    python3 benchmarks/gpu_session.py --out /tmp/gpu_session --pack-to "${OUT:?set OUT to the results folder}" "$@"
     ;;
 *)
     echo "unknown mode $mode: prepare | dry | run" >&2; exit 2 ;;

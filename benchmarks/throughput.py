@@ -275,7 +275,8 @@ def markdown(result: dict) -> str:
     lines = [f"torch {env['torch']}, timm {env['timm']}, {where}, native bf16: {'yes' if env['native_bf16'] else 'no'}",
              "matmul peak: " + ", ".join(f"{k} {v['flops'] / 1e9:.1f} GFLOP/s (n={v['n']})" for k, v in peak.items()),
              FLOPS_NOTE, "",
-             "| config | kind | precision | teacher | compile | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |",
+             "| config | kind | precision | teacher | compile | batch | img/s | train GFLOP/img | GFLOP/s "
+             "| % of peak |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["results"]:
         lines.append(f"| {r['config']} | {r['kind']} | {r['precision']} | {r.get('teacher_amp', 'same')} | "

@@ -156,10 +156,40 @@ def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
             schema.validate_stage(cfg)
         x1, x2 = cfgs[-2:]
         assert x2["train"]["epochs"] == 2 * x1["train"]["epochs"] and x1["kind"] == "finetune"
+    twin = session.twin_params(dry=False)  # the CPU default's teacher by the gpu teacher's schedules
+    fmnist, gpu = load_profile("fmnist"), load_profile("gpu")
+    for step in ("pretrain", "finetune"):
+        cfg = config.teacher_stage_config(twin, step, tmp_path)
+        schema.validate_stage(cfg)
+        assert cfg["model"] == fmnist["teacher"][step]["model"] and cfg["train"] == gpu["teacher"][step]["train"]
     shrunk = shrink(load_profile("gpu"))
     for task in ("segmentation", "detection"):  # every dense run of the dry run takes one epoch too
         for run, seed in (("teacher", None), ("g2sd", 0)):
             assert config.dense_stage_config(shrunk, task, run, tmp_path, seed=seed)["train"]["epochs"] == 1
+
+
+def test_the_gpu_session_returns_only_archives_each_bundle_apart(tmp_path):
+    """The device returns at most 8 files of 16 MiB from $OUT: the work stays in --out, only archives go
+    to --pack-to, training checkpoints stay out, and each bundled teacher travels in its own archive."""
+    import tarfile
+    session = _gpu_session()
+    work, dest = tmp_path / "work", tmp_path / "OUT"
+    for rel in ("sweep.json", "sweep/scratch/x1/history.json", "sweep/scratch/x1/last.pt",
+                "sweep/teacher/mae.safetensors", "teachers/gpu.md", "teachers/gpu_mae.safetensors",
+                "teachers/gpu_mae.json", "teachers/gpu_classifier.safetensors", "teachers/gpu_classifier.json",
+                "teachers/fmnist_long.md", "teachers/fmnist_long_mae.safetensors"):
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text(rel)
+    archives = session.pack(work, dest)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in archives) == [
+        "gpu_session.tar.gz", "teachers_fmnist_long.tar.gz", "teachers_gpu.tar.gz"]
+    names = {p.name: sorted(tarfile.open(p).getnames()) for p in archives}
+    assert names["gpu_session.tar.gz"] == ["sweep.json", "sweep/scratch/x1/history.json"]
+    assert names["teachers_gpu.tar.gz"] == sorted(f"teachers/gpu{f}" for f in (
+        ".md", "_mae.safetensors", "_mae.json", "_classifier.safetensors", "_classifier.json"))
+    assert names["teachers_fmnist_long.tar.gz"] == ["teachers/fmnist_long.md", "teachers/fmnist_long_mae.safetensors"]
+    session.pack(work, dest)  # repacking replaces them
+    assert len(list(dest.iterdir())) == 3
 
 
 def test_runs_at_once_share_the_cpu_threads_on_a_gpu_and_keep_them_on_a_cpu(monkeypatch):
