@@ -18,9 +18,12 @@ def test_params_yaml_lists_the_committed_profiles_the_default_first():
     assert enabled_profiles(REPO / "params.yaml")[0] == "fmnist"
 
 
-@pytest.mark.parametrize("name", PROFILES)
+CANDIDATE = REPO / "benchmarks" / "candidates" / "fmnist_patch4.yaml"
+
+
+@pytest.mark.parametrize("name", [*PROFILES, "candidate"])
 def test_every_value_is_commented(name):
-    lines = profile_path(name).read_text().splitlines()
+    lines = (CANDIDATE if name == "candidate" else profile_path(name)).read_text().splitlines()
     depth = 0  # inside a flow mapping spread over several lines, the comment is on its first line
     for i, line in enumerate(lines):
         code = line.split("#")[0]
@@ -74,3 +77,23 @@ def test_complete_and_the_pipeline_profiles(tmp_path):
     for bad in (lambda: load_profile("huge"), lambda: enable("huge", params)):
         with pytest.raises(ValueError, match="unknown profile"):
             bad()
+
+
+def test_the_measured_cpu_default_candidate_stays_a_valid_profile_with_the_gpu_profiles_models():
+    """benchmarks/candidates/fmnist_patch4.yaml is what was timed as the CPU default with the gpu
+    profile's models (benchmarks/candidates/README.md): it must stay runnable to repeat the measurement."""
+    import yaml
+
+    from g2sd_lib.schema import validate_params
+    cand, gpu = yaml.safe_load(CANDIDATE.read_text()), load_profile("gpu")
+    validate_params(cand, source=str(CANDIDATE))
+    assert cand["profile"] == "fmnist" and cand["students"]["common"]["data"] == {"train_subset": 20000}
+
+    def models(p):
+        return ([p["teacher"][s]["model"] for s in ("pretrain", "finetune")]
+                + [p["pretrain"][r]["model"] for r in PRETRAIN_RUNS] + [p["students"]["common"]["model"]]
+                + [p["dense"][t][k] for t in ("segmentation", "detection") for k in ("teacher_model", "student_model")])
+    assert models(cand) == models(gpu)
+    for group, runs in (("pretrain", PRETRAIN_RUNS), ("students", STUDENT_RUNS)):
+        for r in runs:
+            TrainConfig(out_dir="x", **stage_config(cand, group, r, seed=0)["train"]).validate()
