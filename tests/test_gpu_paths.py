@@ -177,17 +177,17 @@ def test_the_gpu_session_returns_only_archives_each_bundle_apart(tmp_path):
     for rel in ("sweep.json", "sweep/scratch/x1/history.json", "sweep/scratch/x1/last.pt",
                 "sweep/teacher/mae.safetensors", "teachers/gpu.md", "teachers/gpu_mae.safetensors",
                 "teachers/gpu_mae.json", "teachers/gpu_classifier.safetensors", "teachers/gpu_classifier.json",
-                "teachers/fmnist_long.md", "teachers/fmnist_long_mae.safetensors"):
+                "teachers/fmnist.md", "teachers/fmnist_mae.safetensors"):
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text(rel)
     archives = session.pack(work, dest)
     assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in archives) == [
-        "gpu_session.tar.gz", "teachers_fmnist_long.tar.gz", "teachers_gpu.tar.gz"]
+        "gpu_session.tar.gz", "teachers_fmnist.tar.gz", "teachers_gpu.tar.gz"]
     names = {p.name: sorted(tarfile.open(p).getnames()) for p in archives}
     assert names["gpu_session.tar.gz"] == ["sweep.json", "sweep/scratch/x1/history.json"]
     assert names["teachers_gpu.tar.gz"] == sorted(f"teachers/gpu{f}" for f in (
         ".md", "_mae.safetensors", "_mae.json", "_classifier.safetensors", "_classifier.json"))
-    assert names["teachers_fmnist_long.tar.gz"] == ["teachers/fmnist_long.md", "teachers/fmnist_long_mae.safetensors"]
+    assert names["teachers_fmnist.tar.gz"] == ["teachers/fmnist.md", "teachers/fmnist_mae.safetensors"]
     session.pack(work, dest)  # repacking replaces them
     assert len(list(dest.iterdir())) == 3
 
