@@ -13,8 +13,8 @@ here, tried on the CPU first with ``--dry`` (the same code, a few images and one
   classifier and their model card, under ``teachers/`` in the archive), so the teacher comes back
   even when the session has no time left for more. Alongside too, the ``fmnist`` profile's own
   (patch 7) teacher architecture is trained by the ``gpu`` profile's long teacher recipe and bundled
-  as ``teachers/fmnist_*`` (a drop-in for the bundle the CPU default has): the stronger teacher it can afford (the ``gpu`` teacher
-  costs it 5 x per image, benchmarks/candidates/README.md);
+  as ``teachers/fmnist_*`` (a drop-in for the bundle the CPU default has): the stronger teacher it
+  can afford (the ``gpu`` teacher costs it 5 x per image, benchmarks/candidates/README.md);
 * ``dense``: one epoch of each dense teacher from the sweep's MAE at two batch sizes (seconds per
   epoch, to size the dense schedules, which the sweep does not train);
 * ``repro``: the `gpu` profile through DVC, its independent stages at once (``python -m g2sd_lib.repro
