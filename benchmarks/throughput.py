@@ -35,7 +35,7 @@ import timm
 import torch
 
 from g2sd_lib import data
-from g2sd_lib.device import AMP_MODES, COMPILE_MODES, autocast_dtype, compiled_loss
+from g2sd_lib.device import COMPILE_MODES, TEACHER_AMP_MODES, autocast_dtype, compiled_loss
 from g2sd_lib.evaluate import flops_per_image
 from g2sd_lib.models import create_classifier, create_mae, create_student, mae_kwargs
 from g2sd_lib.profiles import load_profile
@@ -301,7 +301,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"],
                    help="torch.compile modes of the step to measure (default: none = eager)")
-    p.add_argument("--teacher-amp", nargs="+", choices=("same", *AMP_MODES), default=["same"],
+    p.add_argument("--teacher-amp", nargs="+", choices=TEACHER_AMP_MODES, default=["same"],
                    help="precisions of the frozen teacher's forward in gd / sd (TrainConfig.teacher_amp; default: "
                         "same = the step's own)")
     p.add_argument("--peak-n", nargs="+", type=int, help="matrix sizes of the matmul peak measurement "

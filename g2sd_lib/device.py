@@ -15,6 +15,7 @@ import torch.distributed as dist
 from .errors import NonFiniteLossError
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+TEACHER_AMP_MODES = ("same", *AMP_MODES)  # train.teacher_amp: same = the run's own autocast
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 # On CUDA the host reads the losses back (a synchronisation) every this many steps, not every step,
 # so that the CPU queues the next steps while the GPU works; on CPU it reads them every step.

@@ -31,8 +31,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoints import load_training_state, save_model, save_training_state
-from .device import (AMP_MODES, COMPILE_MODES, all_reduce_mean, autocast_dtype, compiled_loss, host_sync_every,
-                     read_back, resolve_device, world_info)
+from .device import (AMP_MODES, COMPILE_MODES, TEACHER_AMP_MODES, all_reduce_mean, autocast_dtype, compiled_loss,
+                     host_sync_every, read_back, resolve_device, world_info)
 from .errors import ResumeMismatchError, check_writable
 from .optim import lr_at, scaled_lr, set_lr
 from .results import write_run_history
@@ -79,8 +79,8 @@ class TrainConfig:
             errors.append(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.amp not in AMP_MODES:
             errors.append(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.teacher_amp not in ("same", *AMP_MODES):
-            errors.append(f"teacher_amp must be one of {('same', *AMP_MODES)}, got {self.teacher_amp!r}")
+        if self.teacher_amp not in TEACHER_AMP_MODES:
+            errors.append(f"teacher_amp must be one of {TEACHER_AMP_MODES}, got {self.teacher_amp!r}")
         if self.compile not in COMPILE_MODES:
             errors.append(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if errors:
