@@ -62,7 +62,8 @@ class _Stage:
 
     def __init__(self, name: str, dvc: str, cwd, jobs: int):
         self.name, self.lines, self.start = name, [], time.time()
-        env = {**os.environ, "G2SD_CONCURRENT_STAGES": str(jobs)}  # the runs share the CPU cores (stages._run_env)
+        # each stage's processes take their share of the CPU cores (g2sd_lib.device.cpu_threads)
+        env = {**os.environ, "G2SD_CONCURRENT_STAGES": str(jobs)}
         self.proc = subprocess.Popen([dvc, "repro", "--single-item", name], cwd=cwd, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         self.reader = threading.Thread(target=self._echo, daemon=True)

@@ -35,7 +35,7 @@ import yaml
 
 from . import checkpoints, data, schema, tasks
 from .config import DENSE_TASKS, EVAL_BATCH_SIZE
-from .device import init_distributed, resolve_device, world_info
+from .device import cpu_threads, init_distributed, resolve_device, world_info
 from .engine import TrainConfig, train
 from .errors import UserError, run_main
 from .evaluate import classification_report
@@ -214,15 +214,13 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
 
 
 def _run_env(concurrent: int) -> dict:
-    """The environment of a run trained next to ``concurrent - 1`` others. On a GPU each run is bound by
-    launching kernels and needs few CPU threads, so, as torchrun does for its workers, the CPU threads
-    (``OMP_NUM_THREADS``, unless set) are the cores shared among every run at once: these and, under
-    ``python -m g2sd_lib.repro``, those of the other stages (``G2SD_CONCURRENT_STAGES``). On a CPU the
-    runs keep torch's default, so that they compute exactly as one run alone."""
+    """The environment of a run trained next to ``concurrent - 1`` others: its CPU threads
+    (``OMP_NUM_THREADS``) are its share of the cores among every run at once, these and, under
+    ``python -m g2sd_lib.repro``, those of the other stages (:func:`g2sd_lib.device.cpu_threads`)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if "OMP_NUM_THREADS" not in env and torch.cuda.is_available():
-        sharing = concurrent * max(1, int(env.get("G2SD_CONCURRENT_STAGES", "1")))
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // sharing))
+    threads = cpu_threads(env, concurrent)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 

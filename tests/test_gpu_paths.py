@@ -3,11 +3,14 @@ back to the default mode), batches built on the training device, several runs at
 whole `gpu` profile shrunk (its models, its recipe kinds, every stage kind, dense included)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from g2sd_lib import checkpoints, config, data, engine, stages
+from g2sd_lib import checkpoints, config, data, device, engine, stages
 from g2sd_lib.dense import stages as dense_stages
 from g2sd_lib.engine import TrainConfig, train
 from g2sd_lib.errors import UserError
@@ -192,17 +195,30 @@ def test_the_gpu_session_returns_only_archives_each_bundle_apart(tmp_path):
     assert len(list(dest.iterdir())) == 3
 
 
-def test_runs_at_once_share_the_cpu_threads_on_a_gpu_and_keep_them_on_a_cpu(monkeypatch):
-    """On a GPU, each of the runs trained at once (seeds of a stage, stages under g2sd_lib.repro) gets
-    the cores divided among all of them, as torchrun caps its workers; on a CPU nothing changes."""
+def test_processes_at_once_share_the_cpu_cores(monkeypatch):
+    """Each of the runs trained at once (seeds of a stage, stages under g2sd_lib.repro) gets the cores
+    divided among all of them, as torchrun caps its workers, on a GPU machine and on a CPU alike."""
+    env = {}
+    assert device.cpu_threads(env, 1, cores=16) is None  # one process: torch's default
+    assert device.cpu_threads(env, 3, cores=16) == 5
+    assert device.cpu_threads({"G2SD_CONCURRENT_STAGES": "4"}, 3, cores=16) == 1  # 4 stages x 3 runs
+    assert device.cpu_threads({"G2SD_CONCURRENT_STAGES": "2"}, 1, cores=2) == 1  # fmnist on 2 cores
+    assert device.cpu_threads({"G2SD_CONCURRENT_STAGES": "4"}, 3, cores=2) == 1  # never below 1
+    assert device.cpu_threads({"OMP_NUM_THREADS": "7", "G2SD_CONCURRENT_STAGES": "4"}, 3, cores=16) is None
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("G2SD_CONCURRENT_STAGES", raising=False)
-    monkeypatch.setattr(stages.os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(stages.torch.cuda, "is_available", lambda: False)
-    assert "OMP_NUM_THREADS" not in stages._run_env(3)  # the CPU fallback: the runs compute as one alone
-    monkeypatch.setattr(stages.torch.cuda, "is_available", lambda: True)
-    assert stages._run_env(3)["OMP_NUM_THREADS"] == "5"
-    monkeypatch.setenv("G2SD_CONCURRENT_STAGES", "4")  # 4 stages x 3 runs on 16 cores
-    assert stages._run_env(3)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("G2SD_CONCURRENT_STAGES", "2")
+    assert stages._run_env(1)["OMP_NUM_THREADS"] == str(device.cpu_threads({"G2SD_CONCURRENT_STAGES": "2"}))
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's setting wins
     assert stages._run_env(3)["OMP_NUM_THREADS"] == "7"
+
+
+def test_a_stage_started_among_others_takes_its_share_of_the_threads():
+    """``import g2sd_lib`` in a process g2sd_lib.repro started next to another stage caps torch's threads."""
+    def threads(code, **extra):
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "G2SD_CONCURRENT_STAGES")}
+        out = subprocess.run([sys.executable, "-c", f"{code}; print(torch.get_num_threads())"],
+                             env={**env, **extra}, capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    assert threads("import torch, g2sd_lib", G2SD_CONCURRENT_STAGES="64") == 1
+    assert threads("import torch, g2sd_lib") == threads("import torch")  # alone: torch's default, untouched
