@@ -6,6 +6,15 @@ whole process tree (dvc, papermill, kernels, torchrun workers) every 0.2 s. Prin
 table and, with --json, writes the measurements.
 
     python benchmarks/pipeline_time.py --json benchmarks/results/pipeline_fmnist.json
+
+With ``--jobs N`` (N > 1) it runs the stages as ``make repro`` does for a profile whose
+``concurrent_stages`` is N: ``python -m g2sd_lib.repro PROFILE --jobs N --targets ...``, N
+independent stages at once. Each stage's start and end then come from that command's own record,
+the stages overlap (their minutes add up to more than the total), and the memory is the peak of
+the whole tree only.
+
+    python benchmarks/pipeline_time.py --jobs 2 --profile fmnist --json benchmarks/results/pipeline_fmnist.json \
+        report@fmnist explore@fmnist entry
 """
 
 import argparse
@@ -14,6 +23,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,9 +44,11 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def measure(dvc_args: list[str], dvc: str) -> dict:
+def measure(cmd: list[str], record: Path | None = None) -> dict:
+    """Run ``cmd`` and time its stages: from consecutive "Running stage" lines, or from ``record``
+    (the ``--json`` that ``python -m g2sd_lib.repro`` writes) when given."""
     start = time.time()
-    proc = subprocess.Popen([dvc, "repro", *dvc_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
     peak = {"total": 0, "stage": {}}
     current = {"stage": None}
@@ -46,7 +58,7 @@ def measure(dvc_args: list[str], dvc: str) -> dict:
         while not done.is_set():
             rss = _tree_rss(ps)
             peak["total"] = max(peak["total"], rss)
-            if current["stage"]:
+            if current["stage"] and record is None:
                 peak["stage"][current["stage"]] = max(peak["stage"].get(current["stage"], 0), rss)
             time.sleep(0.2)
 
@@ -62,7 +74,13 @@ def measure(dvc_args: list[str], dvc: str) -> dict:
     end = time.time()
     done.set()
     stages = []
-    for i, (name, t0) in enumerate(starts):
+    if record is not None:
+        ran = json.loads(record.read_text())["stages"] if record.exists() else {}
+        for name, _ in starts:  # the stages that ran, in the order they started
+            t = ran.get(name, {})
+            stages.append({"stage": name, "start_seconds": t.get("start"), "seconds": t.get("seconds"),
+                           "peak_rss_mb": None})
+    for i, (name, t0) in enumerate(starts if record is None else []):
         t1 = starts[i + 1][1] if i + 1 < len(starts) else end
         stages.append({"stage": name, "seconds": t1 - t0, "peak_rss_mb": peak["stage"].get(name, 0) / 2**20})
     return {"returncode": proc.returncode, "total_seconds": end - start, "peak_rss_mb": peak["total"] / 2**20,
@@ -72,16 +90,30 @@ def measure(dvc_args: list[str], dvc: str) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the measurements here")
+    parser.add_argument("--jobs", type=int, default=1, help="stages at once, through g2sd_lib.repro (default 1: dvc repro)")
+    parser.add_argument("--profile", help="the profile g2sd_lib.repro reads (needed with --jobs > 1)")
     args, dvc_args = parser.parse_known_args(argv)
-    dvc = str(Path(sys.executable).with_name("dvc"))
-    result = measure(dvc_args, dvc)
+    if args.jobs > 1:
+        if not args.profile or not dvc_args:
+            parser.error("--jobs > 1 needs --profile and the target stages (e.g. report@fmnist explore@fmnist entry)")
+        record = Path(tempfile.mkdtemp()) / "repro.json"
+        cmd = [sys.executable, "-m", "g2sd_lib.repro", args.profile, "--jobs", str(args.jobs), "--targets",
+               *dvc_args, "--json", str(record)]
+        shown = " ".join(["python -m g2sd_lib.repro", *cmd[3:-2]])
+    else:
+        record, cmd = None, [str(Path(sys.executable).with_name("dvc")), "repro", *dvc_args]
+        shown = " ".join(["dvc repro", *dvc_args])
+    result = measure(cmd, record)
     params = yaml.safe_load(Path("params.yaml").read_text())
-    result.update(profile=params.get("profile"), machine=f"{platform.processor() or platform.machine()}, "
+    result.update(profile=args.profile or params.get("profile"), jobs=args.jobs,
+                  machine=f"{platform.processor() or platform.machine()}, "
                   f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-                  date=time.strftime("%Y-%m-%d"), command=" ".join(["dvc repro", *dvc_args]))
+                  date=time.strftime("%Y-%m-%d"), command=shown)
     print("\n| stage | wall time | peak RSS (process tree) |\n|---|---|---|")
     for s in result["stages"]:
-        print(f"| {s['stage']} | {s['seconds'] / 60:.1f} min | {s['peak_rss_mb']:.0f} MB |")
+        rss = "-" if s["peak_rss_mb"] is None else f"{s['peak_rss_mb']:.0f} MB"
+        minutes = "-" if s["seconds"] is None else f"{s['seconds'] / 60:.1f} min"
+        print(f"| {s['stage']} | {minutes} | {rss} |")
     print(f"| **total** | **{result['total_seconds'] / 60:.1f} min** | **{result['peak_rss_mb']:.0f} MB** |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
