@@ -37,13 +37,14 @@ test: data
 	$(BIN)/python -m pytest -q
 
 # `make repro` runs the default profile, `make repro P=gpu` another (g2sd_lib/profiles/<P>.yaml; it is
-# added to params.yaml's profiles). Results: reports/<P>/. `dvc repro` records whatever data/ holds in
+# added to params.yaml's profiles). Results: reports/<P>/; each stage's time: runs/<P>/repro_times.json, which
+# orders the next run's stages (longest chains first). `dvc repro` records whatever data/ holds in
 # data.dvc; verify the bytes and the pin first.
 P ?= fmnist
 repro: data
 	$(BIN)/python -m g2sd_lib.fmnist verify --dest $(DATA)
 	$(BIN)/python -m g2sd_lib.profiles enable $(P)
-	$(BIN)/python -m g2sd_lib.repro $(P) $(if $(JOBS),--jobs $(JOBS))
+	$(BIN)/python -m g2sd_lib.repro $(P) $(if $(JOBS),--jobs $(JOBS)) --json runs/$(P)/repro_times.json
 	$(BIN)/python -m g2sd_lib.compare
 
 benchmark: setup

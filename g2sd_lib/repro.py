@@ -1,16 +1,18 @@
 """``dvc repro`` with independent stages at once: ``python -m g2sd_lib.repro PROFILE [--jobs N]``.
 
-DVC runs a pipeline's stages one after the other. On a GPU that leaves it mostly idle: each of the
-`gpu` profile's small runs is bound by launching kernels, not by the GPU, and the six student stages
-(and the dense branch) do not depend on each other. DVC's documentation allows several ``dvc repro``
-processes on independent stages of one repository at once (its locks keep them apart), so this
-runs ``dvc repro --single-item STAGE`` for up to ``jobs`` stages whose upstream stages are done,
-in the order of the pipeline's graph. Each stage's lines are echoed prefixed by its name. When a
+DVC runs a pipeline's stages one after the other. That leaves a GPU mostly idle (each of the `gpu`
+profile's small runs is bound by launching kernels, not by the GPU) and a 2-core CPU partly so (one
+small run does not use two cores fully), while the six student stages (and the dense branch) do not
+depend on each other. DVC's documentation allows several ``dvc repro`` processes on independent
+stages of one repository at once (its locks keep them apart), so this runs ``dvc repro --single-item
+STAGE`` for up to ``jobs`` stages whose upstream stages are done, the longest chains of work first
+(:func:`start_priority`), each stage's processes on their share of the CPU cores
+(:func:`g2sd_lib.device.cpu_threads`). Each stage's lines are echoed prefixed by its name. When a
 stage fails, no new stage starts, the running ones finish (their results are recorded), and the
 failure is reported with the end of its output; Ctrl-C stops every stage (training runs resume from
 their ``last.pt``). ``--json`` writes when each stage started and ended, and whether it ran.
 
-``--jobs`` defaults to the profile's ``concurrent_stages`` (1 everywhere but `gpu`); with 1 this is
+``--jobs`` defaults to the profile's ``concurrent_stages`` (4 for `gpu`, 2 for `fmnist`, else 1); with 1 this is
 plain ``dvc repro`` of the same targets. The targets are the profile's report and explorer stages
 and the entry notebook (everything ``make repro P=...`` regenerates), or those named with
 ``--targets``.
@@ -52,6 +54,38 @@ def upstream_graph(targets: list[str], repo_dir=".") -> dict[str, set[str]]:
         return {s.addressing: {d.addressing for d in graph.successors(s) if d in runnable} for s in runnable}
 
 
+def start_priority(upstream: dict[str, set[str]], seconds: dict[str, float] | None = None) -> dict[str, float]:
+    """Each stage's priority among the ready ones: the longest chain of work from its start to the end
+    of the pipeline, its own seconds plus the longest of its downstream stages' chains (list
+    scheduling by critical path). ``seconds`` are the stages' durations in the last run (its
+    ``--json`` record); without one every stage counts 1, so the deepest chains start first. Either
+    way a short stage that nothing waits for (the entry notebook) fills a free slot at the end
+    instead of delaying a long chain at the start."""
+    seconds = seconds or {}
+    default = sum(seconds.values()) / len(seconds) if seconds else 1.0
+    downstream = {name: set() for name in upstream}
+    for name, ups in upstream.items():
+        for up in ups:
+            downstream[up].add(name)
+    chain = {}
+
+    def length(name):
+        if name not in chain:
+            chain[name] = seconds.get(name, default) + max((length(d) for d in downstream[name]), default=0.0)
+        return chain[name]
+
+    return {name: length(name) for name in upstream}
+
+
+def previous_seconds(json_path) -> dict[str, float]:
+    """The seconds of the stages that ran in the run recorded at ``json_path`` (none: empty)."""
+    try:
+        stages = json.loads(Path(json_path).read_text())["stages"]
+        return {name: float(t["seconds"]) for name, t in stages.items() if t.get("ran")}
+    except (OSError, TypeError, ValueError, KeyError, AttributeError):
+        return {}
+
+
 def _dvc() -> str:
     here = Path(sys.executable).with_name("dvc")
     return str(here) if here.exists() else (shutil.which("dvc") or "dvc")
@@ -85,7 +119,9 @@ class _Stage:
 
 
 def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: int = 10) -> dict:
-    """Reproduce ``targets`` with up to ``jobs`` stages at once; returns (and writes) the timings."""
+    """Reproduce ``targets`` with up to ``jobs`` stages at once, the longest chains first (by the
+    durations ``json_path`` recorded last time, :func:`start_priority`); returns (and writes there)
+    the timings."""
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     dvc, t0 = _dvc(), time.time()
@@ -97,11 +133,12 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
             raise UserError(f"dvc repro {' '.join(targets)} failed (exit {code}); its output is above")
         return result
     upstream = upstream_graph(targets, cwd)
+    priority = start_priority(upstream, previous_seconds(json_path) if json_path else None)
     todo, running, done, failed, timings, retries = set(upstream), {}, set(), None, {}, {}
     print(f"g2sd_lib.repro: {len(upstream)} stages, up to {jobs} at once", flush=True)
     try:
         while running or (todo and failed is None):
-            ready = sorted(s for s in todo if upstream[s] <= done)
+            ready = sorted((s for s in todo if upstream[s] <= done), key=lambda s: (-priority[s], s))
             while failed is None and ready and len(running) < jobs:
                 name = ready.pop(0)
                 todo.discard(name)
@@ -156,7 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("profile", choices=PROFILES, help="whose stages (it must be listed in params.yaml)")
     p.add_argument("--jobs", type=int, help="stages at once (default: the profile's concurrent_stages)")
     p.add_argument("--targets", nargs="+", help="stages to reproduce (default: report@P explore@P entry)")
-    p.add_argument("--json", help="write each stage's start, end and whether it ran")
+    p.add_argument("--json", help="write each stage's start, end and whether it ran; the durations recorded "
+                   "there last time order the next run's stages")
     args = p.parse_args(argv)
     jobs = args.jobs or load_profile(args.profile).get("concurrent_stages") or 1
     run(args.targets or profile_targets(args.profile), jobs, json_path=args.json)

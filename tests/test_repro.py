@@ -1,6 +1,7 @@
 """g2sd_lib.repro: independent stages of a real DVC pipeline reproduced at once, in graph order, with
 failures reported and the finished stages recorded."""
 
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +90,20 @@ def test_the_pipelines_graph_orders_every_profile_stage_after_its_inputs():
     assert graph["report@fmnist"] >= {"evaluate@fmnist", "dense_evaluate@fmnist"}
     independent = [s for s in graph if s.startswith("students@fmnist-")]
     assert all(not (graph[a] & {b}) for a in independent for b in independent)  # the six can run at once
+
+
+def test_the_longest_chains_of_work_start_first(tmp_path):
+    """Critical-path order: by depth without a record, by the last run's durations with one; a record
+    that cannot be read counts as none."""
+    upstream = {"teacher": set(), "gd": {"teacher"}, "student": {"gd"}, "report": {"student"}, "entry": set()}
+    depth = repro.start_priority(upstream)
+    assert depth == {"teacher": 4, "gd": 3, "student": 2, "report": 1, "entry": 1}
+    timed = repro.start_priority(upstream, {"teacher": 10, "gd": 100, "student": 300, "report": 5, "entry": 600})
+    assert timed["entry"] == 600 and timed["teacher"] == 415 and timed["gd"] == 405
+    assert repro.start_priority(upstream, {"gd": 100, "student": 300})["teacher"] == 200 + 100 + 300 + 200
+    record = tmp_path / "t.json"
+    record.write_text(json.dumps({"stages": {"gd": {"seconds": 90.0, "ran": True},
+                                             "report": {"seconds": 0.5, "ran": False}}}))
+    assert repro.previous_seconds(record) == {"gd": 90.0}  # a stage that was up to date says nothing
+    record.write_text("{not json")
+    assert repro.previous_seconds(record) == {} and repro.previous_seconds(tmp_path / "none.json") == {}
