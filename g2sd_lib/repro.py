@@ -94,12 +94,13 @@ def _dvc() -> str:
 class _Stage:
     """One ``dvc repro -s`` process, its output echoed with a prefix and kept for the failure message."""
 
-    def __init__(self, name: str, dvc: str, cwd, jobs: int):
+    def __init__(self, name: str, dvc: str, cwd, jobs: int, force: bool = False):
         self.name, self.lines, self.start = name, [], time.time()
         # each stage's processes take their share of the CPU cores (g2sd_lib.device.cpu_threads)
         env = {**os.environ, "G2SD_CONCURRENT_STAGES": str(jobs)}
-        self.proc = subprocess.Popen([dvc, "repro", "--single-item", name], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+        cmd = [dvc, "repro", "--single-item", *(["--force"] if force else []), name]
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1, env=env)
         self.reader = threading.Thread(target=self._echo, daemon=True)
         self.reader.start()
 
@@ -118,7 +119,7 @@ class _Stage:
         return self.proc.returncode != 0 and any(LOCK_BUSY in line for line in self.lines)
 
 
-def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: int = 10) -> dict:
+def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: int = 10, force: bool = False) -> dict:
     """Reproduce ``targets`` with up to ``jobs`` stages at once, the longest chains first (by the
     durations ``json_path`` recorded last time, :func:`start_priority`); returns (and writes there)
     the timings."""
@@ -126,7 +127,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     dvc, t0 = _dvc(), time.time()
     if jobs == 1:
-        code = subprocess.run([dvc, "repro", *targets], cwd=cwd).returncode
+        code = subprocess.run([dvc, "repro", *(["--force"] if force else []), *targets], cwd=cwd).returncode
         result = {"targets": targets, "jobs": 1, "seconds": time.time() - t0, "stages": {}, "failed": code != 0}
         _write(json_path, result)
         if code != 0:
@@ -142,7 +143,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
             while failed is None and ready and len(running) < jobs:
                 name = ready.pop(0)
                 todo.discard(name)
-                running[name] = _Stage(name, dvc, cwd, jobs)
+                running[name] = _Stage(name, dvc, cwd, jobs, force)
             if not running:
                 break
             time.sleep(0.2)
@@ -193,11 +194,12 @@ def main(argv=None) -> int:
     p.add_argument("profile", choices=PROFILES, help="whose stages (it must be listed in params.yaml)")
     p.add_argument("--jobs", type=int, help="stages at once (default: the profile's concurrent_stages)")
     p.add_argument("--targets", nargs="+", help="stages to reproduce (default: report@P explore@P entry)")
+    p.add_argument("--force", action="store_true", help="rerun every stage, changed or not (dvc repro --force)")
     p.add_argument("--json", help="write each stage's start, end and whether it ran; the durations recorded "
                    "there last time order the next run's stages")
     args = p.parse_args(argv)
     jobs = args.jobs or load_profile(args.profile).get("concurrent_stages") or 1
-    run(args.targets or profile_targets(args.profile), jobs, json_path=args.json)
+    run(args.targets or profile_targets(args.profile), jobs, json_path=args.json, force=args.force)
     return 0
 
 

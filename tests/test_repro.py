@@ -107,3 +107,9 @@ def test_the_longest_chains_of_work_start_first(tmp_path):
     assert repro.previous_seconds(record) == {"gd": 90.0}  # a stage that was up to date says nothing
     record.write_text("{not json")
     assert repro.previous_seconds(record) == {} and repro.previous_seconds(tmp_path / "none.json") == {}
+
+
+def test_force_reruns_stages_that_are_up_to_date(dvc_repo):
+    repro.run(["final"], jobs=2, cwd=dvc_repo)
+    again = repro.run(["final"], jobs=2, cwd=dvc_repo, force=True)["stages"]
+    assert all(t["ran"] for t in again.values()) and len(again) == 5
