@@ -10,7 +10,8 @@ table and, with --json, writes the measurements.
 With ``--jobs N`` (N > 1) it runs the stages as ``make repro`` does for a profile whose
 ``concurrent_stages`` is N: ``python -m g2sd_lib.repro PROFILE --jobs N --targets ...``, N
 independent stages at once (``--force`` reruns them all), in the order of a first run (no earlier
-record of durations). Each stage's start and end then come from that command's own record,
+record of durations) or, with ``--record runs/P/repro_times.json``, in the order the last run's
+record gives, as a second ``make repro`` does. Each stage's start and end then come from that command's own record,
 the stages overlap (their minutes add up to more than the total), and the memory is the peak of
 the whole tree only.
 
@@ -94,11 +95,14 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=1,
                         help="stages at once, through g2sd_lib.repro (default 1: dvc repro)")
     parser.add_argument("--profile", help="the profile g2sd_lib.repro reads (needed with --jobs > 1)")
+    parser.add_argument("--record", type=Path, help="with --jobs > 1: g2sd_lib.repro's record of stage durations, "
+                        "read to order the stages and rewritten, as make repro's runs/<P>/repro_times.json (default: "
+                        "a new one, the order of a first run)")
     args, dvc_args = parser.parse_known_args(argv)
     if args.jobs > 1:
         if not args.profile or not dvc_args:
             parser.error("--jobs > 1 needs --profile and the target stages (e.g. report@fmnist explore@fmnist entry)")
-        record = Path(tempfile.mkdtemp()) / "repro.json"  # no earlier record: the stages' order of a first run
+        record = args.record or Path(tempfile.mkdtemp()) / "repro.json"  # none: the stages' order of a first run
         force = ["--force"] if "--force" in dvc_args else []
         targets = [a for a in dvc_args if a != "--force"]
         cmd = [sys.executable, "-m", "g2sd_lib.repro", args.profile, "--jobs", str(args.jobs), *force,

@@ -90,3 +90,22 @@ def test_the_fingerprint_repeats_and_sees_a_changed_recipe(tmp_path, capsys, fmn
     assert runs[0] == runs[1] and len(runs[0]) == 9  # teacher fine-tuning, 2 pretrain runs, 6 students
     changed = {name for name in runs[0] if runs[0][name] != runs[2][name]}
     assert changed == {name for name in runs[0] if name.startswith("students")}
+
+
+def test_cpu_share_adds_up_the_copies_run_side_by_side(tmp_path, capsys):
+    """benchmarks/cpu_share.py: each measurement alone and as 2 copies started together, summed."""
+    spec = importlib.util.spec_from_file_location("cpu_share", SCRIPT.with_name("cpu_share.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "share.json"
+    module.main(["--configs", "smoke", "--kinds", "finetune", "sd", "--teacher-amp", "same", "bf16", "--steps", "1",
+                 "--warmup", "0", "--procs", "2", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert [(r["kind"], r["teacher_amp"]) for r in data["rows"]] == [("finetune", "same"), ("sd", "same"),
+                                                                     ("sd", "bf16")]
+    assert data["procs"] == [2] and data["environment"]["torch"]
+    for row in data["rows"]:
+        assert row["alone_img_per_s"] > 0 and row["side_by_side_img_per_s"]["2"] > 0
+    assert "| smoke | sd | fp32 | bf16 | none | 8 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        module.main(["--procs", "1"])
