@@ -58,9 +58,9 @@ def start_priority(upstream: dict[str, set[str]], seconds: dict[str, float] | No
     """Each stage's priority among the ready ones: the longest chain of work from its start to the end
     of the pipeline, its own seconds plus the longest of its downstream stages' chains (list
     scheduling by critical path). ``seconds`` are the stages' durations in the last run (its
-    ``--json`` record); without one every stage counts 1, so the deepest chains start first. Either
-    way a short stage that nothing waits for (the entry notebook) fills a free slot at the end
-    instead of delaying a long chain at the start."""
+    ``--json`` record); without one every stage counts 1, so the deepest chains start first. A short
+    stage that nothing waits for (the entry notebook) starts only when no longer chain is ready; the
+    choice is greedy, so it still takes a slot that would otherwise wait for an upstream stage."""
     seconds = seconds or {}
     default = sum(seconds.values()) / len(seconds) if seconds else 1.0
     downstream = {name: set() for name in upstream}
