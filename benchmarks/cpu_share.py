@@ -21,15 +21,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from g2sd_lib.device import cpu_threads, usable_cores  # noqa: E402
+
 THROUGHPUT = Path(__file__).with_name("throughput.py")
 KEY = ("config", "kind", "precision", "teacher_amp", "compile", "batch")
 
 
 def side_by_side(n: int, args: list[str], cores: int) -> tuple[float, dict, dict]:
     """The img/s of one measurement summed over ``n`` copies started together, its row and environment."""
-    env = dict(os.environ)
-    if n > 1:
-        env["OMP_NUM_THREADS"] = str(max(1, cores // n))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if n > 1:  # each copy's threads as the pipeline sets them for n processes at once
+        env["OMP_NUM_THREADS"] = str(cpu_threads({}, n, cores))
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / f"{i}.json" for i in range(n)]
         procs = [subprocess.Popen([sys.executable, str(THROUGHPUT), *args, "--json", str(out)], env=env,
@@ -59,10 +64,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if any(n < 2 for n in args.procs):
         p.error("--procs: each count must be >= 2 (1 is the 'alone' column, always measured)")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--peak-n", "256",
               *(["--batch", str(args.batch)] if args.batch else [])]
-    head = " | ".join(f"{n} x {max(1, cores // n)} thread(s): img/s in all (gain)" for n in args.procs)
+    head = " | ".join(f"{n} x {cpu_threads({}, n, cores)} thread(s): img/s in all (gain)" for n in args.procs)
     rule = "---|" * (len(KEY) + 1 + len(args.procs))
     print(f"{cores} cores\n| {' | '.join(KEY)} | alone: img/s | {head} |\n|{rule}", flush=True)
     rows, env = [], None

@@ -11,9 +11,9 @@ With ``--jobs N`` (N > 1) it runs the stages as ``make repro`` does for a profil
 ``concurrent_stages`` is N: ``python -m g2sd_lib.repro PROFILE --jobs N --targets ...``, N
 independent stages at once (``--force`` reruns them all), in the order of a first run (no earlier
 record of durations) or, with ``--record runs/P/repro_times.json``, in the order the last run's
-record gives, as a second ``make repro`` does. Each stage's start and end then come from that command's own record,
-the stages overlap (their minutes add up to more than the total), and the memory is the peak of
-the whole tree only.
+record gives, as a second ``make repro`` does. Each stage's start and end then come from that
+command's own record, the stages overlap (their minutes add up to more than the total), and the
+memory is the peak of the whole tree only.
 
     python benchmarks/pipeline_time.py --jobs 2 --profile fmnist --json benchmarks/results/pipeline_fmnist.json \
         report@fmnist explore@fmnist entry
@@ -82,9 +82,10 @@ def measure(cmd: list[str], record: Path | None = None) -> dict:
             t = ran.get(name, {})
             stages.append({"stage": name, "start_seconds": t.get("start"), "seconds": t.get("seconds"),
                            "peak_rss_mb": None})
-    for i, (name, t0) in enumerate(starts if record is None else []):
-        t1 = starts[i + 1][1] if i + 1 < len(starts) else end
-        stages.append({"stage": name, "seconds": t1 - t0, "peak_rss_mb": peak["stage"].get(name, 0) / 2**20})
+    else:
+        for i, (name, t0) in enumerate(starts):
+            t1 = starts[i + 1][1] if i + 1 < len(starts) else end
+            stages.append({"stage": name, "seconds": t1 - t0, "peak_rss_mb": peak["stage"].get(name, 0) / 2**20})
     return {"returncode": proc.returncode, "total_seconds": end - start, "peak_rss_mb": peak["total"] / 2**20,
             "stages": stages}
 
@@ -105,9 +106,9 @@ def main(argv=None):
         record = args.record or Path(tempfile.mkdtemp()) / "repro.json"  # none: the stages' order of a first run
         force = ["--force"] if "--force" in dvc_args else []
         targets = [a for a in dvc_args if a != "--force"]
-        cmd = [sys.executable, "-m", "g2sd_lib.repro", args.profile, "--jobs", str(args.jobs), *force,
-               "--targets", *targets, "--json", str(record)]
-        shown = " ".join(["python -m g2sd_lib.repro", *cmd[3:-2]])
+        repro_args = [args.profile, "--jobs", str(args.jobs), *force, "--targets", *targets]
+        cmd = [sys.executable, "-m", "g2sd_lib.repro", *repro_args, "--json", str(record)]
+        shown = " ".join(["python -m g2sd_lib.repro", *repro_args])
     else:
         record, cmd = None, [str(Path(sys.executable).with_name("dvc")), "repro", *dvc_args]
         shown = " ".join(["dvc repro", *dvc_args])

@@ -53,9 +53,12 @@ def cpu_threads(env, concurrent: int = 1, cores: int | None = None) -> int | Non
     sharing = concurrent * max(1, int(env.get("G2SD_CONCURRENT_STAGES", "1")))
     if sharing <= 1:
         return None
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // sharing)
+    return max(1, (cores or usable_cores()) // sharing)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def share_cpu_threads() -> int | None:

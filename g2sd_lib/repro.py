@@ -94,11 +94,11 @@ def _dvc() -> str:
 class _Stage:
     """One ``dvc repro -s`` process, its output echoed with a prefix and kept for the failure message."""
 
-    def __init__(self, name: str, dvc: str, cwd, jobs: int, force: bool = False):
+    def __init__(self, name: str, dvc: str, cwd, jobs: int, flags: list[str]):
         self.name, self.lines, self.start = name, [], time.time()
         # each stage's processes take their share of the CPU cores (g2sd_lib.device.cpu_threads)
         env = {**os.environ, "G2SD_CONCURRENT_STAGES": str(jobs)}
-        cmd = [dvc, "repro", "--single-item", *(["--force"] if force else []), name]
+        cmd = [dvc, "repro", "--single-item", *flags, name]
         self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      bufsize=1, env=env)
         self.reader = threading.Thread(target=self._echo, daemon=True)
@@ -125,9 +125,9 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
     the timings."""
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    dvc, t0 = _dvc(), time.time()
+    dvc, t0, flags = _dvc(), time.time(), ["--force"] if force else []
     if jobs == 1:
-        code = subprocess.run([dvc, "repro", *(["--force"] if force else []), *targets], cwd=cwd).returncode
+        code = subprocess.run([dvc, "repro", *flags, *targets], cwd=cwd).returncode
         result = {"targets": targets, "jobs": 1, "seconds": time.time() - t0, "stages": {}, "failed": code != 0}
         _write(json_path, result)
         if code != 0:
@@ -143,7 +143,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
             while failed is None and ready and len(running) < jobs:
                 name = ready.pop(0)
                 todo.discard(name)
-                running[name] = _Stage(name, dvc, cwd, jobs, force)
+                running[name] = _Stage(name, dvc, cwd, jobs, flags)
             if not running:
                 break
             time.sleep(0.2)
