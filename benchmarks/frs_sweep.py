@@ -11,10 +11,13 @@ share of the objectness term in the student's loss can be read off.
     python benchmarks/frs_sweep.py --json benchmarks/results/frs_sweep_fmnist.json
     python benchmarks/frs_sweep.py --json ... --seeds 1 2 --variants "labels only" "weights 0 (path on)"
 
-Runs already in the JSON file (same variant and seed) are kept and not repeated.
+Runs already in the JSON file (same variant and seed) are kept and not repeated, as long as they were
+trained from the same checkpoints: the file records the sha256 of the GD student and the dense teacher,
+and a rerun of the pipeline that changed either starts the file afresh.
 """
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -60,6 +63,17 @@ def configs(params: dict, root: Path, out: Path, seed: int = 0) -> list[tuple[st
     return result
 
 
+def checkpoints(params: dict, root: Path) -> dict:
+    """``{role: sha256}`` of the files every variant starts from: the GD student and the dense detection teacher."""
+    base = config.dense_stage_config(params, "detection", "g2sd", root)
+    files = {"student_init": Path(base["init"]), "dense_teacher": Path(base["teacher"])}
+    missing = [str(f) for f in files.values() if not f.exists()]
+    if missing:
+        raise SystemExit(f"frs_sweep: {', '.join(missing)} missing: run `make repro` (the {params['profile']} "
+                         "pipeline) first; the sweep starts from its checkpoints")
+    return {role: hashlib.sha256(f.read_bytes()).hexdigest() for role, f in files.items()}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="fmnist")
@@ -71,7 +85,13 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     params = load_profile(args.profile)
     root, _ = output_dirs(args.profile)
-    rows = json.loads(args.json.read_text())["rows"] if args.json.exists() else []  # add to earlier runs
+    hashes = checkpoints(params, REPO / root)
+    earlier = json.loads(args.json.read_text()) if args.json.exists() else {}
+    rows = earlier.get("rows", [])  # add to earlier runs, if they started from the same checkpoints
+    if rows and earlier.get("checkpoints") != hashes:
+        print(f"frs_sweep: the {len(rows)} runs in {args.json} started from other checkpoints (an earlier "
+              "pipeline run); starting the file afresh", flush=True)
+        rows = []
     done = {(r["variant"], r["seed"]) for r in rows}
     todo = [(seed, name, cfg) for seed in args.seeds for name, cfg in configs(params, REPO / root, args.work, seed)
             if (not args.variants or name in args.variants) and (name, seed) not in done]
@@ -89,7 +109,7 @@ def main(argv=None) -> dict:
         print(f"{name}, seed {seed}: val box AP {100 * last['val_box_ap']:.2f}; last epoch {parts}", flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"profile": args.profile, "split": "validation canvases",
-                                         "rows": rows}, indent=1))
+                                         "checkpoints": hashes, "rows": rows}, indent=1))
     return {"rows": rows}
 
 

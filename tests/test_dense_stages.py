@@ -1,6 +1,7 @@
 """The dense pipeline stages on tiny models: configurations of every profile, canvases from the
 pinned splits, whole teacher -> student runs for both tasks, resume, and the report's dense tables."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -186,7 +187,6 @@ def test_dense_summary_tables_and_claims():
 
 
 def test_several_processes_run_the_one_stage_module_under_torchrun(tmp_path, monkeypatch):
-    import json
     import subprocess
 
     calls = []
@@ -202,16 +202,20 @@ def test_several_processes_run_the_one_stage_module_under_torchrun(tmp_path, mon
     assert json.loads((tmp_path / "config.json").read_text())["kind"] == "segmentation"
 
 
+def _frs_sweep_module():
+    import importlib.util
+    script = Path(__file__).resolve().parents[1] / "benchmarks/frs_sweep.py"
+    spec = importlib.util.spec_from_file_location("frs_sweep", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_frs_sweep_changes_only_the_distillation(tmp_path):
     """benchmarks/frs_sweep.py retrains the detection student from the pipeline's checkpoints; its
     variants must differ from the pipeline's G2SD run in the distillation options alone."""
-    import importlib.util
-
     from g2sd_lib import schema
-    script = Path(__file__).resolve().parents[1] / "benchmarks/frs_sweep.py"
-    spec = importlib.util.spec_from_file_location("frs_sweep", script)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = _frs_sweep_module()
     params = load_profile("fmnist")
     base = dense_stage_config(params, "detection", "g2sd", tmp_path, seed=0)
     variants = dict(sweep.configs(params, tmp_path, tmp_path / "sweep"))
@@ -222,3 +226,31 @@ def test_the_frs_sweep_changes_only_the_distillation(tmp_path):
         schema.validate_stage(cfg)
         same = {k: v for k, v in cfg.items() if k not in ("distill", "out_dir", "teacher")}
         assert same == {k: v for k, v in base.items() if k not in ("distill", "out_dir", "teacher")}
+
+
+def test_the_frs_sweep_keeps_earlier_runs_only_from_the_same_checkpoints(tmp_path, monkeypatch):
+    """A rerun of the pipeline changes the checkpoints the sweep starts from: rows trained from the old
+    ones must not be mixed with new ones (the JSON records both files' sha256)."""
+    sweep = _frs_sweep_module()
+    params = load_profile("fmnist")
+    base = dense_stage_config(params, "detection", "g2sd", tmp_path)
+    with pytest.raises(SystemExit, match="make repro"):
+        sweep.checkpoints(params, tmp_path)
+    for key, content in (("init", b"student"), ("teacher", b"teacher")):
+        Path(base[key]).parent.mkdir(parents=True, exist_ok=True)
+        Path(base[key]).write_bytes(content)
+    hashes = sweep.checkpoints(params, tmp_path)
+    assert set(hashes) == {"student_init", "dense_teacher"} and len(set(hashes.values())) == 2
+
+    trained = []
+    monkeypatch.setattr(sweep, "checkpoints", lambda params, root: hashes)
+    monkeypatch.setattr(sweep, "run_stage", lambda cfg: trained.append(cfg) or [{"val_box_ap": 0.25}])
+    out = tmp_path / "sweep.json"
+    old = {"variant": "labels only", "seed": 0, "val_box_ap": 0.5}
+    out.write_text(json.dumps({"checkpoints": hashes, "rows": [old]}))
+    rows = sweep.main(["--json", str(out), "--work", str(tmp_path / "w"), "--variants", "labels only"])["rows"]
+    assert rows == [old] and not trained  # same checkpoints: kept, not repeated
+    out.write_text(json.dumps({"checkpoints": {"student_init": "other"}, "rows": [old]}))
+    rows = sweep.main(["--json", str(out), "--work", str(tmp_path / "w"), "--variants", "labels only"])["rows"]
+    assert len(trained) == 1 and [r["val_box_ap"] for r in rows] == [0.25]
+    assert json.loads(out.read_text())["checkpoints"] == hashes
