@@ -30,3 +30,42 @@ def test_readme_quotes_the_committed_dense_results():
         g2sd = sec["students"]["g2sd"]
         assert (f"{task} teacher {label} {100 * sec['teacher'][metric]:.2f}, G2SD {100 * g2sd[metric]:.2f} "
                 f"({100 * g2sd['ratio_to_teacher']:.2f} % of the teacher)") in row, task
+
+
+def _numbers(value, scale=100):
+    """Every float in a JSON tree, written as the README writes results: percent with 2 decimals."""
+    if isinstance(value, dict):
+        return set().union(*(_numbers(v, scale) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_numbers(v, scale) for v in value)) if value else set()
+    if isinstance(value, float):
+        return {f"{scale * value:.2f}"}
+    return set()
+
+
+def _frs_numbers() -> set:
+    """The FRS sweep's per-seed validation box AP and, per variant, the mean and (sample) std over seeds."""
+    import statistics
+    rows = json.loads((REPO / "benchmarks/results/frs_sweep_fmnist.json").read_text())["rows"]
+    by_variant = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(100 * row["val_box_ap"])
+    out = {f"{v:.2f}" for vals in by_variant.values() for v in vals}
+    for vals in by_variant.values():
+        out.add(f"{statistics.mean(vals):.2f}")
+        if len(vals) > 1:
+            out.add(f"{statistics.stdev(vals):.2f}")
+    return out
+
+
+def test_every_result_in_the_readmes_results_section_comes_from_a_committed_file():
+    """The Results section quotes numbers with two decimals from the committed summary and the FRS sweep:
+    each must be one of them, so that a rerun of the pipeline cannot leave a stale number behind."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Results\n", 1)[1].split("\n### Known limits\n", 1)[0]
+    allowed = _numbers(json.loads((REPO / "reports/fmnist/summary.json").read_text())) | _frs_numbers()
+    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?![\d.])", section)
+    assert quoted, "the Results section quotes no result"
+    stale = sorted(set(quoted) - allowed)
+    assert not stale, f"README Results section: {stale} are in no committed result (reports/fmnist/summary.json, " \
+                      "benchmarks/results/frs_sweep_fmnist.json): quote the current ones"
