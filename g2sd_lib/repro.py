@@ -9,8 +9,9 @@ STAGE`` for up to ``jobs`` stages whose upstream stages are done, the longest ch
 (:func:`start_priority`), each stage's processes on their share of the CPU cores
 (:func:`g2sd_lib.device.cpu_threads`). Each stage's lines are echoed prefixed by its name. When a
 stage fails, no new stage starts, the running ones finish (their results are recorded), and the
-failure is reported with the end of its output; Ctrl-C stops every stage (training runs resume from
-their ``last.pt``). ``--json`` writes when each stage started and ended, and whether it ran.
+failure is reported with the end of its output; Ctrl-C or SIGTERM stops every stage with all its
+processes (training runs resume from their ``last.pt``). ``--json`` writes when each stage started and
+ended, and whether it ran, each time a stage ends, so a run that is stopped keeps its record.
 
 ``--jobs`` defaults to the profile's ``concurrent_stages`` (4 for `gpu`, 2 for `fmnist`, else 1); with 1 this is
 plain ``dvc repro`` of the same targets. The targets are the profile's report and explorer stages
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -99,8 +101,9 @@ class _Stage:
         # each stage's processes take their share of the CPU cores (g2sd_lib.device.cpu_threads)
         env = {**os.environ, "G2SD_CONCURRENT_STAGES": str(jobs)}
         cmd = [dvc, "repro", "--single-item", *flags, name]
+        # its own process group, so that stopping it reaches the notebook kernel and the training processes
         self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     bufsize=1, env=env)
+                                     bufsize=1, env=env, start_new_session=True)
         self.reader = threading.Thread(target=self._echo, daemon=True)
         self.reader.start()
 
@@ -114,6 +117,11 @@ class _Stage:
             return False
         self.reader.join()
         return True
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        """Send ``sig`` to the stage's whole process group (dvc, papermill, the kernel, its training runs)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
 
     def lock_busy(self) -> bool:
         return self.proc.returncode != 0 and any(LOCK_BUSY in line for line in self.lines)
@@ -136,6 +144,11 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
     upstream = upstream_graph(targets, cwd)
     priority = start_priority(upstream, previous_seconds(json_path) if json_path else None)
     todo, running, done, failed, timings, retries = set(upstream), {}, set(), None, {}, {}
+
+    def record(complete: bool) -> dict:
+        return {"targets": targets, "jobs": jobs, "seconds": time.time() - t0, "stages": timings,
+                "failed": failed[0] if failed else None, "complete": complete}
+
     print(f"g2sd_lib.repro: {len(upstream)} stages, up to {jobs} at once", flush=True)
     try:
         while running or (todo and failed is None):
@@ -163,12 +176,18 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
                     done.add(name)
                 elif failed is None:
                     failed = (name, stage.proc.returncode, stage.lines[-20:])
-    except KeyboardInterrupt:
+                _write(json_path, record(complete=False))  # kept if the run is stopped
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through main()
         for stage in running.values():
-            stage.proc.terminate()
+            stage.stop()
+        for stage in running.values():
+            try:
+                stage.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                stage.stop(signal.SIGKILL)
+        _write(json_path, {**record(complete=False), "stopped": sorted(running)})
         raise
-    result = {"targets": targets, "jobs": jobs, "seconds": time.time() - t0, "stages": timings,
-              "failed": failed[0] if failed else None}
+    result = record(complete=True)
     _write(json_path, result)
     if failed:
         name, code, tail = failed
@@ -187,6 +206,10 @@ def _write(path, result):
         Path(path).write_text(json.dumps(result, indent=1))
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     from .profiles import PROFILES, load_profile
 
@@ -199,6 +222,7 @@ def main(argv=None) -> int:
                    "there last time order the next run's stages")
     args = p.parse_args(argv)
     jobs = args.jobs or load_profile(args.profile).get("concurrent_stages") or 1
+    signal.signal(signal.SIGTERM, _interrupted)  # a time limit's SIGTERM stops the stages as Ctrl-C does
     run(args.targets or profile_targets(args.profile), jobs, json_path=args.json, force=args.force)
     return 0
 

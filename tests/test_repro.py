@@ -113,3 +113,38 @@ def test_force_reruns_stages_that_are_up_to_date(dvc_repo):
     repro.run(["final"], jobs=2, cwd=dvc_repo)
     again = repro.run(["final"], jobs=2, cwd=dvc_repo, force=True)["stages"]
     assert all(t["ran"] for t in again.values()) and len(again) == 5
+
+
+def test_a_stopped_run_ends_its_stages_processes_and_keeps_the_record(dvc_repo):
+    """SIGTERM (a time limit) stops every running stage with its child processes, and the record
+    written each time a stage ends keeps the stages that finished."""
+    import signal
+    import time
+
+    (dvc_repo / "dvc.yaml").write_text("""
+stages:
+  fast:
+    cmd: echo done > fast.txt
+    outs: [fast.txt]
+  slow:
+    cmd: sh -c 'echo $$ > slow.pid; exec sleep 60' && touch slow.txt
+    outs: [slow.txt]
+""")
+    record = dvc_repo / "t.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.repro", "smoke", "--jobs", "2", "--targets", "fast",
+                             "slow", "--json", str(record)], cwd=dvc_repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (record.exists() and (dvc_repo / "slow.pid").exists()):
+        time.sleep(0.2)
+    assert record.exists(), proc.communicate(timeout=30)[0]
+    sleeper = int((dvc_repo / "slow.pid").read_text())
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode != 0, out
+    kept = json.loads(record.read_text())
+    assert set(kept["stages"]) == {"fast"} and kept["stopped"] == ["slow"] and kept["complete"] is False
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # the stage's own child, not only dvc, was stopped
+        os.kill(sleeper, 0)
