@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .checkpoints import load_training_state, save_model, save_training_state
 from .device import (AMP_MODES, COMPILE_MODES, TEACHER_AMP_MODES, all_reduce_mean, autocast_dtype, compiled_loss,
                      host_sync_every, read_back, resolve_device, world_info)
-from .errors import ResumeMismatchError, check_writable
+from .errors import ResumeMismatchError, UserError, check_writable
 from .optim import lr_at, scaled_lr, set_lr
 from .results import write_run_history
 
@@ -154,7 +154,9 @@ def _setup(task, loader, cfg: "TrainConfig") -> _Run:
         task.teacher.to(device)
         task.set_teacher_precision(cfg.teacher_amp, device)
     if len(loader) < cfg.accum_steps:
-        raise ValueError(f"the loader gives {len(loader)} batches per epoch, fewer than accum_steps={cfg.accum_steps}")
+        raise UserError(f"{out_dir}: the training data gives {len(loader)} full batches per epoch at train.batch_size "
+                        f"{cfg.batch_size} (an incomplete last batch is dropped), fewer than train.accum_steps "
+                        f"{cfg.accum_steps}: lower the batch size (or the accumulation steps), or train on more data")
     lr = scaled_lr(cfg.blr, cfg.batch_size * cfg.accum_steps * world)
     # fused AdamW (one kernel per step for all parameters) on CUDA; the default (foreach) elsewhere
     fused = {"fused": True} if device.type == "cuda" else {}

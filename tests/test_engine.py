@@ -154,6 +154,19 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
         torch.testing.assert_close(results[1][k], results[0][k], atol=1e-6, rtol=0, msg=k)
 
 
+def test_too_little_data_for_one_batch_is_a_user_error_that_names_the_fix(tmp_path):
+    """A batch larger than the training set (a shrunk profile, a small subset) leaves no full batch:
+    the run says so and what to change, instead of an internal ValueError."""
+    from g2sd_lib.errors import UserError
+    from g2sd_lib.models import create_classifier
+    from g2sd_lib.tasks import Finetuning
+
+    model = create_classifier("vit_smokesmall_patch7", "avg", 10)
+    cfg = TrainConfig(epochs=1, batch_size=64, blr=1e-2, out_dir=str(tmp_path), amp="none", progress=False)
+    with pytest.raises(UserError, match=r"0 full batches per epoch at train.batch_size 64.*lower the batch size"):
+        train(Finetuning(model), [], cfg)
+
+
 class _LinearTask:
     """A linear model on constant data; ``mask_ratio`` mimics the masked tasks for the NaN hint."""
 
