@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import budget_text
 from .errors import UserError
 from .profiles import PROFILES, enabled_profiles
-from .report import metric_text, write_table
+from .report import metric_text, share_text, write_table
 
 STUDENTS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 
@@ -30,10 +30,10 @@ def profile_rows(summaries: dict[str, dict]) -> list[dict]:
                "teacher": f"{100 * c['teacher']['top1']:.2f}"}
         row.update({name: metric_text(c["students"][name]) if name in c["students"] else "-" for name in STUDENTS})
         g2sd = c["students"].get("g2sd")
-        row["G2SD / teacher"] = f"{100 * g2sd['ratio_to_teacher']:.2f} %" if g2sd else "-"
+        row["G2SD / teacher"] = share_text(g2sd["ratio_to_teacher"]) if g2sd else "-"
         for task in ("segmentation", "detection"):
             g = s.get(task, {}).get("students", {}).get("g2sd")
-            row[f"{task} G2SD / teacher"] = f"{100 * g['ratio_to_teacher']:.2f} %" if g else "-"
+            row[f"{task} G2SD / teacher"] = share_text(g["ratio_to_teacher"]) if g else "-"
         row["dense budget"] = dense_budget_text(s.get("budget", {}).get("dense"))
         rows.append(row)
     return rows

@@ -58,8 +58,14 @@ DENSE_METHODS = {
 }
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
+def _pct(x: float | None) -> str:
+    """A fraction in percent; ``n/a`` for a share of a teacher that scored 0 (``ratio_to_teacher`` None)."""
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def share_text(ratio: float | None) -> str:
+    """A student's share of its teacher: ``97.85 %``, or ``n/a`` when the teacher scored 0."""
+    return "n/a" if ratio is None else f"{_pct(ratio)} %"
 
 
 def metric_text(s: dict, metric: str = "top1") -> str:
@@ -144,7 +150,8 @@ def _ratio_row(who: str, student: dict, paper_key: str) -> dict:
     value, source = PAPER[paper_key]
     ratio = student["ratio_to_teacher"]
     return {"claim": f"{who} reaches {value} % of its ViT-B teacher", "paper": f"{value} %",
-            "ours": f"{_pct(ratio)} %", "holds here": "yes" if ratio >= value / 100 else "no", "source": source}
+            "ours": share_text(ratio) if ratio is not None else "n/a (the teacher scored 0)",
+            "holds here": "yes" if ratio is not None and ratio >= value / 100 else "no", "source": source}
 
 
 def _comparison_row(claim: str, sa: dict, sb: dict, metric: str) -> dict:

@@ -52,6 +52,20 @@ def test_claims_take_the_paper_numbers_from_paper():
     assert kd["holds here"] == "yes" and kd["ours"].startswith("+10.00 points")
 
 
+def test_a_teacher_that_scores_0_gives_no_share_and_the_report_still_renders():
+    """A dense teacher at 0 box AP (a shrunk dry run, a broken recipe) leaves its students' share of it
+    undefined: the tables and claims say n/a instead of failing the report stage."""
+    dense = {"tasks": {"detection": {"metric": "box_ap", "teacher": {"box_ap": 0.0, "params": 10},
+                                     "students": {"g2sd": {"seeds": {"0": {"box_ap": 0.0}}, "params": 5}}}},
+             "status": "trained"}
+    summary = report.summarize(EVALUATION, dense)
+    assert summary["detection"]["students"]["g2sd"]["ratio_to_teacher"] is None
+    rows = report.dense_rows(summary, dense)
+    assert rows[-1]["% of teacher"] == "n/a" and report.share_text(None) == "n/a"
+    claim = next(r for r in report.dense_claims_rows(summary) if "detection" in r["claim"].lower() or "COCO" in r["claim"])
+    assert claim["holds here"] == "no" and claim["ours"].startswith("n/a")
+
+
 def test_write_table_markdown_csv_and_latex(tmp_path):
     rows = [{"method": "G2SD_x", "top-1 (%)": "71.00 ± 1.41", "% of teacher": "100.00"},
             {"method": "kd", "top-1 (%)": "61.00 ± 1.41", "% of teacher": "76.25"}]
