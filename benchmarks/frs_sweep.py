@@ -13,12 +13,14 @@ share of the objectness term in the student's loss can be read off.
 
 Runs already in the JSON file (same variant and seed) are kept and not repeated, as long as they were
 trained from the same checkpoints: the file records the sha256 of the GD student and the dense teacher,
-and a rerun of the pipeline that changed either starts the file afresh.
+and a rerun of the pipeline that changed either starts the file afresh. A run not in the file starts
+afresh too (its directory under ``--work`` is cleared: a run the sweep did not record is stale).
 """
 
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,6 +101,7 @@ def main(argv=None) -> dict:
         if args.epochs:
             cfg["train"]["epochs"] = args.epochs
         cfg["train"]["progress"] = False
+        shutil.rmtree(cfg["out_dir"], ignore_errors=True)  # not in the JSON: whatever is there is stale
         t0 = time.perf_counter()
         history = run_stage(cfg)
         last = history[-1]
