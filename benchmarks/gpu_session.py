@@ -15,10 +15,15 @@ here, tried on the CPU first with ``--dry`` (the same code, a few images and one
   (patch 7) teacher architecture is trained by the ``gpu`` profile's long teacher recipe and bundled
   as ``teachers/fmnist_*`` (a drop-in for the bundle the CPU default has): the stronger teacher it
   can afford (the ``gpu`` teacher costs it 5 x per image, benchmarks/candidates/README.md);
-* ``dense``: one epoch of each dense teacher from the sweep's MAE at two batch sizes (seconds per
-  epoch, to size the dense schedules, which the sweep does not train);
+* ``dense`` (optional): one epoch of each dense teacher from the sweep's MAE at two batch sizes (seconds
+  per epoch, to size the dense schedules, which the sweep does not train);
+* ``adopt``: the chosen bundle becomes the `gpu` profile's (``adopt_bundle``: ``teachers/``, and
+  ``teacher.mode: bundled`` with the sha256 and the chosen variant in ``gpu.yaml``), so that ``repro``
+  can follow in the same call; here it adopts from a session's extracted archives;
 * ``repro``: the `gpu` profile through DVC, its independent stages at once (``python -m g2sd_lib.repro
-  gpu``: ``concurrent_stages`` of them, each training ``concurrent_runs`` seeds at once), timed per stage.
+  gpu``: ``concurrent_stages`` of them, each training ``concurrent_runs`` seeds at once), timed per stage;
+  what it made comes back even when the deadline stops it halfway. A dry run does ``adopt`` and
+  ``repro`` in a scratch copy of the working tree, with the profile shrunk.
 
 Everything it writes goes under ``--out`` (a working directory), and ``--pack-to`` (``$OUT`` on the
 device, which returns at most 8 files of 16 MiB, no more than 2 folders down) keeps archives there:
@@ -27,8 +32,8 @@ and after each step, so a call cut off at its time limit still returns what was 
 the work (and packs) before the device's own limit kills it. ``cpu_util.csv`` samples the CPU load
 every 5 s and, on a GPU, ``gpu_util.csv`` ``nvidia-smi`` every 2 s::
 
-    python benchmarks/gpu_session.py --dry --out /tmp/gs sweep dense bench   # CPU dry run, minutes
-    python benchmarks/gpu_session.py --out /tmp/gs --pack-to "$OUT" --deadline-min 8 sweep dense bench   # on the GPU
+    python benchmarks/gpu_session.py --dry --out /tmp/gs sweep adopt repro bench   # CPU dry run, minutes
+    python benchmarks/gpu_session.py --out /tmp/gs --pack-to "$OUT" --deadline-min 8 sweep adopt repro bench   # GPU
 
 ``benchmarks/gpu_session.sh`` prepares the device (wheels, data) and calls this.
 """
@@ -37,6 +42,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -247,18 +253,205 @@ def dense(out: Path, dry: bool) -> dict:
     return result
 
 
-def repro(out: Path, dry: bool) -> None:
-    """The `gpu` profile through DVC with independent stages at once, timed per stage (g2sd_lib.repro --json)."""
-    if dry:
-        log("repro: skipped in a dry run (tests/test_pipeline.py runs the pipeline on the smoke profile, and "
-            "tests/test_gpu_paths.py the gpu profile's stages shrunk)")
+def _target_repo(out: Path, dry: bool) -> Path:
+    """Where ``adopt`` and ``repro`` work: this repository on the device; in a dry run a scratch copy of
+    its working tree (the files git tracks or would track, and the data) in a git repository of its own,
+    next to ``out`` so that it is not packed, and this repository stays as it is."""
+    if not dry:
+        return REPO
+    scratch = out.parent / f"{out.name}_dry_repo"
+    if not (scratch / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+        for rel in filter(None, listed):
+            if (REPO / rel).is_file():
+                (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, scratch / rel)
+        shutil.copytree(REPO / "data", scratch / "data", dirs_exist_ok=True)  # git-ignored, as on the device
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=dry", "-c", "user.email=dry@localhost", "commit", "-qm", "dry run copy"]):
+            subprocess.run(cmd, cwd=scratch, check=True)
+    return scratch
+
+
+def _block(lines: list[str], path: tuple[str, ...]) -> tuple[int, int]:
+    """The line range ``[first, end)`` of the value of the nested key ``path`` in a YAML file written in
+    block style (indent 2), a flow map continued over several lines included."""
+    first, end, indent = 0, len(lines), 0
+    for key in path:
+        for i in range(first, end):
+            if re.match(rf"{' ' * indent}{re.escape(key)}:(\s|$)", lines[i]):
+                break
+        else:
+            raise KeyError(".".join(path))
+        first, end, indent = i, i + 1, indent + 2
+        if "{" in lines[i].split("#")[0]:  # a flow map: up to its closing brace
+            depth = 0
+            for end in range(i, len(lines)):
+                depth += lines[end].split("#")[0].count("{") - lines[end].split("#")[0].count("}")
+                if depth == 0:
+                    break
+            end += 1
+        else:  # a block: while the lines are indented deeper (blank and comment lines included)
+            while end < len(lines) and (not lines[end].strip() or lines[end].startswith(" " * indent)
+                                        or lines[end].lstrip().startswith("#")):
+                end += 1
+    return first, end
+
+
+def _set(lines: list[str], path: tuple[str, ...], value) -> None:
+    """Set the scalar at ``path`` to ``value`` in place, in block or flow style, keeping the line's comment
+    in its column where the new value leaves room."""
+    text = json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+    try:  # a key on a line of its own
+        first, _ = _block(lines, path)
+        key_text = f"{path[-1]}:"
+        line = lines[first]
+        head, sep, comment = line.partition("  #")
+        start = line.index(key_text) + len(key_text)
+        new_head = f"{line[:start]} {text}"
+        lines[first] = (new_head.ljust(len(head)) + sep + comment) if sep else new_head + "\n"
         return
-    subprocess.run([sys.executable, "-m", "g2sd_lib.profiles", "enable", "gpu"], check=True, cwd=REPO)
-    subprocess.run([sys.executable, "-m", "g2sd_lib.repro", "gpu", "--json", str(out / "pipeline_gpu.json")],
-                   check=True, cwd=REPO)
-    subprocess.run([sys.executable, "-m", "g2sd_lib.compare"], check=True, cwd=REPO)  # reports/README.md
-    for rel in ("reports/gpu", "reports/README.md", "reports/tables", "dvc.lock", "params.yaml"):
-        subprocess.run(["cp", "-r", str(REPO / rel), str(out / "repro")], check=False)
+    except KeyError:
+        pass
+    first, end = _block(lines, path[:-1])  # a key inside a flow map
+    for i in range(first, end):
+        body, hash_, comment = lines[i].partition("#")
+        replaced, n = re.subn(rf"(?<=[{{,\s]){re.escape(path[-1])}: [^,}}]+", f"{path[-1]}: {text}", body)
+        if n:
+            lines[i] = replaced + hash_ + comment
+            return
+    raise KeyError(".".join(path))
+
+
+def adopt_bundle(src: Path, prefix: str, profile: str, finetune_override: dict, repo: Path = REPO) -> dict:
+    """Make a bundled teacher the profile's: ``<prefix>_{mae,classifier}.{safetensors,json}`` and the card
+    ``<prefix>.md`` from ``src`` into ``repo/teachers`` (with a row in its index), and in
+    ``g2sd_lib/profiles/<profile>.yaml`` ``teacher.mode: bundled`` with the files and their sha256, and the
+    fine-tuning variant the bundle was trained with merged into ``teacher.finetune`` (so that ``train``
+    mode regenerates it). The file is edited line by line, its comments and layout kept; the result must
+    parse to exactly the old profile with those changes, or nothing is written."""
+    import hashlib
+
+    import yaml
+
+    dest, bundled = repo / "teachers", {}
+    for role in ("mae", "classifier"):
+        weights = src / f"{prefix}_{role}.safetensors"
+        sidecar = json.loads((src / f"{prefix}_{role}.json").read_text())
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        if digest != sidecar["sha256"]:
+            raise SystemExit(f"adopt: {weights} has sha256 {digest}, its sidecar says {sidecar['sha256']}")
+        bundled[role], bundled[f"{role}_sha256"] = f"teachers/{weights.name}", digest
+    path = repo / "g2sd_lib" / "profiles" / f"{profile}.yaml"
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    _set(lines, ("teacher", "mode"), "bundled")
+    for key, value in bundled.items():
+        _set(lines, ("teacher", "bundled", key), value)
+
+    def leaves(override, prefix_path=()):
+        for key, value in override.items():
+            yield from leaves(value, (*prefix_path, key)) if isinstance(value, dict) else [((*prefix_path, key), value)]
+    for key_path, value in leaves(finetune_override):
+        _set(lines, ("teacher", "finetune", *key_path), value)
+    expected = yaml.safe_load(text)
+    expected["teacher"]["mode"] = "bundled"
+    expected["teacher"]["bundled"].update(bundled)
+    expected["teacher"]["finetune"] = config.deep_merge(expected["teacher"]["finetune"], finetune_override)
+    if yaml.safe_load("".join(lines)) != expected:
+        raise SystemExit(f"adopt: editing {path} line by line did not give the intended profile; edit it by hand: "
+                         f"teacher.mode bundled, teacher.bundled {bundled}, teacher.finetune += {finetune_override}")
+    for role in ("mae", "classifier"):
+        for ext in (".safetensors", ".json"):
+            shutil.copyfile(src / f"{prefix}_{role}{ext}", dest / f"{prefix}_{role}{ext}")
+    shutil.copyfile(src / f"{prefix}.md", dest / f"{prefix}.md")
+    path.write_text("".join(lines))
+    index = dest / "README.md"
+    if f"| `{prefix}` |" not in index.read_text():
+        row = (f"| `{prefix}` | [{prefix}.md]({prefix}.md) | the `{profile}` profile (`{expected['teacher']['finetune']['model']}` "
+               f"-> `{expected['students']['common']['model']}`) |")
+        index.write_text(index.read_text().rstrip("\n") + "\n" + row + "\n")
+    return {"profile": str(path.relative_to(repo)), "bundled": bundled, "finetune_override": finetune_override}
+
+
+def adopt(out: Path, dry: bool) -> dict:
+    """The sweep's bundled `gpu` teacher becomes the `gpu` profile's (``adopt_bundle``), so that ``repro``
+    can follow in the same session; in a dry run, in the scratch copy."""
+    chosen = json.loads((out / "sweep.json").read_text())["best_teacher_variant"].removeprefix("teacher ")
+    result = adopt_bundle(out / "teachers", "gpu", "gpu", TEACHER_VARIANTS[chosen], _target_repo(out, dry))
+    result["variant"] = chosen
+    (out / "adopted.json").write_text(json.dumps(result, indent=1))
+    log(f"adopt: teacher variant {chosen} is the gpu profile's bundled teacher ({result['profile']})")
+    return result
+
+
+# what repro brings back from the repository it ran in (no checkpoints: histories, reports, the lock)
+REPRO_FILES = ("reports/gpu", "reports/README.md", "reports/tables", "dvc.lock", "params.yaml",
+               "g2sd_lib/profiles/gpu.yaml", "teachers/gpu.md", "teachers/README.md")
+
+
+def _collect(repo: Path, dest: Path) -> None:
+    for rel in REPRO_FILES:
+        src = repo / rel
+        if src.is_dir():
+            shutil.copytree(src, dest / rel, dirs_exist_ok=True)
+        elif src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / rel)
+    for history in (repo / "runs" / "gpu").rglob("history.json"):  # a stopped repro's finished runs too
+        rel = history.relative_to(repo)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(history, dest / rel)
+
+
+def _call(cmd: list[str], cwd: Path, env: dict, log_path: Path) -> None:
+    """Run ``cmd``, its lines to stdout and to ``log_path``. When the session stops meanwhile (SIGTERM,
+    the deadline), the command gets SIGTERM and a moment to stop its own processes (g2sd_lib.repro stops
+    its stages), unlike subprocess.run, which would SIGKILL it and leave them running."""
+    log(" ".join(cmd[1:]))
+    with open(log_path, "a") as logf:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                logf.write(line)
+            if proc.wait() != 0:
+                raise RuntimeError(f"{' '.join(cmd[1:])} failed (exit {proc.returncode}); see {log_path}")
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+
+
+def repro(out: Path, dry: bool) -> None:
+    """The `gpu` profile through DVC with independent stages at once, timed per stage (g2sd_lib.repro
+    --json, written each time a stage ends), then ``reports/README.md`` (g2sd_lib.compare). What it made
+    goes to ``out/repro`` even when the session is stopped halfway (``REPRO_FILES`` and every run's history).
+    A dry run does it in the scratch copy, with the `gpu` profile shrunk (``shrink``) on this CPU."""
+    import yaml
+
+    repo = _target_repo(out, dry)
+    if dry:  # the profile the adopt step wrote, shrunk; comments are lost in the scratch copy only
+        profile = repo / "g2sd_lib" / "profiles" / "gpu.yaml"
+        shrunk = shrink(yaml.safe_load(profile.read_text()), canvases=(64, 16, 16))  # one full dense batch of 64
+        profile.write_text(yaml.safe_dump(shrunk, sort_keys=False))
+    here = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), *here]),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # dvc, papermill
+    log_path = out / "repro.log"
+    try:
+        _call([sys.executable, "-m", "g2sd_lib.profiles", "enable", "gpu"], repo, env, log_path)
+        # the profile's stages only: the entry notebook is profile-free, and adopting a bundle into teachers/
+        # changes its inputs (the `fmnist` stages that read teachers/ are recorded here, not rerun there)
+        _call([sys.executable, "-m", "g2sd_lib.repro", "gpu", "--targets", "report@gpu", "explore@gpu",
+               "--json", str(out / "pipeline_gpu.json")], repo, env, log_path)
+        _call([sys.executable, "-m", "g2sd_lib.compare"], repo, env, log_path)  # reports/README.md
+    finally:
+        _collect(repo, out / "repro")
 
 
 MIB16 = 16 * 1024 * 1024  # the device returns files from $OUT up to 16 MiB each, at most 8 of them
@@ -326,7 +519,7 @@ def _cpu_sampler(path: Path, t0: float):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("steps", nargs="+", choices=["sweep", "dense", "bench", "repro"])
+    p.add_argument("steps", nargs="+", choices=["sweep", "dense", "adopt", "bench", "repro"])
     p.add_argument("--out", type=Path, required=True, help="working directory (runs, histories, bundles)")
     p.add_argument("--dry", action="store_true", help="shrunk, for a CPU dry run of the exact steps")
     p.add_argument("--concurrent", type=int, default=6, help="runs trained at once in the sweep (default 6)")
@@ -356,7 +549,8 @@ def main(argv=None) -> None:
         for step in args.steps:
             s0 = time.perf_counter()
             {"bench": lambda: bench(args.out, args.dry), "sweep": lambda: sweep(args.out, args.dry, args.concurrent),
-             "dense": lambda: dense(args.out, args.dry), "repro": lambda: repro(args.out, args.dry)}[step]()
+             "dense": lambda: dense(args.out, args.dry), "adopt": lambda: adopt(args.out, args.dry),
+             "repro": lambda: repro(args.out, args.dry)}[step]()
             log(f"{step}: {(time.perf_counter() - s0) / 60:.1f} min")
             if args.pack_to:
                 pack(args.out, args.pack_to)

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The `gpu` profile's work on a lent GPU, in two halves.
+# The `gpu` profile's work on a lent GPU: the teacher, then the whole profile, in one call if time allows.
 #
 # Here (CPU, before the device call):
 #   benchmarks/gpu_session.sh prepare
 #     puts into .whl/ (git-ignored; the device call carries it: carry [".whl"]) the wheels the
 #     device lacks (benchmarks/device_wheels.sh) and Fashion-MNIST compressed with xz, and prints
 #     what the call will carry (tracked files + .whl/ must stay under 64 MiB).
-#   benchmarks/gpu_session.sh dry sweep dense bench
-#     the exact steps, shrunk, on this CPU (minutes): run it before spending device time.
+#   benchmarks/gpu_session.sh dry sweep adopt repro bench
+#     the exact steps, shrunk, on this CPU (minutes; adopt and repro in a scratch copy of the tree):
+#     run it before spending device time.
 #
 # On the device (its own python3 3.12 with torch; nothing can be downloaded there):
-#   bash benchmarks/gpu_session.sh run --deadline-min 8 sweep dense bench      (first session: the teacher)
-#   bash benchmarks/gpu_session.sh run --deadline-min 8 repro            (once the teacher is bundled)
+#   bash benchmarks/gpu_session.sh run --deadline-min 8 sweep adopt repro bench   (timeout_s 600)
+#     the teacher chosen on validation and bundled, made the profile's, then the pipeline;
+#   bash benchmarks/gpu_session.sh run --deadline-min 8 repro   (a later session, if the first ran out
+#     of time: adopt from its archives here first, benchmarks/README.md)
 #     installs the wheels into /tmp/site, unpacks the data, makes the tree a git repository (DVC
 #     needs one), then runs benchmarks/gpu_session.py ARGS --out /tmp/gpu_session --pack-to $OUT: only
 #     archives go to $OUT (the device returns at most 8 files of 16 MiB): gpu_session.tar.gz (histories,

@@ -17,6 +17,7 @@ from g2sd_lib.errors import UserError
 from g2sd_lib.evaluate import count_params
 from g2sd_lib.models import create_classifier, create_mae
 from g2sd_lib.profiles import load_profile, shrink
+from g2sd_lib.schema import validate_params
 from g2sd_lib.tasks import Finetuning
 from g2sd_lib.teacher import obtain_teacher
 
@@ -193,6 +194,65 @@ def test_the_gpu_session_returns_only_archives_each_bundle_apart(tmp_path):
     assert names["teachers_fmnist.tar.gz"] == ["teachers/fmnist.md", "teachers/fmnist_mae.safetensors"]
     session.pack(work, dest)  # repacking replaces them
     assert len(list(dest.iterdir())) == 3
+
+
+def _fake_bundle(src, prefix):
+    import hashlib
+    src.mkdir(parents=True, exist_ok=True)
+    (src / f"{prefix}.md").write_text("# card")
+    for role in ("mae", "classifier"):
+        (src / f"{prefix}_{role}.safetensors").write_bytes(role.encode())
+        digest = hashlib.sha256(role.encode()).hexdigest()
+        (src / f"{prefix}_{role}.json").write_text(json.dumps({"sha256": digest}))
+
+
+def test_the_gpu_session_adopts_the_chosen_teacher_into_the_profile_keeping_its_comments(tmp_path):
+    """After the sweep, the session (or its user, from the archive) makes the bundled teacher the `gpu`
+    profile's: bundled mode, files and sha256 pinned, the chosen fine-tuning variant in the recipe, every
+    other line of the hand-written profile untouched; a bundle whose file does not match its sidecar is refused."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+    import yaml
+    session = _gpu_session()
+    root = Path(__file__).resolve().parents[1]
+    original = (root / "g2sd_lib/profiles/gpu.yaml").read_text()
+    for variant, override in session.TEACHER_VARIANTS.items():
+        repo = tmp_path / variant
+        (repo / "g2sd_lib/profiles").mkdir(parents=True)
+        (repo / "teachers").mkdir()
+        (repo / "g2sd_lib/profiles/gpu.yaml").write_text(original)
+        shutil.copyfile(root / "teachers/README.md", repo / "teachers/README.md")
+        _fake_bundle(tmp_path / "src", "gpu")
+        session.adopt_bundle(tmp_path / "src", "gpu", "gpu", override, repo)
+        edited = (repo / "g2sd_lib/profiles/gpu.yaml").read_text()
+        params = yaml.safe_load(edited)
+        schema_ok = validate_params(params, "gpu.yaml")
+        teacher = schema_ok["teacher"]
+        assert teacher["mode"] == "bundled" and teacher["bundled"]["mae"] == "teachers/gpu_mae.safetensors"
+        assert teacher["bundled"]["classifier_sha256"] == hashlib.sha256(b"classifier").hexdigest()
+        assert params["teacher"]["finetune"] == config.deep_merge(yaml.safe_load(original)["teacher"]["finetune"], override)
+        changed = [(a, b) for a, b in zip(original.splitlines(), edited.splitlines()) if a != b]
+        assert len(edited.splitlines()) == len(original.splitlines()) and 5 <= len(changed) <= 7, changed
+        assert all(a.split("#", 1)[1:] == b.split("#", 1)[1:] for a, b in changed)  # comments kept
+        assert (repo / "teachers/gpu_classifier.safetensors").read_bytes() == b"classifier"
+        assert "| `gpu` | [gpu.md](gpu.md) | the `gpu` profile" in (repo / "teachers/README.md").read_text()
+    (tmp_path / "src/gpu_mae.safetensors").write_bytes(b"other")
+    with pytest.raises(SystemExit, match="sidecar"):
+        session.adopt_bundle(tmp_path / "src", "gpu", "gpu", {}, tmp_path / "profile")
+
+
+def test_the_gpu_session_brings_back_what_a_stopped_repro_made(tmp_path):
+    """repro's results come back without checkpoints, also from a pipeline stopped halfway."""
+    session = _gpu_session()
+    repo, dest = tmp_path / "repo", tmp_path / "out"
+    for rel in ("dvc.lock", "reports/gpu/summary.json", "runs/gpu/students/g2sd/seed0/history.json",
+                "runs/gpu/students/g2sd/seed0/model.safetensors", "teachers/gpu.md"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(rel)
+    session._collect(repo, dest)
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert got == ["dvc.lock", "reports/gpu/summary.json", "runs/gpu/students/g2sd/seed0/history.json", "teachers/gpu.md"]
 
 
 def test_processes_at_once_share_the_cpu_cores(monkeypatch):
