@@ -18,7 +18,6 @@ afresh too (its directory under ``--work`` is cleared: a run the sweep did not r
 """
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from g2sd_lib import config  # noqa: E402
+from g2sd_lib.checkpoints.files import sha256_file  # noqa: E402
 from g2sd_lib.profiles import load_profile, output_dirs  # noqa: E402
 from g2sd_lib.stages import run_stage  # noqa: E402
 
@@ -73,7 +73,7 @@ def checkpoints(params: dict, root: Path) -> dict:
     if missing:
         raise SystemExit(f"frs_sweep: {', '.join(missing)} missing: run `make repro` (the {params['profile']} "
                          "pipeline) first; the sweep starts from its checkpoints")
-    return {role: hashlib.sha256(f.read_bytes()).hexdigest() for role, f in files.items()}
+    return {role: sha256_file(f) for role, f in files.items()}
 
 
 def main(argv=None) -> dict:

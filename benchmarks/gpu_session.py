@@ -331,15 +331,15 @@ def adopt_bundle(src: Path, prefix: str, profile: str, finetune_override: dict, 
     fine-tuning variant the bundle was trained with merged into ``teacher.finetune`` (so that ``train``
     mode regenerates it). The file is edited line by line, its comments and layout kept; the result must
     parse to exactly the old profile with those changes, or nothing is written."""
-    import hashlib
-
     import yaml
+
+    from g2sd_lib.checkpoints.files import sha256_file
 
     dest, bundled = repo / "teachers", {}
     for role in ("mae", "classifier"):
         weights = src / f"{prefix}_{role}.safetensors"
         sidecar = json.loads((src / f"{prefix}_{role}.json").read_text())
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        digest = sha256_file(weights)
         if digest != sidecar["sha256"]:
             raise SystemExit(f"adopt: {weights} has sha256 {digest}, its sidecar says {sidecar['sha256']}")
         bundled[role], bundled[f"{role}_sha256"] = f"teachers/{weights.name}", digest
@@ -362,10 +362,8 @@ def adopt_bundle(src: Path, prefix: str, profile: str, finetune_override: dict, 
     if yaml.safe_load("".join(lines)) != expected:
         raise SystemExit(f"adopt: editing {path} line by line did not give the intended profile; edit it by hand: "
                          f"teacher.mode bundled, teacher.bundled {bundled}, teacher.finetune += {finetune_override}")
-    for role in ("mae", "classifier"):
-        for ext in (".safetensors", ".json"):
-            shutil.copyfile(src / f"{prefix}_{role}{ext}", dest / f"{prefix}_{role}{ext}")
-    shutil.copyfile(src / f"{prefix}.md", dest / f"{prefix}.md")
+    for file in _bundles(src)[prefix]:  # the card and the four files, as pack() sends them
+        shutil.copyfile(file, dest / file.name)
     path.write_text("".join(lines))
     index = dest / "README.md"
     if f"| `{prefix}` |" not in index.read_text():
@@ -392,17 +390,13 @@ REPRO_FILES = ("reports/gpu", "reports/README.md", "reports/tables", "dvc.lock",
 
 
 def _collect(repo: Path, dest: Path) -> None:
-    for rel in REPRO_FILES:
-        src = repo / rel
+    histories = (repo / "runs" / "gpu").rglob("history.json")  # a stopped repro's finished runs too
+    for src in [*(repo / rel for rel in REPRO_FILES), *histories]:
         if src.is_dir():
-            shutil.copytree(src, dest / rel, dirs_exist_ok=True)
+            shutil.copytree(src, dest / src.relative_to(repo), dirs_exist_ok=True)
         elif src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest / rel)
-    for history in (repo / "runs" / "gpu").rglob("history.json"):  # a stopped repro's finished runs too
-        rel = history.relative_to(repo)
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(history, dest / rel)
+            (dest / src.relative_to(repo)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / src.relative_to(repo))
 
 
 def _call(cmd: list[str], cwd: Path, env: dict, log_path: Path) -> None:
@@ -457,9 +451,8 @@ def repro(out: Path, dry: bool) -> None:
 MIB16 = 16 * 1024 * 1024  # the device returns files from $OUT up to 16 MiB each, at most 8 of them
 
 
-def _bundles(out: Path) -> dict:
-    """``{prefix: its files}`` for each teacher bundled under ``out/teachers`` (card ``<prefix>.md``)."""
-    teachers = out / "teachers"
+def _bundles(teachers: Path) -> dict:
+    """``{prefix: its files}`` for each teacher bundled in ``teachers`` (card ``<prefix>.md``)."""
     return {card.stem: [card, *(teachers / f"{card.stem}_{role}{ext}" for role in ("mae", "classifier")
                                 for ext in (".safetensors", ".json"))]
             for card in sorted(teachers.glob("*.md"))}
@@ -471,7 +464,7 @@ def pack(out: Path, dest: Path) -> list[Path]:
     histories, metrics, logs and reports (no training checkpoints, no bundles) and one
     ``teachers_<prefix>.tar.gz`` per bundled teacher (9 MB for ``gpu``). Each is replaced atomically,
     so a call cut off at its limit keeps the last ones."""
-    bundles = _bundles(out)
+    bundles = _bundles(out / "teachers")
     in_bundle = {f for files in bundles.values() for f in files}
     groups = {"gpu_session": [f for f in sorted(out.rglob("*")) if f.is_file() and f not in in_bundle
                               and f.suffix not in (".pt", ".safetensors", ".partial")
