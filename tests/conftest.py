@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -13,3 +15,12 @@ def fmnist_available():
         return find_fashion_mnist()
     except DatasetNotFoundError as e:
         pytest.skip(str(e))
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` (a script, not a package module) loaded as a module, for its tests."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,20 +1,14 @@
 """benchmarks/throughput.py end to end on the hidden ``smoke`` config (tiny models, one timed step)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("throughput")
 
 
 def test_smoke_run_reports_every_kind(bench, tmp_path, capsys):
@@ -76,9 +70,7 @@ def test_rejects_bad_step_count(bench):
 def test_the_fingerprint_repeats_and_sees_a_changed_recipe(tmp_path, capsys, fmnist_available, monkeypatch):
     """benchmarks/fingerprint.py, the before/after check of a behaviour-neutral edit: the same code
     prints the same lines; a changed learning rate changes the runs it reaches (and only those)."""
-    spec = importlib.util.spec_from_file_location("fingerprint", SCRIPT.with_name("fingerprint.py"))
-    fp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fp)
+    fp = load_benchmark("fingerprint")
     runs = []
     for blr in (None, None, 2e-3):
         if blr:  # the students' recipe changes; the pretrain runs' does not
@@ -94,9 +86,7 @@ def test_the_fingerprint_repeats_and_sees_a_changed_recipe(tmp_path, capsys, fmn
 
 def test_cpu_share_adds_up_the_copies_run_side_by_side(tmp_path, capsys):
     """benchmarks/cpu_share.py: each measurement alone and as 2 copies started together, summed."""
-    spec = importlib.util.spec_from_file_location("cpu_share", SCRIPT.with_name("cpu_share.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("cpu_share")
     out = tmp_path / "share.json"
     module.main(["--configs", "smoke", "--kinds", "finetune", "sd", "--teacher-amp", "same", "bf16", "--steps", "1",
                  "--warmup", "0", "--procs", "2", "--json", str(out)])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from g2sd_lib import report
 from g2sd_lib.checkpoints import save_model
@@ -202,20 +203,11 @@ def test_several_processes_run_the_one_stage_module_under_torchrun(tmp_path, mon
     assert json.loads((tmp_path / "config.json").read_text())["kind"] == "segmentation"
 
 
-def _frs_sweep_module():
-    import importlib.util
-    script = Path(__file__).resolve().parents[1] / "benchmarks/frs_sweep.py"
-    spec = importlib.util.spec_from_file_location("frs_sweep", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_frs_sweep_changes_only_the_distillation(tmp_path):
     """benchmarks/frs_sweep.py retrains the detection student from the pipeline's checkpoints; its
     variants must differ from the pipeline's G2SD run in the distillation options alone."""
     from g2sd_lib import schema
-    sweep = _frs_sweep_module()
+    sweep = load_benchmark("frs_sweep")
     params = load_profile("fmnist")
     base = dense_stage_config(params, "detection", "g2sd", tmp_path, seed=0)
     variants = dict(sweep.configs(params, tmp_path, tmp_path / "sweep"))
@@ -231,7 +223,7 @@ def test_the_frs_sweep_changes_only_the_distillation(tmp_path):
 def test_the_frs_sweep_keeps_earlier_runs_only_from_the_same_checkpoints(tmp_path, monkeypatch):
     """A rerun of the pipeline changes the checkpoints the sweep starts from: rows trained from the old
     ones must not be mixed with new ones (the JSON records both files' sha256)."""
-    sweep = _frs_sweep_module()
+    sweep = load_benchmark("frs_sweep")
     params = load_profile("fmnist")
     base = dense_stage_config(params, "detection", "g2sd", tmp_path)
     with pytest.raises(SystemExit, match="make repro"):

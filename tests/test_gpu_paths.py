@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from g2sd_lib import checkpoints, config, data, device, engine, stages
 from g2sd_lib.dense import stages as dense_stages
@@ -94,17 +95,6 @@ def test_concurrent_runs_give_the_sequential_results_and_name_a_failure(tmp_path
         stages.launch_all([bad, bad], nproc=2, concurrent=2)
 
 
-def _gpu_session():
-    """benchmarks/gpu_session.py, the GPU session's script (not a package module)."""
-    import importlib.util
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "benchmarks/gpu_session.py"
-    spec = importlib.util.spec_from_file_location("gpu_session", script)
-    session = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(session)
-    return session
-
-
 def _shrunk_gpu_profile() -> dict:
     """The `gpu` profile with its models, kinds and options, on a few images for one epoch (no compile:
     test_compiled_step_* covers it)."""
@@ -152,7 +142,7 @@ def test_the_gpu_profiles_teacher_pair_fits_the_10_mb_float16_bundle(tmp_path):
 def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
     """benchmarks/gpu_session.py runs on a GPU only; its configurations are checked here."""
     from g2sd_lib import schema
-    session = _gpu_session()
+    session = load_benchmark("gpu_session")
     for params in (load_profile("gpu"), shrink(load_profile("gpu"))):
         names, cfgs = session.sweep_configs(params, tmp_path)
         assert len({c["out_dir"] for c in cfgs}) == len(cfgs) == len(session.TEACHER_VARIANTS) + 2
@@ -176,7 +166,7 @@ def test_the_gpu_session_returns_only_archives_each_bundle_apart(tmp_path):
     """The device returns at most 8 files of 16 MiB from $OUT: the work stays in --out, only archives go
     to --pack-to, training checkpoints stay out, and each bundled teacher travels in its own archive."""
     import tarfile
-    session = _gpu_session()
+    session = load_benchmark("gpu_session")
     work, dest = tmp_path / "work", tmp_path / "OUT"
     for rel in ("sweep.json", "sweep/scratch/x1/history.json", "sweep/scratch/x1/last.pt",
                 "sweep/teacher/mae.safetensors", "teachers/gpu.md", "teachers/gpu_mae.safetensors",
@@ -214,7 +204,7 @@ def test_the_gpu_session_adopts_the_chosen_teacher_into_the_profile_keeping_its_
     import shutil
     from pathlib import Path
     import yaml
-    session = _gpu_session()
+    session = load_benchmark("gpu_session")
     root = Path(__file__).resolve().parents[1]
     original = (root / "g2sd_lib/profiles/gpu.yaml").read_text()
     for variant, override in session.TEACHER_VARIANTS.items():
@@ -244,7 +234,7 @@ def test_the_gpu_session_adopts_the_chosen_teacher_into_the_profile_keeping_its_
 
 def test_the_gpu_session_brings_back_what_a_stopped_repro_made(tmp_path):
     """repro's results come back without checkpoints, also from a pipeline stopped halfway."""
-    session = _gpu_session()
+    session = load_benchmark("gpu_session")
     repo, dest = tmp_path / "repo", tmp_path / "out"
     for rel in ("dvc.lock", "reports/gpu/summary.json", "runs/gpu/students/g2sd/seed0/history.json",
                 "runs/gpu/students/g2sd/seed0/model.safetensors", "teachers/gpu.md"):
