@@ -97,3 +97,16 @@ def test_the_measured_cpu_default_candidate_stays_a_valid_profile_with_the_gpu_p
     for group, runs in (("pretrain", PRETRAIN_RUNS), ("students", STUDENT_RUNS)):
         for r in runs:
             TrainConfig(out_dir="x", **stage_config(cand, group, r, seed=0)["train"]).validate()
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_the_pinned_sha256_of_every_bundled_file_is_the_committed_files(name):
+    """Each profile names bundled files (its own teacher or, as the alternative to its mode, the
+    `fmnist` bundle); a bundle rebuilt without updating a profile's pin would fail only once someone
+    switches that profile to `bundled`."""
+    from g2sd_lib.checkpoints.files import sha256_file
+    bundled = load_profile(name)["teacher"]["bundled"]
+    for role in ("mae", "classifier"):
+        path = REPO / bundled[role]
+        if path.exists():
+            assert sha256_file(path) == bundled[f"{role}_sha256"], f"{name}.yaml pins a stale sha256 for {path.name}"
