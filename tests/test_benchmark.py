@@ -99,3 +99,29 @@ def test_cpu_share_adds_up_the_copies_run_side_by_side(tmp_path, capsys):
     assert "| smoke | sd | fp32 | bf16 | none | 8 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         module.main(["--procs", "1"])
+
+
+def test_budget_probe_trains_the_profile_recipe_longer_and_reads_validation(tmp_path, capsys, fmnist_available):
+    """benchmarks/budget_probe.py: the student's own recipe with only the epochs changed, its validation
+    curve next to the teacher's validation top-1; a missing teacher result is named."""
+    probe = load_benchmark("budget_probe")
+    params = probe.load_profile("smoke")
+    cfg, = probe.probe_configs(params, tmp_path / "runs", tmp_path / "work", ["scratch"], [3], 1)
+    recipe = probe.config.stage_config(params, "students", "scratch", tmp_path / "runs", seed=1)
+    assert cfg["train"] == {**recipe["train"], "epochs": 3} and cfg["model"] == recipe["model"]
+    assert cfg["out_dir"] == str(tmp_path / "work" / "scratch_e3_seed1")
+
+    teacher = tmp_path / "teacher.json"
+    with pytest.raises(SystemExit, match="missing"):
+        probe.main(["--profile", "smoke", "--teacher-json", str(teacher)])
+    teacher.write_text(json.dumps({"val_top1": 0.5, "sd": {"sha256": "ab"}}))
+    out = tmp_path / "probe.json"
+    probe.main(["--profile", "smoke", "--epochs", "2", "--work", str(tmp_path / "work"),
+                "--teacher-json", str(teacher), "--json", str(out)])
+    data = json.loads(out.read_text())
+    run, = data["runs"]
+    assert data["teacher_val_top1"] == 0.5 and data["profile_student_epochs"] == 1
+    assert run["epochs"] == 2 and len(run["val_top1_per_epoch"]) == 2
+    assert run["val_top1_last"] == run["val_top1_per_epoch"][-1]
+    assert run["val_top1_best"] == max(run["val_top1_per_epoch"])
+    assert "validation top-1 50.00 %" in capsys.readouterr().out

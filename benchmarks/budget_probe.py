@@ -1,0 +1,101 @@
+"""Is a profile's comparison decided by its budget? Its student trained alone, for far longer.
+
+The paper's claims are tested only when the teacher is clearly stronger than anything the student
+reaches alone. This trains a profile's student runs (default: ``scratch``, the student from random
+initialisation on labels) by the profile's own recipe with only the number of epochs changed, and
+reads the validation top-1 after every epoch, next to the teacher's validation top-1 from the teacher
+stage (``reports/<profile>/results/teacher.json``: run ``make repro`` first). Only the validation
+split is read: no test image is looked at.
+
+    python benchmarks/budget_probe.py --profile fmnist --epochs 20 --json benchmarks/results/budget_probe_fmnist.json
+
+Runs given at once (``--concurrent``) train side by side, one process each, on their share of the
+cores. A run interrupted resumes from its ``last.pt`` under ``--work``.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from g2sd_lib import config  # noqa: E402
+from g2sd_lib.profiles import load_profile  # noqa: E402
+from g2sd_lib.stages import launch_all  # noqa: E402
+
+
+def probe_configs(params: dict, root: Path, work: Path, runs: list[str], epochs: list[int], seed: int) -> list[dict]:
+    """The ``run_stage`` configurations: each run of ``students`` by the profile's recipe, for each
+    number of epochs (its learning-rate schedule stretched to that length)."""
+    cfgs = []
+    for run in runs:
+        for n in epochs:
+            cfg = config.stage_config(params, "students", run, root, seed=seed)
+            cfg["train"]["epochs"] = n
+            cfg["out_dir"] = str(work / f"{run}_e{n}_seed{seed}")
+            cfgs.append(cfg)
+    return cfgs
+
+
+def summary(run: str, history: list[dict], profile_epochs: int) -> dict:
+    """Validation top-1 at the profile's budget (from the longer run's curve: same recipe but a longer
+    learning-rate schedule, so not the pipeline's number) and at the end, and the best epoch."""
+    val = [h["val_top1"] for h in history]
+    best = max(range(len(val)), key=val.__getitem__)
+    return {"run": run, "epochs": len(history), "val_top1_last": val[-1], "val_top1_best": val[best],
+            "best_epoch": best + 1, "val_top1_at_profile_epochs": val[min(profile_epochs, len(val)) - 1],
+            "val_top1_per_epoch": val, "seconds": sum(h["seconds"] for h in history)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="fmnist")
+    parser.add_argument("--runs", nargs="+", default=["scratch"], help="runs of the profile's `students` section")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[20],
+                        help="schedule lengths; two (e.g. 20 40) show whether the shorter has converged")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concurrent", type=int, default=1, help="runs trained at once")
+    parser.add_argument("--work", type=Path, default=None, help="run directories (default runs/<profile>/budget_probe)")
+    parser.add_argument("--teacher-json", type=Path, default=None,
+                        help="the teacher stage's result (default reports/<profile>/results/teacher.json)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    params = load_profile(args.profile)
+    root = REPO / "runs" / args.profile
+    teacher_json = args.teacher_json or REPO / "reports" / args.profile / "results" / "teacher.json"
+    if not teacher_json.exists():
+        sys.exit(f"{teacher_json} is missing: run the pipeline first (make repro P={args.profile})")
+    teacher = json.loads(teacher_json.read_text())
+    work = args.work or root / "budget_probe"
+    cfgs = probe_configs(params, root, work, args.runs, args.epochs, args.seed)
+    start = time.time()
+    names = [Path(c["out_dir"]).name for c in cfgs]
+    histories = launch_all(cfgs, concurrent=args.concurrent, names=names)
+    profile_epochs = params["students"]["common"]["train"]["epochs"]
+    result = {
+        "profile": args.profile, "seed": args.seed, "epochs": args.epochs,
+        "train_images_per_epoch": config.train_images(params),
+        "profile_student_epochs": profile_epochs,
+        "teacher_val_top1": teacher["val_top1"], "teacher_sha256": teacher["sd"]["sha256"],
+        "wall_seconds": round(time.time() - start, 1),
+        "command": "python benchmarks/budget_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "runs": [summary(run, h, profile_epochs) for run, h in zip([r for r in args.runs for _ in args.epochs], histories)],
+    }
+    print(f"teacher validation top-1 {100 * teacher['val_top1']:.2f} %")
+    for r in result["runs"]:
+        print(f"{r['run']:>8}: validation top-1 {100 * r['val_top1_last']:.2f} % after {r['epochs']} epochs "
+              f"(best {100 * r['val_top1_best']:.2f} % at epoch {r['best_epoch']}; "
+              f"{100 * r['val_top1_at_profile_epochs']:.2f} % at epoch {profile_epochs} of this schedule), "
+              f"{r['seconds'] / 60:.1f} min")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
