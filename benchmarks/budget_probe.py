@@ -7,7 +7,7 @@ reads the validation top-1 after every epoch, next to the teacher's validation t
 stage (``reports/<profile>/results/teacher.json``: run ``make repro`` first). Only the validation
 split is read: no test image is looked at.
 
-    python benchmarks/budget_probe.py --profile fmnist --epochs 20 --json benchmarks/results/budget_probe_fmnist.json
+    OMP_NUM_THREADS=1 python benchmarks/budget_probe.py --profile fmnist --epochs 20 40 --json benchmarks/results/budget_probe_fmnist.json
 
 Runs given at once (``--concurrent``) train side by side, one process each, on their share of the
 cores. A run interrupted resumes from its ``last.pt`` under ``--work``.
