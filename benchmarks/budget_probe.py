@@ -27,17 +27,18 @@ from g2sd_lib.profiles import load_profile  # noqa: E402
 from g2sd_lib.stages import launch_all  # noqa: E402
 
 
-def probe_configs(params: dict, root: Path, work: Path, runs: list[str], epochs: list[int], seed: int) -> list[dict]:
-    """The ``run_stage`` configurations: each run of ``students`` by the profile's recipe, for each
-    number of epochs (its learning-rate schedule stretched to that length)."""
-    cfgs = []
+def probe_configs(params: dict, root: Path, work: Path, runs: list[str], epochs: list[int],
+                  seed: int) -> list[tuple[str, dict]]:
+    """``(run, run_stage configuration)`` pairs: each run of ``students`` by the profile's recipe, for
+    each number of epochs (its learning-rate schedule stretched to that length)."""
+    probes = []
     for run in runs:
         for n in epochs:
             cfg = config.stage_config(params, "students", run, root, seed=seed)
             cfg["train"]["epochs"] = n
             cfg["out_dir"] = str(work / f"{run}_e{n}_seed{seed}")
-            cfgs.append(cfg)
-    return cfgs
+            probes.append((run, cfg))
+    return probes
 
 
 def summary(run: str, history: list[dict], profile_epochs: int) -> dict:
@@ -71,10 +72,10 @@ def main(argv=None) -> int:
         sys.exit(f"{teacher_json} is missing: run the pipeline first (make repro P={args.profile})")
     teacher = json.loads(teacher_json.read_text())
     work = args.work or root / "budget_probe"
-    cfgs = probe_configs(params, root, work, args.runs, args.epochs, args.seed)
+    probes = probe_configs(params, root, work, args.runs, args.epochs, args.seed)
+    cfgs = [cfg for _, cfg in probes]
     start = time.time()
-    names = [Path(c["out_dir"]).name for c in cfgs]
-    histories = launch_all(cfgs, concurrent=args.concurrent, names=names)
+    histories = launch_all(cfgs, concurrent=args.concurrent, names=[Path(c["out_dir"]).name for c in cfgs])
     profile_epochs = params["students"]["common"]["train"]["epochs"]
     result = {
         "profile": args.profile, "seed": args.seed, "epochs": args.epochs,
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         "teacher_val_top1": teacher["val_top1"], "teacher_sha256": teacher["sd"]["sha256"],
         "wall_seconds": round(time.time() - start, 1),
         "command": "python benchmarks/budget_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "runs": [summary(run, h, profile_epochs) for run, h in zip([r for r in args.runs for _ in args.epochs], histories)],
+        "runs": [summary(run, h, profile_epochs) for (run, _), h in zip(probes, histories)],
     }
     print(f"teacher validation top-1 {100 * teacher['val_top1']:.2f} %")
     for r in result["runs"]:

@@ -106,7 +106,7 @@ def test_budget_probe_trains_the_profile_recipe_longer_and_reads_validation(tmp_
     curve next to the teacher's validation top-1; a missing teacher result is named."""
     probe = load_benchmark("budget_probe")
     params = probe.load_profile("smoke")
-    cfg, = probe.probe_configs(params, tmp_path / "runs", tmp_path / "work", ["scratch"], [3], 1)
+    (run, cfg), = probe.probe_configs(params, tmp_path / "runs", tmp_path / "work", ["scratch"], [3], 1)
     recipe = probe.config.stage_config(params, "students", "scratch", tmp_path / "runs", seed=1)
     assert cfg["train"] == {**recipe["train"], "epochs": 3} and cfg["model"] == recipe["model"]
     assert cfg["out_dir"] == str(tmp_path / "work" / "scratch_e3_seed1")
