@@ -101,12 +101,30 @@ def test_cpu_share_adds_up_the_copies_run_side_by_side(tmp_path, capsys):
         module.main(["--procs", "1"])
 
 
+def test_budget_probe_orders_runs_by_run_seed_epochs_and_averages_each_over_its_seeds(tmp_path):
+    """``--runs kd scratch --seeds 0 1 --epochs 4 8``: one configuration per (run, seed, epochs), each
+    with its own seed and directory; the mean and std are taken per (run, epochs) over the seeds."""
+    probe = load_benchmark("budget_probe")
+    probes = probe.probe_configs(probe.load_profile("smoke"), tmp_path / "runs", tmp_path / "work",
+                                 ["kd", "scratch"], [4, 8], [0, 1])
+    assert [(run, c["train"]["seed"], c["train"]["epochs"]) for run, c in probes] == [
+        (run, seed, n) for run in ("kd", "scratch") for seed in (0, 1) for n in (4, 8)]
+    assert len({c["out_dir"] for _, c in probes}) == 8
+    rows = [{"run": "kd", "seed": 0, "epochs": 4, "val_top1_last": 0.5},
+            {"run": "kd", "seed": 0, "epochs": 8, "val_top1_last": 0.9},
+            {"run": "kd", "seed": 1, "epochs": 4, "val_top1_last": 0.7}]
+    (kd4, kd8) = probe.over_seeds(rows)
+    assert kd4 == {"run": "kd", "epochs": 4, "seeds": [0, 1], "val_top1_last_mean": pytest.approx(0.6),
+                   "val_top1_last_std": pytest.approx(0.1414, abs=1e-4)}
+    assert kd8["seeds"] == [0] and kd8["val_top1_last_std"] == 0.0
+
+
 def test_budget_probe_trains_the_profile_recipe_longer_and_reads_validation(tmp_path, capsys, fmnist_available):
     """benchmarks/budget_probe.py: the student's own recipe with only the epochs changed, its validation
     curve next to the teacher's validation top-1; a missing teacher result is named."""
     probe = load_benchmark("budget_probe")
     params = probe.load_profile("smoke")
-    (run, cfg), = probe.probe_configs(params, tmp_path / "runs", tmp_path / "work", ["scratch"], [3], 1)
+    (run, cfg), = probe.probe_configs(params, tmp_path / "runs", tmp_path / "work", ["scratch"], [3], [1])
     recipe = probe.config.stage_config(params, "students", "scratch", tmp_path / "runs", seed=1)
     assert cfg["train"] == {**recipe["train"], "epochs": 3} and cfg["model"] == recipe["model"]
     assert cfg["out_dir"] == str(tmp_path / "work" / "scratch_e3_seed1")
@@ -121,6 +139,9 @@ def test_budget_probe_trains_the_profile_recipe_longer_and_reads_validation(tmp_
     data = json.loads(out.read_text())
     run, = data["runs"]
     assert data["teacher_val_top1"] == 0.5 and data["profile_student_epochs"] == 1
+    assert run["seed"] == 0 and data["mean_over_seeds"] == [
+        {"run": "scratch", "epochs": 2, "seeds": [0], "val_top1_last_mean": run["val_top1_last"],
+         "val_top1_last_std": 0.0}]
     assert run["epochs"] == 2 and len(run["val_top1_per_epoch"]) == 2
     assert run["val_top1_last"] == run["val_top1_per_epoch"][-1]
     assert run["val_top1_best"] == max(run["val_top1_per_epoch"])
