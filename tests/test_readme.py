@@ -60,13 +60,15 @@ def _frs_numbers() -> set:
 
 def test_every_result_in_the_readmes_results_section_comes_from_a_committed_file():
     """The Results section quotes numbers with two decimals from the committed summary, the FRS sweep and
-    the budget probe: each must be one of them, so that a rerun of the pipeline cannot leave a stale number behind."""
+    the budget probes: each must be one of them, so that a rerun of the pipeline cannot leave a stale number behind."""
     readme = (REPO / "README.md").read_text()
     section = readme.split("\n## Results\n", 1)[1].split("\n### Known limits\n", 1)[0]
+    probes = sorted((REPO / "benchmarks/results").glob("budget_probe_fmnist*.json"))
+    assert probes, "benchmarks/results/budget_probe_fmnist*.json: none committed"
     allowed = (_numbers(json.loads((REPO / "reports/fmnist/summary.json").read_text())) | _frs_numbers()
-               | _numbers(json.loads((REPO / "benchmarks/results/budget_probe_fmnist.json").read_text())))
+               | set().union(*(_numbers(json.loads(p.read_text())) for p in probes)))
     quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?![\d.])", section)
     assert quoted, "the Results section quotes no result"
     stale = sorted(set(quoted) - allowed)
     assert not stale, f"README Results section: {stale} are in no committed result (reports/fmnist/summary.json, " \
-                      "benchmarks/results/frs_sweep_fmnist.json, budget_probe_fmnist.json): quote the current ones"
+                      "benchmarks/results/frs_sweep_fmnist.json, budget_probe_fmnist*.json): quote the current ones"
