@@ -10,7 +10,9 @@ split is read: no test image is looked at.
     OMP_NUM_THREADS=1 python benchmarks/budget_probe.py --profile fmnist --epochs 20 40 --json benchmarks/results/budget_probe_fmnist.json
 
 Several runs and seeds (``--runs scratch kd g2sd --seeds 0 1 2``) compare the students at one longer
-budget: each (run, epochs) gets its mean and std over the seeds. Runs given at once
+budget: each (run, epochs) gets its mean and std over the seeds. ``--set KEY=VALUE`` changes one
+setting of the profile first (``--set students.common.task.layer_decay=null``, VALUE read as YAML;
+give it its own ``--work``). Runs given at once
 (``--concurrent``) train side by side, one process each, on their share of the cores. A run
 interrupted resumes from its ``last.pt`` under ``--work``.
 """
@@ -20,6 +22,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -55,6 +59,33 @@ def summary(run: str, seed: int, history: list[dict], profile_epochs: int) -> di
             "val_top1_per_epoch": val, "seconds": sum(h["seconds"] for h in history)}
 
 
+def with_settings(params: dict, settings: list[str]) -> dict:
+    """``params`` with each ``dotted.key=value`` of ``settings`` set (value read as YAML); a key that
+    is not in the profile is refused, so that a typo cannot silently probe the unchanged recipe."""
+    for item in settings:
+        key, sep, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not sep or not isinstance(node, dict) or leaf not in node:
+            raise SystemExit(f"--set {item}: expected KEY=VALUE with KEY a setting of the profile "
+                             "(dotted, e.g. students.common.task.layer_decay=null)")
+        node[leaf] = _value(value)
+    return params
+
+
+def _value(text: str):
+    """A ``--set`` value as YAML, with ``2e-3`` a number (YAML 1.1 reads it as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def over_seeds(runs: list[dict]) -> list[dict]:
     """Per (run, epochs), in the order of ``runs``: the seeds and the mean and sample std of the last
     epoch's validation top-1 over them."""
@@ -76,6 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, nargs="+", default=[20],
                         help="schedule lengths; two (e.g. 20 40) show whether the shorter has converged")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--set", dest="settings", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="profile settings changed before the runs are made (dotted keys, YAML values)")
     parser.add_argument("--concurrent", type=int, default=1, help="runs trained at once")
     parser.add_argument("--work", type=Path, default=None, help="run directories (default runs/<profile>/budget_probe)")
     parser.add_argument("--teacher-json", type=Path, default=None,
@@ -83,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    params = load_profile(args.profile)
+    params = with_settings(load_profile(args.profile), args.settings)
     root = REPO / "runs" / args.profile
     teacher_json = args.teacher_json or REPO / "reports" / args.profile / "results" / "teacher.json"
     if not teacher_json.exists():
@@ -96,7 +129,7 @@ def main(argv=None) -> int:
     histories = launch_all(cfgs, concurrent=args.concurrent, names=[Path(c["out_dir"]).name for c in cfgs])
     profile_epochs = params["students"]["common"]["train"]["epochs"]
     result = {
-        "profile": args.profile, "seeds": args.seeds, "epochs": args.epochs,
+        "profile": args.profile, "settings": args.settings, "seeds": args.seeds, "epochs": args.epochs,
         "train_images_per_epoch": config.train_images(params),
         "profile_student_epochs": profile_epochs,
         "teacher_val_top1": teacher["val_top1"], "teacher_sha256": teacher["sd"]["sha256"],

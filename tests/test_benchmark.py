@@ -1,6 +1,7 @@
 """benchmarks/throughput.py end to end on the hidden ``smoke`` config (tiny models, one timed step)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import load_benchmark
@@ -117,6 +118,19 @@ def test_budget_probe_orders_runs_by_run_seed_epochs_and_averages_each_over_its_
     assert kd4 == {"run": "kd", "epochs": 4, "seeds": [0, 1], "val_top1_last_mean": pytest.approx(0.6),
                    "val_top1_last_std": pytest.approx(0.1414, abs=1e-4)}
     assert kd8["seeds"] == [0] and kd8["val_top1_last_std"] == 0.0
+
+
+def test_budget_probe_set_changes_an_existing_setting_and_refuses_an_unknown_one():
+    """``--set students.common.task.layer_decay=null``: the value read as YAML reaches the run's
+    configuration; a misspelt key or a missing ``=`` stops with the expected form."""
+    probe = load_benchmark("budget_probe")
+    params = probe.with_settings(probe.load_profile("smoke"),
+                                 ["students.common.task.layer_decay=null", "students.common.train.blr=2e-3"])
+    (_, cfg), = probe.probe_configs(params, Path("runs"), Path("work"), ["gd_only"], [2], [0])
+    assert cfg["task"]["layer_decay"] is None and cfg["train"]["blr"] == 2e-3
+    for bad in ("students.common.task.layer_decay", "students.common.task.layer_dcay=0.5", "student.common=1"):
+        with pytest.raises(SystemExit, match="KEY=VALUE"):
+            probe.with_settings(probe.load_profile("smoke"), [bad])
 
 
 def test_budget_probe_trains_the_profile_recipe_longer_and_reads_validation(tmp_path, capsys, fmnist_available):
