@@ -10,11 +10,11 @@ split is read: no test image is looked at.
     OMP_NUM_THREADS=1 python benchmarks/budget_probe.py --profile fmnist --epochs 20 40 --json benchmarks/results/budget_probe_fmnist.json
 
 Several runs and seeds (``--runs scratch kd g2sd --seeds 0 1 2``) compare the students at one longer
-budget: each (run, epochs) gets its mean and std over the seeds. ``--set KEY=VALUE`` changes one
-setting of the profile first (``--set students.common.task.layer_decay=null``, VALUE read as YAML;
-give it its own ``--work``). Runs given at once
-(``--concurrent``) train side by side, one process each, on their share of the cores. A run
-interrupted resumes from its ``last.pt`` under ``--work``.
+budget: each (run, epochs) gets its mean and std over the seeds. ``--set KEY=VALUE`` changes a
+setting of the profile first (``--set students.common.task.layer_decay=null``, VALUE read as YAML);
+give such a probe its own ``--work``. Runs given at once (``--concurrent``) train side by side, one
+process each, on their share of the cores. A run interrupted resumes from its ``last.pt`` under
+``--work``.
 """
 
 import argparse
