@@ -17,6 +17,10 @@ here, tried on the CPU first with ``--dry`` (the same code, a few images and one
   can afford (the ``gpu`` teacher costs it 5 x per image, benchmarks/candidates/README.md);
 * ``dense`` (optional): one epoch of each dense teacher from the sweep's MAE at two batch sizes (seconds
   per epoch, to size the dense schedules, which the sweep does not train);
+* ``layer_decay`` (after ``repro``): the layer decay of the students initialised from a pretrained
+  encoder (G2SD, GD only, MAE), chosen on the validation split: seed 0 of each at every value of
+  ``LAYER_DECAYS`` other than the profile's own (that one is the repro's seed 0, reused), all at once;
+  ``layer_decay.json`` gives each run's validation top-1 and the value with the best mean over the three;
 * ``adopt``: the chosen bundle becomes the `gpu` profile's (``adopt_bundle``: ``teachers/``, and
   ``teacher.mode: bundled`` with the sha256 and the chosen variant in ``gpu.yaml``), so that ``repro``
   can follow in the same call; here it adopts from a session's extracted archives;
@@ -69,6 +73,11 @@ TEACHER_VARIANTS = {
     "dp0.2_mix0.8": {"model_kwargs": {"drop_path_rate": 0.2},
                      "augment": {"mixup": 0.8, "cutmix": 1.0, "reprob": 0.25}},
 }
+
+# Layer decays tried for the students initialised from a pretrained encoder (the layer_decay step): the
+# official 0.75 is SD.sh's for ViT-S after 300 GD epochs; on the CPU default it held the GD student back
+# 2 points at 20 epochs (benchmarks/README.md, budget probe without layer decay).
+LAYER_DECAYS = (0.75, 0.9, None)
 
 
 # every training process started here, so a stopped session can end them (launch_all ends its own
@@ -384,6 +393,65 @@ def adopt(out: Path, dry: bool) -> dict:
     return result
 
 
+def layer_decay_probes(params: dict, root: Path, work: Path) -> list[dict]:
+    """Seed 0 of each student run initialised from a pretrain run (``init`` set: G2SD, GD only, MAE) at
+    its own value and each of ``LAYER_DECAYS``: ``{"run", "layer_decay", "profile_value", "cfg", "reuse"}``,
+    where ``reuse`` is the history the pipeline left under ``root`` for the profile's own value (then
+    nothing is trained for it), or None."""
+    probes = []
+    for run, section in params["students"].items():
+        if run == "common" or not section.get("init"):
+            continue
+        own = config.stage_config(params, "students", run, root, seed=0)
+        own_value, history = own["task"].get("layer_decay"), Path(own["out_dir"]) / "history.json"
+        for value in dict.fromkeys((own_value, *LAYER_DECAYS)):
+            cfg = copy.deepcopy(own)
+            cfg["task"]["layer_decay"] = value
+            cfg["out_dir"] = str(work / f"{run}_ld{value}")
+            probes.append({"run": run, "layer_decay": value, "profile_value": value == own_value, "cfg": cfg,
+                           "reuse": history if value == own_value and history.exists() else None})
+    return probes
+
+
+def layer_decay(out: Path, dry: bool, concurrent: int) -> dict:
+    """The ``layer_decay`` step: the probes of ``layer_decay_probes`` on the profile ``repro`` ran (in a dry
+    run, the scratch copy's shrunk one), trained at once; their validation top-1 and, per value, the mean
+    over the runs, in ``layer_decay.json``. It reads the validation split only and changes no profile."""
+    import yaml
+
+    repo = _target_repo(out, dry)
+    params = yaml.safe_load((repo / "g2sd_lib" / "profiles" / "gpu.yaml").read_text())
+    root = repo / "runs" / "gpu"
+    missing = [r for r, s in params["students"].items()
+               if r != "common" and s.get("init") and not (root / "pretrain" / s["init"] / "model.safetensors").exists()]
+    if missing:
+        raise SystemExit(f"layer_decay: the pretrained encoders of {', '.join(missing)} are missing under {root}/pretrain: "
+                         "run the repro step first (in the same call)")
+    probes = layer_decay_probes(params, root, out / "layer_decay")
+    todo = [p for p in probes if p["reuse"] is None]
+    names = [f"{p['run']} ld {p['layer_decay']}" for p in todo]
+    log(f"layer_decay: {len(todo)} runs at once ({', '.join(names)}); "
+        f"{len(probes) - len(todo)} reused from the pipeline")
+    for p, history in zip(todo, launch_all([p["cfg"] for p in todo], 1, concurrent, names=names)):
+        p["history"] = history
+    rows = []
+    for p in probes:
+        history = p.get("history") or json.loads(p["reuse"].read_text())
+        rows.append({"run": p["run"], "layer_decay": p["layer_decay"], "profile_value": p["profile_value"],
+                     "reused": str(p["reuse"].relative_to(repo)) if p["reuse"] else None,
+                     "epochs": len(history), "val_top1": history[-1].get("val_top1")})
+    means = {}
+    for value in dict.fromkeys(r["layer_decay"] for r in rows):
+        scores = [r["val_top1"] for r in rows if r["layer_decay"] == value]
+        means[str(value)] = sum(scores) / len(scores)
+    best = max(means, key=means.get)
+    result = {"dry": dry, "seed": 0, "runs": rows, "mean_val_top1_by_layer_decay": means, "best_layer_decay": best}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "layer_decay.json").write_text(json.dumps(result, indent=1))
+    log("layer_decay: mean validation top-1 " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()) + f"; best {best}")
+    return result
+
+
 # what repro brings back from the repository it ran in (no checkpoints: histories, reports, the lock)
 REPRO_FILES = ("reports/gpu", "reports/README.md", "reports/tables", "dvc.lock", "params.yaml",
                "g2sd_lib/profiles/gpu.yaml", "teachers/gpu.md", "teachers/README.md")
@@ -512,10 +580,10 @@ def _cpu_sampler(path: Path, t0: float):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("steps", nargs="+", choices=["sweep", "dense", "adopt", "bench", "repro"])
+    p.add_argument("steps", nargs="+", choices=["sweep", "dense", "adopt", "bench", "repro", "layer_decay"])
     p.add_argument("--out", type=Path, required=True, help="working directory (runs, histories, bundles)")
     p.add_argument("--dry", action="store_true", help="shrunk, for a CPU dry run of the exact steps")
-    p.add_argument("--concurrent", type=int, default=6, help="runs trained at once in the sweep (default 6)")
+    p.add_argument("--concurrent", type=int, default=6, help="runs trained at once in the sweep and layer_decay (default 6)")
     p.add_argument("--pack-to", type=Path, help="keep --out packed in archives there ($OUT on the device)")
     p.add_argument("--deadline-min", type=float, help="stop (and pack) after this many minutes")
     args = p.parse_args(argv)
@@ -543,7 +611,8 @@ def main(argv=None) -> None:
             s0 = time.perf_counter()
             {"bench": lambda: bench(args.out, args.dry), "sweep": lambda: sweep(args.out, args.dry, args.concurrent),
              "dense": lambda: dense(args.out, args.dry), "adopt": lambda: adopt(args.out, args.dry),
-             "repro": lambda: repro(args.out, args.dry)}[step]()
+             "repro": lambda: repro(args.out, args.dry),
+             "layer_decay": lambda: layer_decay(args.out, args.dry, args.concurrent)}[step]()
             log(f"{step}: {(time.perf_counter() - s0) / 60:.1f} min")
             if args.pack_to:
                 pack(args.out, args.pack_to)
