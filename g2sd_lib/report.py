@@ -225,6 +225,7 @@ def setting_rows(params: dict, evaluation: dict) -> list[dict]:
     t, s = params["teacher"], params["students"]["common"]
     gd = {**params["pretrain"]["common"], **params["pretrain"]["gd"]}
     g2sd_params = evaluation["students"].get("g2sd", {}).get("params")
+    decay = {**s.get("task", {}), **params["students"].get("g2sd", {}).get("task", {})}.get("layer_decay")
     return [
         {"": "data", "paper": "ImageNet-1k, 1.28 M images, 224 x 224 RGB", "here": _data_text(params["data"])},
         {"": "teacher", "paper": "MAE ViT-B/16 (86 M), 1600 pretraining + 100 fine-tuning epochs",
@@ -237,9 +238,10 @@ def setting_rows(params: dict, evaluation: dict) -> list[dict]:
         {"": "generic distillation", "paper": "300 epochs, batch 4096, target block 4 of 8",
          "here": f"{gd['train']['epochs']} epochs, batch {gd['train']['batch_size']}, "
                  f"target block {gd['task']['target_block']}"},
-        {"": "specific distillation", "paper": "200 epochs, batch 1024, RandAugment, mixup 0.8, cutmix 1.0",
+        {"": "specific distillation", "paper": "200 epochs, batch 1024, RandAugment, mixup 0.8, cutmix 1.0, layer decay 0.75",
          "here": f"{s['train']['epochs']} epochs, batch {s['train']['batch_size']}, mixup {s['augment'].get('mixup', 0)}, "
-                 f"cutmix {s['augment'].get('cutmix', 0)}, no RandAugment"},
+                 f"cutmix {s['augment'].get('cutmix', 0)}, no RandAugment, "
+                 + ("no layer decay" if decay is None else f"layer decay {decay}")},
         {"": "runs per student", "paper": "one", "here": f"{len(params['seeds'])} seed(s): {params['seeds']}"},
     ]
 

@@ -144,3 +144,15 @@ def test_the_budget_counts_a_runs_own_training_subset():
     b = budget(params)
     assert b["students"]["g2sd"]["images_seen"] == 2 * 20000 and b["pretrain"]["gd"]["images_seen"] == 4 * 55000
     assert "SD / fine-tuning 2 epochs (40 000 images)" in budget_text(b)
+
+
+def test_the_setting_table_names_the_g2sd_students_layer_decay():
+    """The paper fine-tunes with layer decay 0.75; the table says what the profile's G2SD student uses."""
+    from g2sd_lib.profiles import load_profile
+    for profile, expected in (("fmnist", "no layer decay"), ("paper", "layer decay 0.75")):
+        params = load_profile(profile)
+        sd = next(r for r in report.setting_rows(params, EVALUATION) if r[""] == "specific distillation")
+        assert sd["paper"].endswith("layer decay 0.75") and sd["here"].endswith(expected), sd
+    params["students"]["g2sd"]["task"]["layer_decay"] = 0.6  # the G2SD run's own value wins over common's
+    sd = next(r for r in report.setting_rows(params, EVALUATION) if r[""] == "specific distillation")
+    assert sd["here"].endswith("layer decay 0.6")
