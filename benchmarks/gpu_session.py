@@ -421,13 +421,10 @@ def layer_decay(out: Path, dry: bool, concurrent: int) -> dict:
 
     repo = _target_repo(out, dry)
     params = yaml.safe_load((repo / "g2sd_lib" / "profiles" / "gpu.yaml").read_text())
-    root = repo / "runs" / "gpu"
-    missing = [r for r, s in params["students"].items()
-               if r != "common" and s.get("init") and not (root / "pretrain" / s["init"] / "model.safetensors").exists()]
+    probes = layer_decay_probes(params, repo / "runs" / "gpu", out / "layer_decay")
+    missing = sorted({p["cfg"]["init"] for p in probes if not Path(p["cfg"]["init"]).exists()})
     if missing:
-        raise SystemExit(f"layer_decay: the pretrained encoders of {', '.join(missing)} are missing under {root}/pretrain: "
-                         "run the repro step first (in the same call)")
-    probes = layer_decay_probes(params, root, out / "layer_decay")
+        raise SystemExit(f"layer_decay: {', '.join(missing)} missing: run the repro step first (in the same call)")
     todo = [p for p in probes if p["reuse"] is None]
     names = [f"{p['run']} ld {p['layer_decay']}" for p in todo]
     log(f"layer_decay: {len(todo)} runs at once ({', '.join(names)}); "
