@@ -82,7 +82,7 @@ class Setup:
         model = create_classifier(CLASSIFIER, "distilled", num_classes=10)
         checkpoints.load_encoder(model, student.state_dict())
         mixup = data.build_mixup(10, mixup=0.2, cutmix=0.0, smoothing=0.1)
-        task = tasks.SpecificDistillation(self.sd_teacher, model, mixup=mixup, layer_decay=0.75)
+        task = tasks.SpecificDistillation(self.sd_teacher, model, mixup=mixup, layer_decay=None)  # as the notebook
         transform = data.Compose([data.RandomResizedCropFlip(28, scale=(0.6, 1.0)), self.normalize,
                                   data.RandomErasing(0.1)])
         train(task, self.loader(transform), TrainConfig(
