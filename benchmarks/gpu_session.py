@@ -17,10 +17,11 @@ here, tried on the CPU first with ``--dry`` (the same code, a few images and one
   can afford (the ``gpu`` teacher costs it 5 x per image, benchmarks/candidates/README.md);
 * ``dense`` (optional): one epoch of each dense teacher from the sweep's MAE at two batch sizes (seconds
   per epoch, to size the dense schedules, which the sweep does not train);
-* ``layer_decay`` (after ``repro``): the layer decay of the students initialised from a pretrained
-  encoder (G2SD, GD only, MAE), chosen on the validation split: seed 0 of each at every value of
-  ``LAYER_DECAYS`` other than the profile's own (that one is the repro's seed 0, reused), all at once;
-  ``layer_decay.json`` gives each run's validation top-1 and the value with the best mean over the three;
+* ``layer_decay`` and ``kd`` (after ``repro``): settings chosen on the validation split, as the ``fmnist``
+  profile's were: the layer decay of the students initialised from a pretrained encoder (G2SD, GD only,
+  MAE), and the KD baseline's ``alpha`` and temperature. Seed 0 of each run at every setting of
+  ``CHOICES`` other than the profile's own (that one is the repro's seed 0, reused), all at once;
+  ``<step>.json`` gives each run's validation top-1 and the setting with the best mean over the runs;
 * ``adopt``: the chosen bundle becomes the `gpu` profile's (``adopt_bundle``: ``teachers/``, and
   ``teacher.mode: bundled`` with the sha256 and the chosen variant in ``gpu.yaml``), so that ``repro``
   can follow in the same call; here it adopts from a session's extracted archives;
@@ -74,10 +75,17 @@ TEACHER_VARIANTS = {
                      "augment": {"mixup": 0.8, "cutmix": 1.0, "reprob": 0.25}},
 }
 
-# Layer decays tried for the students initialised from a pretrained encoder (the layer_decay step): the
-# official 0.75 is SD.sh's for ViT-S after 300 GD epochs; on the CPU default it held the GD student back
-# 2 points at 20 epochs (benchmarks/README.md, budget probe without layer decay).
-LAYER_DECAYS = (0.75, 0.9, None)
+# Settings the layer_decay and kd steps try on seed 0 of the student runs they apply to (the profile's own
+# setting too: that one is the repro's seed 0, reused). Layer decay, for the students initialised from a
+# pretrained encoder: the official 0.75 is SD.sh's for ViT-S after 300 GD epochs; on the CPU default it held
+# the GD student back 2 points at 20 epochs. KD's alpha and temperature (no official KD baseline): on the CPU
+# default 0.9 / 1 came level with G2SD at 20 epochs where 0.5 / 4 stayed below (benchmarks/README.md, budget probe).
+CHOICES = {
+    "layer_decay": {"keys": ("layer_decay",), "values": [(0.75,), (0.9,), (None,)],
+                    "applies": lambda section: bool(section.get("init"))},
+    "kd": {"keys": ("alpha", "temperature"), "values": [(0.5, 4.0), (0.9, 1.0), (0.5, 1.0), (0.9, 4.0)],
+           "applies": lambda section: section.get("kind") == "kd"},
+}
 
 
 # every training process started here, so a stopped session can end them (launch_all ends its own
@@ -393,59 +401,61 @@ def adopt(out: Path, dry: bool) -> dict:
     return result
 
 
-def layer_decay_probes(params: dict, root: Path, work: Path) -> list[dict]:
-    """Seed 0 of each student run initialised from a pretrain run (``init`` set: G2SD, GD only, MAE) at
-    its own value and each of ``LAYER_DECAYS``: ``{"run", "layer_decay", "profile_value", "cfg", "reuse"}``,
-    where ``reuse`` is the history the pipeline left under ``root`` for the profile's own value (then
-    nothing is trained for it), or None."""
+def setting_probes(params: dict, root: Path, work: Path, choice: str) -> list[dict]:
+    """Seed 0 of each student run that ``CHOICES[choice]`` applies to, at its own setting and each of the
+    choice's: ``{"run", "setting", "profile_value", "cfg", "reuse"}``, where ``setting`` labels the task
+    values (e.g. ``layer_decay=0.9``) and ``reuse`` is the history the pipeline left under ``root`` for
+    the profile's own setting (then nothing is trained for it), or None."""
+    spec = CHOICES[choice]
     probes = []
     for run, section in params["students"].items():
-        if run == "common" or not section.get("init"):
+        if run == "common" or not spec["applies"](section):
             continue
         own = config.stage_config(params, "students", run, root, seed=0)
-        own_value, history = own["task"].get("layer_decay"), Path(own["out_dir"]) / "history.json"
-        for value in dict.fromkeys((own_value, *LAYER_DECAYS)):
+        own_value, history = tuple(own["task"].get(k) for k in spec["keys"]), Path(own["out_dir"]) / "history.json"
+        for value in dict.fromkeys((own_value, *spec["values"])):
             cfg = copy.deepcopy(own)
-            cfg["task"]["layer_decay"] = value
-            cfg["out_dir"] = str(work / f"{run}_ld{value}")
-            probes.append({"run": run, "layer_decay": value, "profile_value": value == own_value, "cfg": cfg,
+            cfg["task"].update(zip(spec["keys"], value))
+            setting = ",".join(f"{k}={v}" for k, v in zip(spec["keys"], value))
+            cfg["out_dir"] = str(work / f"{run}_{setting.replace(',', '_')}")
+            probes.append({"run": run, "setting": setting, "profile_value": value == own_value, "cfg": cfg,
                            "reuse": history if value == own_value and history.exists() else None})
     return probes
 
 
-def layer_decay(out: Path, dry: bool, concurrent: int) -> dict:
-    """The ``layer_decay`` step: the probes of ``layer_decay_probes`` on the profile ``repro`` ran (in a dry
-    run, the scratch copy's shrunk one), trained at once; their validation top-1 and, per value, the mean
-    over the runs, in ``layer_decay.json``. It reads the validation split only and changes no profile."""
+def choose(out: Path, dry: bool, concurrent: int, choice: str) -> dict:
+    """The ``layer_decay`` and ``kd`` steps: the probes of ``setting_probes`` on the profile ``repro`` ran
+    (in a dry run, the scratch copy's shrunk one), trained at once; their validation top-1 and, per
+    setting, the mean over the runs, in ``<choice>.json``. It reads the validation split only and changes
+    no profile."""
     import yaml
 
     repo = _target_repo(out, dry)
     params = yaml.safe_load((repo / "g2sd_lib" / "profiles" / "gpu.yaml").read_text())
-    probes = layer_decay_probes(params, repo / "runs" / "gpu", out / "layer_decay")
-    missing = sorted({p["cfg"]["init"] for p in probes if not Path(p["cfg"]["init"]).exists()})
+    probes = setting_probes(params, repo / "runs" / "gpu", out / choice, choice)
+    missing = sorted({p["cfg"]["init"] for p in probes if p["cfg"].get("init") and not Path(p["cfg"]["init"]).exists()})
     if missing:
-        raise SystemExit(f"layer_decay: {', '.join(missing)} missing: run the repro step first (in the same call)")
+        raise SystemExit(f"{choice}: {', '.join(missing)} missing: run the repro step first (in the same call)")
     todo = [p for p in probes if p["reuse"] is None]
-    names = [f"{p['run']} ld {p['layer_decay']}" for p in todo]
-    log(f"layer_decay: {len(todo)} runs at once ({', '.join(names)}); "
-        f"{len(probes) - len(todo)} reused from the pipeline")
+    names = [f"{p['run']} {p['setting']}" for p in todo]
+    log(f"{choice}: {len(todo)} runs at once ({'; '.join(names)}); {len(probes) - len(todo)} reused from the pipeline")
     for p, history in zip(todo, launch_all([p["cfg"] for p in todo], 1, concurrent, names=names)):
         p["history"] = history
     rows = []
     for p in probes:
         history = p.get("history") or json.loads(p["reuse"].read_text())
-        rows.append({"run": p["run"], "layer_decay": p["layer_decay"], "profile_value": p["profile_value"],
+        rows.append({"run": p["run"], "setting": p["setting"], "profile_value": p["profile_value"],
                      "reused": str(p["reuse"].relative_to(repo)) if p["reuse"] else None,
                      "epochs": len(history), "val_top1": history[-1].get("val_top1")})
     means = {}
-    for value in dict.fromkeys(r["layer_decay"] for r in rows):
-        scores = [r["val_top1"] for r in rows if r["layer_decay"] == value]
-        means[str(value)] = sum(scores) / len(scores)
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        scores = [r["val_top1"] for r in rows if r["setting"] == setting]
+        means[setting] = sum(scores) / len(scores)
     best = max(means, key=means.get)
-    result = {"dry": dry, "seed": 0, "runs": rows, "mean_val_top1_by_layer_decay": means, "best_layer_decay": best}
+    result = {"dry": dry, "seed": 0, "runs": rows, "mean_val_top1_by_setting": means, "best_setting": best}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "layer_decay.json").write_text(json.dumps(result, indent=1))
-    log("layer_decay: mean validation top-1 " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()) + f"; best {best}")
+    (out / f"{choice}.json").write_text(json.dumps(result, indent=1))
+    log(f"{choice}: mean validation top-1 " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()) + f"; best {best}")
     return result
 
 
@@ -577,10 +587,10 @@ def _cpu_sampler(path: Path, t0: float):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("steps", nargs="+", choices=["sweep", "dense", "adopt", "bench", "repro", "layer_decay"])
+    p.add_argument("steps", nargs="+", choices=["sweep", "dense", "adopt", "bench", "repro", *CHOICES])
     p.add_argument("--out", type=Path, required=True, help="working directory (runs, histories, bundles)")
     p.add_argument("--dry", action="store_true", help="shrunk, for a CPU dry run of the exact steps")
-    p.add_argument("--concurrent", type=int, default=6, help="runs trained at once in the sweep and layer_decay (default 6)")
+    p.add_argument("--concurrent", type=int, default=6, help="runs trained at once in the sweep, layer_decay and kd (default 6)")
     p.add_argument("--pack-to", type=Path, help="keep --out packed in archives there ($OUT on the device)")
     p.add_argument("--deadline-min", type=float, help="stop (and pack) after this many minutes")
     args = p.parse_args(argv)
@@ -609,7 +619,7 @@ def main(argv=None) -> None:
             {"bench": lambda: bench(args.out, args.dry), "sweep": lambda: sweep(args.out, args.dry, args.concurrent),
              "dense": lambda: dense(args.out, args.dry), "adopt": lambda: adopt(args.out, args.dry),
              "repro": lambda: repro(args.out, args.dry),
-             "layer_decay": lambda: layer_decay(args.out, args.dry, args.concurrent)}[step]()
+             **{c: lambda c=c: choose(args.out, args.dry, args.concurrent, c) for c in CHOICES}}[step]()
             log(f"{step}: {(time.perf_counter() - s0) / 60:.1f} min")
             if args.pack_to:
                 pack(args.out, args.pack_to)

@@ -15,8 +15,8 @@
 #     the teacher chosen on validation and bundled, made the profile's, then the pipeline;
 #   bash benchmarks/gpu_session.sh run --deadline-min 8 repro   (a later session, if the first ran out
 #     of time: adopt from its archives here first, benchmarks/README.md)
-#   bash benchmarks/gpu_session.sh run --deadline-min 8 repro layer_decay   (once the repro fits: the
-#     pretrained students' layer decay chosen on validation at the profile's budget)
+#   bash benchmarks/gpu_session.sh run --deadline-min 8 repro layer_decay kd   (once the repro fits: the
+#     pretrained students' layer decay and KD's alpha and temperature chosen on validation at its budget)
 #     installs the wheels into /tmp/site, unpacks the data, makes the tree a git repository (DVC
 #     needs one), then runs benchmarks/gpu_session.py ARGS --out /tmp/gpu_session --pack-to $OUT: only
 #     archives go to $OUT (the device returns at most 8 files of 16 MiB): gpu_session.tar.gz (histories,

@@ -245,11 +245,12 @@ def test_the_gpu_session_brings_back_what_a_stopped_repro_made(tmp_path):
     assert got == ["dvc.lock", "reports/gpu/summary.json", "runs/gpu/students/g2sd/seed0/history.json", "teachers/gpu.md"]
 
 
-def test_the_gpu_session_chooses_the_pretrained_students_layer_decay_on_validation(tmp_path, monkeypatch):
-    """The layer_decay step, after repro: seed 0 of every student initialised from a pretrain run (G2SD,
-    GD only, MAE) at the profile's layer decay and each other value, as valid stage configurations in
-    their own directories; the profile's value reused from the pipeline's history where it has one; the
-    value with the best mean validation top-1 named. Without the pipeline's encoders it stops first."""
+def test_the_gpu_session_chooses_the_students_settings_on_validation(tmp_path, monkeypatch):
+    """The layer_decay and kd steps, after repro: seed 0 of every run they apply to (layer decay: G2SD,
+    GD only and MAE, initialised from a pretrain run; kd: the KD baseline) at the profile's setting and
+    each other one, as valid stage configurations in their own directories; the profile's setting reused
+    from the pipeline's history where it has one; the setting with the best mean validation top-1 named.
+    Without the pipeline's encoders the layer_decay step stops first."""
     import shutil
     from pathlib import Path
     from g2sd_lib import schema
@@ -259,31 +260,45 @@ def test_the_gpu_session_chooses_the_pretrained_students_layer_decay_on_validati
     shutil.copyfile(Path(__file__).resolve().parents[1] / "g2sd_lib/profiles/gpu.yaml", repo / "g2sd_lib/profiles/gpu.yaml")
     monkeypatch.setattr(session, "_target_repo", lambda out, dry: repo)
     with pytest.raises(SystemExit, match="run the repro step first"):
-        session.layer_decay(out, False, 6)
+        session.choose(out, False, 6, "layer_decay")
     runs = repo / "runs/gpu"
     for init in ("gd", "mae_student"):
         (runs / "pretrain" / init).mkdir(parents=True)
         (runs / "pretrain" / init / "model.safetensors").write_bytes(b"")
-    (runs / "students/g2sd/seed0").mkdir(parents=True)  # the pipeline's G2SD seed 0; GD only and MAE have none yet
-    (runs / "students/g2sd/seed0/history.json").write_text(json.dumps([{"val_top1": 0.5}, {"val_top1": 0.8}]))
+    for run in ("g2sd", "kd"):  # the pipeline's seed 0 of G2SD and KD; GD only and MAE have none yet
+        (runs / f"students/{run}/seed0").mkdir(parents=True)
+        (runs / f"students/{run}/seed0/history.json").write_text(json.dumps([{"val_top1": 0.5}, {"val_top1": 0.8}]))
     trained = []
 
     def fake_launch_all(cfgs, nproc, concurrent, names):
         for cfg in cfgs:
             schema.validate_stage(cfg)
-            assert cfg["train"]["seed"] == 0 and cfg["init"].startswith(str(runs / "pretrain"))
+            assert cfg["train"]["seed"] == 0
         trained.extend(cfgs)
-        return [[{"val_top1": 0.9 if cfg["task"]["layer_decay"] is None else 0.7}] for cfg in cfgs]
+        return [[{"val_top1": 0.9 if cfg["task"]["layer_decay"] is None and cfg["kind"] != "kd"
+                  or cfg["task"].get("temperature") == 1.0 and cfg["task"].get("alpha") == 0.9 else 0.7}]
+                for cfg in cfgs]
     monkeypatch.setattr(session, "launch_all", fake_launch_all)
-    result = session.layer_decay(out, False, 6)
+
+    result = session.choose(out, False, 6, "layer_decay")
     assert len(trained) == 8 and len({c["out_dir"] for c in trained}) == 8  # 3 runs x 3 values, one reused
     assert all(Path(c["out_dir"]).parent == out / "layer_decay" for c in trained)
+    assert all(c["init"].startswith(str(runs / "pretrain")) for c in trained)
     reused = [r for r in result["runs"] if r["reused"]]
-    assert [(r["run"], r["layer_decay"], r["val_top1"]) for r in reused] == [("g2sd", 0.75, 0.8)]
+    assert [(r["run"], r["setting"], r["val_top1"]) for r in reused] == [("g2sd", "layer_decay=0.75", 0.8)]
     assert {r["run"] for r in result["runs"]} == {"g2sd", "gd_only", "mae"}
-    assert result["mean_val_top1_by_layer_decay"] == pytest.approx({"0.75": 2.2 / 3, "0.9": 0.7, "None": 0.9})
-    assert result["best_layer_decay"] == "None"
+    assert result["mean_val_top1_by_setting"] == pytest.approx(
+        {"layer_decay=0.75": 2.2 / 3, "layer_decay=0.9": 0.7, "layer_decay=None": 0.9})
+    assert result["best_setting"] == "layer_decay=None"
     assert json.loads((out / "layer_decay.json").read_text()) == result
+
+    trained.clear()
+    result = session.choose(out, False, 6, "kd")
+    assert {c["kind"] for c in trained} == {"kd"} and len(trained) == 3  # 4 settings, the profile's reused
+    assert {(c["task"]["alpha"], c["task"]["temperature"]) for c in trained} == {(0.9, 1.0), (0.5, 1.0), (0.9, 4.0)}
+    assert [r["setting"] for r in result["runs"] if r["reused"]] == ["alpha=0.5,temperature=4.0"]
+    assert result["best_setting"] == "alpha=0.9,temperature=1.0"
+    assert json.loads((out / "kd.json").read_text()) == result
 
 
 def test_processes_at_once_share_the_cpu_cores(monkeypatch):
