@@ -29,8 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from g2sd_lib import config  # noqa: E402
-from g2sd_lib.profiles import load_profile  # noqa: E402
+from g2sd_lib.errors import InputError, run_main  # noqa: E402
+from g2sd_lib.profiles import PROFILES, load_profile  # noqa: E402
 from g2sd_lib.results import mean_std  # noqa: E402
+from g2sd_lib.schema import validate_params  # noqa: E402
 from g2sd_lib.stages import launch_all  # noqa: E402
 
 
@@ -69,7 +71,7 @@ def with_settings(params: dict, settings: list[str]) -> dict:
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if not sep or not isinstance(node, dict) or leaf not in node:
-            raise SystemExit(f"--set {item}: expected KEY=VALUE with KEY a setting of the profile "
+            raise InputError(f"--set {item}: expected KEY=VALUE with KEY a setting of the profile "
                              "(dotted, e.g. students.common.task.layer_decay=null)")
         node[leaf] = _value(value)
     return params
@@ -77,7 +79,11 @@ def with_settings(params: dict, settings: list[str]) -> dict:
 
 def _value(text: str):
     """A ``--set`` value as YAML, with ``2e-3`` a number (YAML 1.1 reads it as a string)."""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(f"--set KEY=VALUE: {text!r} is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                         "write VALUE as in params.yaml, e.g. [1, 2], null, 2e-3 or 'a string'") from None
     if isinstance(value, str):
         try:
             return float(value)
@@ -102,7 +108,7 @@ def over_seeds(runs: list[dict]) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="fmnist")
+    parser.add_argument("--profile", default="fmnist", choices=PROFILES)
     parser.add_argument("--runs", nargs="+", default=["scratch"], help="runs of the profile's `students` section")
     parser.add_argument("--epochs", type=int, nargs="+", default=[20],
                         help="schedule lengths; two (e.g. 20 40) show whether the shorter has converged")
@@ -116,7 +122,13 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    params = with_settings(load_profile(args.profile), args.settings)
+    # a changed value is checked as the profile's own are, before any run starts
+    source = f"g2sd_lib/profiles/{args.profile}.yaml" + "".join(f" --set {s}" for s in args.settings)
+    params = validate_params(with_settings(load_profile(args.profile), args.settings), source=source)
+    runs = [r for r in params["students"] if r != "common"]
+    if unknown := [r for r in args.runs if r not in runs]:
+        raise InputError(f"--runs {' '.join(unknown)}: not a run of the {args.profile} profile's students; "
+                         f"choose from {', '.join(runs)}")
     root = REPO / "runs" / args.profile
     teacher_json = args.teacher_json or REPO / "reports" / args.profile / "results" / "teacher.json"
     if not teacher_json.exists():
@@ -156,4 +168,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

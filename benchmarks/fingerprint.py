@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from g2sd_lib import config, stages  # noqa: E402
-from g2sd_lib.profiles import load_profile, shrink  # noqa: E402
+from g2sd_lib.errors import run_main  # noqa: E402
+from g2sd_lib.profiles import PROFILES, load_profile, shrink  # noqa: E402
 from g2sd_lib.teacher import obtain_teacher  # noqa: E402
 
 TIMING = ("seconds", "img_per_s")
@@ -48,7 +49,8 @@ def digest(run_dir: Path) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", default="fmnist", help="whose models and recipes (default fmnist)")
+    p.add_argument("--profile", default="fmnist", choices=PROFILES,
+                   help="whose models and recipes (default fmnist)")
     p.add_argument("--images", type=int, default=512, help="training / validation images (default 512)")
     args = p.parse_args(argv)
     params = shrink(load_profile(args.profile), images=args.images, batch=64, progress=False)
@@ -67,4 +69,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

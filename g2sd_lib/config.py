@@ -11,6 +11,8 @@ so that every profile's runs and reports live side by side.
 import copy
 from pathlib import Path
 
+from .errors import InputError
+
 # The paper's comparison: every student and what initialises it.
 PRETRAIN_RUNS = ("gd", "mae_student")
 STUDENT_RUNS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
@@ -50,7 +52,7 @@ def stage_config(params: dict, group: str, run: str, root="runs", seed: int | No
     section = params[group]
     if run not in section or run == "common":
         known = [k for k in section if k != "common"]
-        raise ValueError(f"no run {run!r} in params section {group!r}; known: {', '.join(known)}")
+        raise InputError(f"no run {run!r} in params section {group!r}; known: {', '.join(known)}")
     cfg = deep_merge(section.get("common", {}), section[run])
     cfg["data"] = deep_merge(params.get("data", {}), cfg.get("data", {}))
     cfg.setdefault("train", {})
@@ -89,7 +91,7 @@ def dense_stage_config(params: dict, task: str, run: str, root="runs", seed: int
     """
     from .dense.stages import canvas_paths, check_canvases
     if task not in DENSE_TASKS:
-        raise ValueError(f"unknown dense task {task!r}; choose one of {', '.join(DENSE_TASKS)}")
+        raise InputError(f"unknown dense task {task!r}; choose one of {', '.join(DENSE_TASKS)}")
     check_canvases(params)
     dense = params["dense"]
     section, common = dense[task], dense.get("common", {})
@@ -106,7 +108,7 @@ def dense_stage_config(params: dict, task: str, run: str, root="runs", seed: int
         return cfg
     runs = dense["runs"]
     if run not in runs:
-        raise ValueError(f"no dense run {run!r}; known: teacher, {', '.join(runs)}")
+        raise InputError(f"no dense run {run!r}; known: teacher, {', '.join(runs)}")
     spec = runs[run]
     cfg.update(model=section["student_model"],
                init=str(run_dir(root, "pretrain", spec["init"]) / "model.safetensors") if spec.get("init") else None,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
 from .fmnist import FASHION_MNIST_CLASSES, DatasetNotFoundError, load_fashion_mnist  # noqa: F401  (re-exported)
 
 FMNIST_MEAN = (0.2860,)
@@ -199,14 +200,14 @@ def imagenet_transform(recipe: str, input_size: int = 224):
         crop_pct = 224 / 256 if input_size <= 224 else 1.0
         return T.Compose([T.Resize(int(input_size / crop_pct), interpolation=bicubic),
                           T.CenterCrop(input_size), T.ToTensor(), T.Normalize(MEAN, STD)])
-    raise ValueError(f"recipe must be 'gd', 'sd' or 'eval', got {recipe!r}")
+    raise InputError(f"recipe must be 'gd', 'sd' or 'eval', got {recipe!r}")
 
 
 def build_imagenet(root, split: str, recipe: str, input_size: int = 224):
     """ImageFolder over `root/{train,val}/<class>/<image>.JPEG` with `imagenet_transform(recipe)`."""
     from torchvision.datasets import ImageFolder
     if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        raise InputError(f"split must be 'train' or 'val', got {split!r}")
     d = Path(root) / split
     layout = "expected layout: root/{train,val}/<class>/<image>.JPEG (the ImageNet-1k tree)"
     if not d.is_dir() or not any(p.is_dir() for p in d.iterdir()):

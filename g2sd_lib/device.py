@@ -12,7 +12,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .errors import NonFiniteLossError
+from .errors import InputError, NonFiniteLossError
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 TEACHER_AMP_MODES = ("same", *AMP_MODES)  # train.teacher_amp: same = the run's own autocast
@@ -47,7 +47,7 @@ def cpu_threads(env, concurrent: int = 1, cores: int | None = None) -> int | Non
     ``python -m g2sd_lib.repro`` runs at once (``G2SD_CONCURRENT_STAGES`` in ``env``). Each gets the
     cores divided among them, as torchrun caps its workers, instead of every process spreading over
     every core: on 2 cores the fmnist pipeline, two stages at once on 1 thread each, ran in 29.3 min
-    where one stage at a time on both took 36.9 (README). The user's ``OMP_NUM_THREADS`` wins."""
+    where one stage at a time on both took 36.9 (README; the earlier teacher). The user's ``OMP_NUM_THREADS`` wins."""
     if "OMP_NUM_THREADS" in env:
         return None
     sharing = concurrent * max(1, int(env.get("G2SD_CONCURRENT_STAGES", "1")))
@@ -74,7 +74,15 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto``: CUDA (this process's local rank) when present, else CPU."""
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"train.device {device!r} is not a device: use auto (a GPU when there is one), cpu, "
+                         "cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"train.device is {device!r} but no CUDA GPU is visible here: set train.device: auto "
+                         "(a GPU when there is one, else the CPU) or cpu")
+    return resolved
 
 
 def autocast_dtype(amp: str, device: torch.device):
@@ -84,7 +92,8 @@ def autocast_dtype(amp: str, device: torch.device):
         return None
     if amp == "fp16":
         if device.type != "cuda":
-            raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'none' on CPU")
+            raise InputError("amp 'fp16' (train.amp or teacher_amp) needs a CUDA device: use 'bf16', 'auto' or "
+                             "'none' on the CPU")
         return torch.float16
     if amp == "bf16":
         return torch.bfloat16

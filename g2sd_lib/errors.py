@@ -20,6 +20,15 @@ class UserError(Exception):
     """A mistake in the input that the user can fix; the message names it and the fix."""
 
 
+class InputError(UserError, ValueError):
+    """A value the user gave is not one the code accepts (a profile, run, split, role or model name, an
+    option): a :class:`ValueError` too, so ``except ValueError`` keeps catching it."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input file is missing; the message says which stage, command or download produces it."""
+
+
 class OutputError(UserError, OSError):
     """An output cannot be written: read-only directory, disk full."""
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError, MissingInputError, UserError
+
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_FILES = {
@@ -121,7 +123,7 @@ def load_fashion_mnist(split: str, root=None) -> tuple[torch.Tensor, torch.Tenso
     Returns uint8 images (N, 1, 28, 28) and int64 labels (N,) in 0..9 (FASHION_MNIST_CLASSES).
     """
     if split not in FASHION_MNIST_FILES:
-        raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
+        raise InputError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
     d = find_fashion_mnist(root)
     img_name, lbl_name = FASHION_MNIST_FILES[split]
     paths = [_idx_file(d, img_name), _idx_file(d, lbl_name)]
@@ -192,15 +194,19 @@ def check_data_dvc(path="data.dvc") -> None:
             "`git checkout data.dvc`, then delete data/fashion-mnist and run `make data`.")
 
 
-def verify_fashion_mnist(directory=DEFAULT_DEST, dvc_file="data.dvc") -> Path:
-    """Check the four files in `directory` and, if present, `dvc_file`; return `directory`."""
+def verify_fashion_mnist(directory=DEFAULT_DEST, dvc_file=None) -> Path:
+    """Check the four files in `directory` and `dvc_file` (None: no pin checked); return `directory`."""
     directory = Path(directory)
     for name in FASHION_MNIST_RAW_MD5:
         path = _idx_file(directory, name)
         if path is None:
             raise DatasetNotFoundError(f"{directory / name} is missing; run `make data`")
         verify_file(path, name)
-    if dvc_file and Path(dvc_file).is_file():
+    if dvc_file is not None:
+        if not Path(dvc_file).is_file():
+            raise MissingInputError(f"{dvc_file} is missing, so the pin of the Fashion-MNIST files cannot be "
+                                    "checked: give the path of the repository's data.dvc (`git checkout data.dvc` "
+                                    "restores it), or leave out --dvc-file")
         check_data_dvc(dvc_file)
     return directory
 
@@ -295,15 +301,17 @@ def main(argv=None) -> None:
     fetch.add_argument("--source", type=Path, default=None, help="a dir holding the four files (raw or .gz)")
     verify = sub.add_parser("verify", help="check the four files and data.dvc against the official bytes")
     verify.add_argument("--dest", type=Path, default=DEFAULT_DEST)
-    verify.add_argument("--dvc-file", type=Path, default=Path("data.dvc"))
+    verify.add_argument("--dvc-file", type=Path, help="the pin to check (default: data.dvc, if here)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "fetch":
             print(f"Fashion-MNIST ready in {fetch_fashion_mnist(args.dest, args.source)}")
         else:
-            print(f"Fashion-MNIST in {verify_fashion_mnist(args.dest, args.dvc_file)}: official bytes, data.dvc pins them")
-    except (DatasetNotFoundError, ValueError) as e:
+            dvc_file = args.dvc_file or (Path("data.dvc") if Path("data.dvc").is_file() else None)
+            pin = f"{dvc_file} pins them" if dvc_file else "no data.dvc here, so no pin checked (--dvc-file PATH)"
+            print(f"Fashion-MNIST in {verify_fashion_mnist(args.dest, dvc_file)}: official bytes, {pin}")
+    except (DatasetNotFoundError, ValueError, UserError) as e:
         parser.exit(1, f"error: {e}\n")
 
 

@@ -44,13 +44,19 @@ def upstream_graph(targets: list[str], repo_dir=".") -> dict[str, set[str]]:
     """``{stage: the stages it depends on}`` for the targets and everything upstream of them; stages
     without a command (``data.dvc``) are left out, as they have nothing to run."""
     import networkx as nx
+    from dvc.exceptions import NoOutputOrStageError
     from dvc.repo import Repo
+    from dvc.stage.exceptions import StageNotFound
 
     with contextlib.chdir(repo_dir), Repo(".") as repo:  # targets resolve against the working directory
         graph = repo.index.graph  # edges point from a stage to the stages whose outputs it reads
         wanted = set()
         for target in targets:
-            for stage in repo.stage.collect(target):
+            try:
+                stages = repo.stage.collect(target)
+            except (StageNotFound, NoOutputOrStageError) as e:
+                raise UserError(f"no stage {target!r} in dvc.yaml; `dvc stage list` lists them") from e
+            for stage in stages:
                 wanted |= {stage, *nx.descendants(graph, stage)}
         runnable = {s for s in wanted if getattr(s, "cmd", None)}
         return {s.addressing: {d.addressing for d in graph.successors(s) if d in runnable} for s in runnable}
@@ -211,7 +217,7 @@ def _interrupted(signum, frame):
 
 
 def main(argv=None) -> int:
-    from .profiles import PROFILES, load_profile
+    from .profiles import PIPELINE_PARAMS, PROFILES, enabled_profiles, load_profile
 
     p = argparse.ArgumentParser(prog="python -m g2sd_lib.repro", description=__doc__.split("\n\n")[0])
     p.add_argument("profile", choices=PROFILES, help="whose stages (it must be listed in params.yaml)")
@@ -221,7 +227,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write each stage's start, end and whether it ran; the durations recorded "
                    "there last time order the next run's stages")
     args = p.parse_args(argv)
-    jobs = args.jobs or load_profile(args.profile).get("concurrent_stages") or 1
+    listed = enabled_profiles() if Path(PIPELINE_PARAMS).is_file() else []
+    if not args.targets and args.profile not in listed:  # dvc.yaml has its stages only when listed
+        raise UserError(f"profile {args.profile!r} is not listed in {PIPELINE_PARAMS} (profiles: "
+                        f"[{', '.join(listed)}]): run `python -m g2sd_lib.profiles enable {args.profile}` or "
+                        f"`make repro P={args.profile}`")
+    jobs = args.jobs if args.jobs is not None else load_profile(args.profile).get("concurrent_stages") or 1
     signal.signal(signal.SIGTERM, _interrupted)  # a time limit's SIGTERM stops the stages as Ctrl-C does
     run(args.targets or profile_targets(args.profile), jobs, json_path=args.json, force=args.force)
     return 0

@@ -37,7 +37,7 @@ from . import checkpoints, data, schema, tasks
 from .config import DENSE_TASKS, EVAL_BATCH_SIZE
 from .device import cpu_threads, init_distributed, resolve_device, world_info
 from .engine import TrainConfig, train
-from .errors import UserError, run_main
+from .errors import InputError, MissingInputError, UserError, run_main
 from .evaluate import classification_report
 from .models import create_classifier, create_mae, create_student
 from .schema import NUM_CLASSES
@@ -87,6 +87,21 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
     return train_loader, val_loader
 
 
+def _upstream(path) -> str:
+    """``path``, a checkpoint an earlier stage writes; refused, naming that stage, when it is missing."""
+    p = Path(path)
+    if p.exists():
+        return str(path)
+    parts = p.parts
+    if len(parts) >= 3 and parts[-2] == "teacher":
+        how = f"the teacher stage writes it: `dvc repro teacher@{parts[-3]}` (or notebook 01)"
+    elif len(parts) >= 4 and parts[-3] == "pretrain":
+        how = f"the pretrain run {parts[-2]} writes it: `dvc repro pretrain@{parts[-4]}-{parts[-2]}` (or notebook 02)"
+    else:
+        how = "the stage that writes it has not run; run it first"
+    raise MissingInputError(f"{path} does not exist: {how}")
+
+
 def build_task(cfg: dict):
     """The stage's task (models built, teacher and init checkpoints loaded strictly)."""
     kind = cfg["kind"]
@@ -97,7 +112,7 @@ def build_task(cfg: dict):
         model = create_mae(cfg["model"], norm_pix_loss=opts.pop("norm_pix_loss", False), **mkw)
         return tasks.MAEPretraining(model, **opts)
     if kind == "gd":
-        teacher, _ = checkpoints.load_model(cfg["teacher"], "gd-teacher")
+        teacher, _ = checkpoints.load_model(_upstream(cfg["teacher"]), "gd-teacher")
         schema.check_target_block(opts.get("target_block", 4), len(teacher.decoder_blocks), cfg["teacher"])
         student = create_student(cfg["model"], teacher_decoder_dim=teacher.decoder_embed.out_features,
                                  teacher_embed_dim=teacher.cls_token.shape[-1],
@@ -106,12 +121,11 @@ def build_task(cfg: dict):
     classifier_kind = "distilled" if kind == "sd" else "avg"
     model = create_classifier(cfg["model"], classifier_kind, num_classes, **mkw)
     if cfg.get("init"):
-        state, _ = checkpoints.read_state_dict(cfg["init"])
-        checkpoints.load_encoder(model, state)
+        checkpoints.load_encoder(model, _upstream(cfg["init"]))
     mixup = data.build_mixup(num_classes, aug.get("mixup", 0.0), aug.get("cutmix", 0.0), aug.get("smoothing", 0.0))
     if kind == "finetune":
         return tasks.Finetuning(model, mixup=mixup, smoothing=aug.get("smoothing", 0.0), **opts)
-    teacher, _ = checkpoints.load_model(cfg["teacher"], "sd-teacher")
+    teacher, _ = checkpoints.load_model(_upstream(cfg["teacher"]), "sd-teacher")
     schema.check_num_classes(teacher.num_classes, num_classes, cfg.get("data", {}).get("dataset", "fmnist"),
                              cfg["teacher"])
     if kind == "sd":
@@ -164,7 +178,10 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     cfg_path = _write_config(cfg)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.stages", str(cfg_path)]
-    subprocess.run(cmd, check=True)
+    schema.validate_stage(cfg)  # a configuration mistake is reported here, not under torchrun's traceback
+    if (code := subprocess.run(cmd).returncode) != 0:
+        raise UserError(f"torchrun of the run {cfg['out_dir']} failed (exit status {code}); its workers' "
+                        "error is printed above")
     return json.loads((cfg_path.parent / "history.json").read_text())
 
 
@@ -246,13 +263,31 @@ def _echo(log: Path, pos: int, name: str, final: bool = False) -> int:
 
 
 def load_config(path) -> dict:
-    text = Path(path).read_text()
-    return json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    """A stage configuration from a JSON or YAML file (what :func:`g2sd_lib.config.stage_config` returns)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: no such file; give a stage configuration (JSON or YAML), such as the "
+                                "config.json a run directory holds or g2sd_lib.config.stage_config returns") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory; give a stage configuration file (JSON or YAML)") from None
+    try:
+        return json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise InputError(f"{path} is not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: "
+                         f"{' '.join(str(e).split())}") from None
+
+
+USAGE = ("usage: python -m g2sd_lib.stages [--debug] CONFIG.{json,yaml}\n"
+         "Train one stage (run) from its configuration file, as the pipeline's notebooks and torchrun do.")
 
 
 def main(argv: list[str]) -> int:
+    if argv in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if len(argv) != 1:
-        print("usage: python -m g2sd_lib.stages [--debug] CONFIG.{json,yaml}", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     try:
         run_stage(load_config(argv[0]))

@@ -5,8 +5,8 @@ frozen teacher. ``loss(model, batch)`` returns ``(loss, parts)``, ``parts`` a di
 scalars for logging. ``param_groups`` gives the official optimiser groups of the stage.
 
 The teachers are frozen, in ``eval()`` and run under ``no_grad``. The official code leaves them in
-train mode without ``no_grad``, which changes nothing for GD and for SD with drop path 0 (see
-docs/deviations in the README).
+train mode without ``no_grad``, which changes nothing for GD and for SD with drop path 0 (README,
+"Fidelity to the official code").
 """
 
 import torch
@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from . import losses
 from .device import autocast_dtype
+from .errors import InputError
 from .optim import param_groups
 
 
@@ -161,7 +162,7 @@ class SpecificDistillation(TeacherForward, Finetuning):
 
     def __init__(self, teacher, student, mixup=None, loss_type="g2sd", layer_decay=0.75):
         if loss_type not in ("g2sd", "nkd"):
-            raise ValueError(f"loss_type must be 'g2sd' or 'nkd', got {loss_type!r}")
+            raise InputError(f"loss_type must be 'g2sd' or 'nkd', got {loss_type!r}")
         super().__init__(student, mixup=mixup, layer_decay=layer_decay)
         self.teacher, self.loss_type = freeze(teacher), loss_type
         if loss_type == "nkd":

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import checkpoints
 from .config import teacher_paths, teacher_stage_config
 from .download import fetch_official
+from .errors import InputError, MissingInputError, run_main
 from .stages import launch
 
 MODES = ("bundled", "train", "download")
@@ -45,7 +46,7 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
     cfg = params["teacher"]
     mode = cfg.get("mode")
     if mode not in MODES:
-        raise ValueError(f"teacher.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InputError(f"teacher.mode must be one of {', '.join(MODES)}, got {mode!r}")
     out = teacher_paths(root)
     summary = {"mode": mode}
     if mode == "download":
@@ -60,8 +61,9 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
         for key, name in (("gd", "mae"), ("sd", "classifier")):
             src = Path(b[name])
             if not src.exists():
-                raise FileNotFoundError(f"bundled teacher {src} is missing; set teacher.mode: train in the profile "
-                                        "to train one (see the model cards in teachers/)")
+                raise MissingInputError(f"bundled teacher {src} is missing: restore it (`git checkout -- {src}`), "
+                                        "fix teacher.bundled in the profile, or set teacher.mode: train to train "
+                                        "one (see the model cards in teachers/)")
             checkpoints.load_saved_model(src, expected_sha256=b.get(f"{name}_sha256"))  # refuses changed bytes
             _copy_saved(src, out[key])
     else:
@@ -95,6 +97,10 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
 
     work, dest = Path(root), Path(dest_dir)
     src = teacher_paths(work)
+    if missing := [str(p) for p in src.values() if not p.exists()]:
+        raise MissingInputError(f"{', '.join(missing)} missing: bundle packs the teachers that the teacher stage "
+                                f"trains in teacher.mode: train; run `dvc repro teacher@{params['profile']}` "
+                                "with that mode first")
     files = {}
     for key, name in (("gd", "mae"), ("sd", "classifier")):
         model = checkpoints.load_saved_model(src[key])
@@ -161,4 +167,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import load_benchmark
 
+from g2sd_lib.errors import InputError, run_main
+
 
 @pytest.fixture(scope="module")
 def bench():
@@ -129,8 +131,34 @@ def test_budget_probe_set_changes_an_existing_setting_and_refuses_an_unknown_one
     (_, cfg), = probe.probe_configs(params, Path("runs"), Path("work"), ["gd_only"], [2], [0])
     assert cfg["task"]["layer_decay"] is None and cfg["train"]["blr"] == 2e-3
     for bad in ("students.common.task.layer_decay", "students.common.task.layer_dcay=0.5", "student.common=1"):
-        with pytest.raises(SystemExit, match="KEY=VALUE"):
+        with pytest.raises(InputError, match="KEY=VALUE"):
             probe.with_settings(probe.load_profile("smoke"), [bad])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--profile", "fmnst"], "argument --profile: invalid choice: 'fmnst'"),
+    (["--runs", "scrach"], "--runs scrach: not a run of the smoke profile's students; choose from g2sd"),
+    (["--set", "students.common.train.blr=abc"], "students.common.train.blr: wrong type (got 'abc')"),
+    (["--set", "students.common.train=[1"], "--set KEY=VALUE: '[1' is not valid YAML (expected ',' or ']'"),
+])
+def test_budget_probe_refuses_a_bad_profile_run_or_setting_before_any_run(argv, message, tmp_path, capsys):
+    probe = load_benchmark("budget_probe")
+    teacher = tmp_path / "teacher.json"  # present, so that only the mistake stops the probe
+    teacher.write_text(json.dumps({"val_top1": 0.5, "sd": {"sha256": "ab"}}))
+    argv = ["--profile", "smoke", "--teacher-json", str(teacher), "--work", str(tmp_path / "w"), *argv]
+    with pytest.raises(SystemExit) as e:
+        run_main(probe.main, argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name, argv", [("fingerprint", []), ("frs_sweep", ["--json", "x.json"])])
+def test_the_profile_benchmarks_refuse_an_unknown_profile(name, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_main(load_benchmark(name).main, ["--profile", "fmnst", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'fmnst' (choose from 'smoke', 'fmnist', 'gpu', 'paper')" in err
 
 
 def test_budget_probe_trains_the_profile_recipe_longer_and_reads_validation(tmp_path, capsys, fmnist_available):

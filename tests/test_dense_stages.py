@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import load_benchmark
 
-from g2sd_lib import report
+from g2sd_lib import report, schema
 from g2sd_lib.checkpoints import save_model
 from g2sd_lib import stages as runner
 from g2sd_lib.config import DENSE_TASKS, deep_merge, dense_stage_config
@@ -190,17 +190,27 @@ def test_dense_summary_tables_and_claims():
 def test_several_processes_run_the_one_stage_module_under_torchrun(tmp_path, monkeypatch):
     import subprocess
 
-    calls = []
+    from g2sd_lib.errors import UserError
 
-    def fake_run(cmd, check):
+    calls, codes = [], [0, 1]
+
+    def fake_run(cmd):
         calls.append(cmd)
-        (tmp_path / "history.json").write_text(json.dumps([{"epoch": 1}]))
+        (tmp_path / "run" / "history.json").write_text(json.dumps([{"epoch": 1}]))
+        return subprocess.CompletedProcess(cmd, codes[len(calls) - 1])
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    history = runner.launch({"out_dir": str(tmp_path), "kind": "segmentation"}, nproc=2)
+    cfg = dense_stage_config(load_profile("smoke"), "segmentation", "teacher", tmp_path)
+    cfg["out_dir"] = str(tmp_path / "run")
+    history = runner.launch(cfg, nproc=2)
     assert history == [{"epoch": 1}]
     assert calls[0][1:5] == ["--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.stages"]
-    assert json.loads((tmp_path / "config.json").read_text())["kind"] == "segmentation"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["kind"] == "segmentation"
+    with pytest.raises(UserError, match="torchrun of the run .* failed \\(exit status 1\\)"):
+        runner.launch(cfg, nproc=2)  # a worker failed: one line under the workers' own error
+    with pytest.raises(schema.ConfigError):
+        runner.launch({**cfg, "kind": "segmentatoin"}, nproc=2)  # refused before torchrun starts
+    assert len(calls) == 2
 
 
 def test_the_frs_sweep_changes_only_the_distillation(tmp_path):

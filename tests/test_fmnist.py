@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from g2sd_lib import fmnist as D
+from g2sd_lib.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,7 +137,7 @@ def test_load_from_torchvision_layout_and_cwd_default(isolated, monkeypatch):
 
 def test_load_rejects_bad_split_and_mismatched_files(isolated, monkeypatch):
     make_fmnist(isolated / "fm")
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(InputError, match="split"):
         D.load_fashion_mnist("val", isolated / "fm")
     write_idx(isolated / "fm" / "t10k-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
     declare_official(monkeypatch, isolated / "fm")
@@ -209,8 +210,15 @@ def test_verify_command(isolated, monkeypatch, capsys):
     fm = isolated / "fm"
     make_fmnist(fm, gz=False)
     declare_official(monkeypatch, fm)
-    D.main(["verify", "--dest", str(fm), "--dvc-file", str(isolated / "none.dvc")])
-    assert "official bytes" in capsys.readouterr().out
+    D.main(["verify", "--dest", str(fm)])  # no data.dvc here: the bytes checked, no pin claimed
+    assert "official bytes, no data.dvc here, so no pin checked" in capsys.readouterr().out
+    pin = isolated / "pin.dvc"
+    pin.write_text(f"outs:\n- md5: {D.dvc_dir_md5()}\n  path: data\n")
+    D.main(["verify", "--dest", str(fm), "--dvc-file", str(pin)])
+    assert f"official bytes, {pin} pins them" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # a pin given and missing is refused, not skipped
+        D.main(["verify", "--dest", str(fm), "--dvc-file", str(isolated / "none.dvc")])
+    assert e.value.code == 1 and "none.dvc is missing" in capsys.readouterr().err
     (fm / "t10k-images-idx3-ubyte").write_bytes(b"garbage")
     with pytest.raises(SystemExit) as e:
         D.main(["verify", "--dest", str(fm)])

@@ -1,6 +1,8 @@
 """The configuration presets: complete, commented, consistent with the code that reads them."""
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,25 @@ def test_complete_and_the_pipeline_profiles(tmp_path):
     for bad in (lambda: load_profile("huge"), lambda: enable("huge", params)):
         with pytest.raises(ValueError, match="unknown profile"):
             bad()
+
+
+def test_a_misspelt_profile_is_named_with_the_choices_before_any_work(tmp_path, capsys):
+    """`python -m g2sd_lib.profiles enable fmnst` (what `make repro P=fmnst` runs) and `make repro P=fmnst`
+    itself: the name and the choices, and make stops before `make data`."""
+    from g2sd_lib.errors import InputError, run_main
+    from g2sd_lib.profiles import main
+    with pytest.raises(InputError, match="unknown profile 'huge'"):
+        profile_path("huge")
+    with pytest.raises(SystemExit) as e:
+        run_main(main, ["enable", "fmnst"])
+    assert e.value.code == 2 and ("unknown profile 'fmnst' (make repro P=...): choose one of smoke, fmnist, gpu, "
+                                  "paper") in capsys.readouterr().err
+    if shutil.which("make"):
+        made = subprocess.run(["make", "-n", "repro", "P=fmnst"], cwd=REPO, capture_output=True, text=True)
+        assert made.returncode != 0 and not made.stdout  # nothing, not even `make data`, would run
+        assert "unknown profile 'fmnst' (make repro P=...): choose one of fmnist gpu paper smoke" in made.stderr
+        assert "g2sd_lib.repro gpu" in subprocess.run(["make", "-n", "repro", "P=gpu"], cwd=REPO,
+                                                      capture_output=True, text=True).stdout
 
 
 def test_the_measured_cpu_default_candidate_stays_a_valid_profile_with_the_gpu_profiles_models():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from g2sd_lib import repro
-from g2sd_lib.errors import UserError
+from g2sd_lib.errors import UserError, run_main
 
 BIN = Path(sys.executable).parent
 
@@ -76,6 +76,24 @@ def test_one_job_is_plain_dvc_repro_and_a_bad_count_is_refused(dvc_repo):
     assert (dvc_repo / "final.txt").read_text().split() == ["base", "a", "base", "b", "base", "c"]
     with pytest.raises(UserError, match="--jobs must be >= 1"):
         repro.run(["final"], jobs=0, cwd=dvc_repo)
+
+
+def test_the_command_refuses_an_unlisted_profile_an_unknown_stage_and_zero_jobs(dvc_repo, monkeypatch, capsys):
+    """Each mistake stops before any stage runs, with the fix; none reaches DVC's traceback."""
+    monkeypatch.chdir(dvc_repo)
+    monkeypatch.setattr(repro.signal, "signal", lambda *args: None)  # main's SIGTERM handler: not in pytest
+    (dvc_repo / "params.yaml").write_text("items: [a, b, c]\nprofiles: [fmnist]\n")
+    with pytest.raises(SystemExit) as e:
+        run_main(repro.main, ["gpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert ("profile 'gpu' is not listed in params.yaml (profiles: [fmnist]): run `python -m g2sd_lib.profiles "
+            "enable gpu` or `make repro P=gpu`") in err
+    with pytest.raises(UserError, match=r"no stage 'nosuch@fmnist' in dvc.yaml; `dvc stage list` lists them"):
+        repro.main(["fmnist", "--jobs", "2", "--targets", "nosuch@fmnist"])
+    with pytest.raises(UserError, match="--jobs must be >= 1, got 0"):  # not the profile's default
+        repro.main(["fmnist", "--jobs", "0", "--targets", "final"])
+    assert not (dvc_repo / "base.txt").exists()
 
 
 def test_the_pipelines_graph_orders_every_profile_stage_after_its_inputs():

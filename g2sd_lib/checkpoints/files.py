@@ -114,9 +114,13 @@ def read_sidecar(path: Path) -> dict:
     """The ``.json`` sidecar of ``path``, or ``{}`` when it has none."""
     sidecar = path.with_suffix(".json")
     try:
-        return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
     except json.JSONDecodeError as err:
         raise CheckpointError(f"the sidecar {sidecar} of {path} is not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("arch", {}), dict):
+        raise CheckpointError(f"the sidecar {sidecar} of {path} is not a JSON object with an 'arch' mapping; "
+                              "save the model again with g2sd_lib.checkpoints.save_model")
+    return meta
 
 
 def sha256_file(path: Path) -> str:
@@ -199,7 +203,7 @@ def _check_plain(obj, where: str) -> None:
 
 def save_training_state(path, **state) -> None:
     """``torch.save(state)`` atomically, e.g. ``model=..., optimizer=..., scaler=..., epoch=,
-    step=, rng=rng_state(), config=...``; refuses values ``weights_only`` could not load."""
+    history=..., config=...``; refuses values ``weights_only`` could not load."""
     _check_plain(state, "state")
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from ..download import OFFICIAL_CHECKPOINTS
+from ..errors import InputError
 from .files import CheckpointError
 from .inspection import KINDS, ROLES, CheckpointInfo, describe
 
@@ -43,7 +44,7 @@ _ROLE_TEXT = {  # role -> (what the file cannot be, why the role needs those key
 def role_problem(info: CheckpointInfo, role: str) -> str | None:
     """One paragraph explaining why the checkpoint ``info`` describes cannot fill ``role``, or None."""
     if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; roles: {', '.join(sorted(ROLES))}")
+        raise InputError(f"unknown role {role!r}; roles: {', '.join(sorted(ROLES))}")
     cannot, advice = _ROLE_TEXT[role]
     src, what = info.source or "the checkpoint", f"{KINDS[info.kind]} (kind {info.kind})"
     files = {"full": _official("pretrain_vit_..._full", info), "finetuned": _official("finetuned_vit_...", info)}

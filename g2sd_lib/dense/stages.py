@@ -30,6 +30,7 @@ import torch
 from ..checkpoints import load_training_state
 from ..config import run_dir
 from ..data import load_fashion_mnist, train_val_split
+from ..errors import InputError
 from . import load_dense_model
 from .backbone import load_backbone
 from .data import DenseLoader, load_dense, make_canvases, save_dense
@@ -54,7 +55,7 @@ def check_canvases(params: dict) -> None:
         raise RuntimeError("this profile's dense tasks run outside the pipeline, in detectron2 (COCO) and "
                            "mmsegmentation (ADE20K): see g2sd_lib.dense.paper for the recipes and hook points")
     if dataset != "canvases":
-        raise ValueError(f"dense.dataset must be 'canvases' or 'external', got {dataset!r}")
+        raise InputError(f"dense.dataset must be 'canvases' or 'external', got {dataset!r}")
 
 
 def external_recipes() -> dict:

@@ -19,6 +19,7 @@ form :mod:`g2sd_lib.checkpoints` gives a checkpoint of a size the table lacks. N
 import importlib
 import re
 
+from ..errors import InputError
 from .classifier import DistilledViT, teacher_classifier
 from .mae import MaskedAutoencoderViT, random_masking
 from .student import G2SDStudent
@@ -56,7 +57,7 @@ def encoder_size(size: str) -> tuple:
         return ENCODER_SIZES[size]
     explicit = _EXPLICIT_SIZE.match(size)
     if explicit is None:
-        raise ValueError(f"unknown encoder size {size!r}; known sizes: {', '.join(ENCODER_SIZES)}, "
+        raise InputError(f"unknown encoder size {size!r}; known sizes: {', '.join(ENCODER_SIZES)}, "
                          f"or w<width>d<depth>h<heads>")
     width, depth, heads = map(int, explicit.groups())
     return width, depth, heads, 224, 3
@@ -67,11 +68,42 @@ def _encoder_kwargs(size: str, patch: str) -> dict:
     return dict(embed_dim=dim, depth=depth, num_heads=heads, img_size=img, in_chans=chans, patch_size=int(patch))
 
 
+def shape_problem(kw: dict) -> str | None:
+    """Why constructor arguments cannot build a model (a size below 1, a width its heads do not divide,
+    an MAE width the 2-D sin-cos position embedding cannot split in four), or None if they can."""
+    for key in ("embed_dim", "depth", "num_heads", "patch_size", "decoder_embed_dim", "decoder_depth"):
+        if key in kw and kw[key] < 1:
+            return f"its {key.replace('_', ' ').replace('embed dim', 'width')} is {kw[key]}; every size must be at least 1"
+    if kw["embed_dim"] % kw["num_heads"]:
+        return f"its width {kw['embed_dim']} is not divisible by its {kw['num_heads']} heads"
+    if "decoder_embed_dim" in kw and kw["decoder_embed_dim"] % kw["decoder_num_heads"]:
+        return (f"its decoder width {kw['decoder_embed_dim']} is not divisible by its {kw['decoder_num_heads']} "
+                "heads (a decoder has width // 32 heads)")
+    if "decoder_embed_dim" in kw and (kw["embed_dim"] % 4 or kw["decoder_embed_dim"] % 4):
+        return "an MAE's encoder and decoder widths must be multiples of 4 (2-D sin-cos position embedding)"
+    return None
+
+
+class ModelShapeError(InputError):
+    """A model name that parses but whose sizes cannot build a model; ``problem`` says why."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"model {name!r} cannot be built: {problem}")
+        self.problem = problem
+
+
+def _checked(name: str, kw: dict) -> dict:
+    """``kw``, refused with the reason when no model can have those sizes (the factories call it)."""
+    if problem := shape_problem(kw):
+        raise ModelShapeError(name, problem)
+    return kw
+
+
 def mae_kwargs(name: str, **overrides) -> dict:
     """Constructor arguments of ``MaskedAutoencoderViT`` for a model name, with overrides applied."""
     m = _MAE_NAME.match(name)
     if not m:
-        raise ValueError(f"not an MAE model name: {name!r} (expected mae_vit_<size>_patch<p>_dec<D>d<N>b)")
+        raise InputError(f"not an MAE model name: {name!r} (expected mae_vit_<size>_patch<p>_dec<D>d<N>b)")
     kw = _encoder_kwargs(m["size"], m["patch"])
     dec = int(m["dec"])
     kw.update(decoder_embed_dim=dec, decoder_depth=int(m["depth"]), decoder_num_heads=max(1, dec // 32))
@@ -83,7 +115,7 @@ def vit_kwargs(name: str, **overrides) -> dict:
     """Constructor arguments of a timm ``VisionTransformer`` for ``vit_<size>_patch<p>``."""
     m = _VIT_NAME.match(name)
     if not m:
-        raise ValueError(f"not a classifier model name: {name!r} (expected vit_<size>_patch<p>)")
+        raise InputError(f"not a classifier model name: {name!r} (expected vit_<size>_patch<p>)")
     kw = _encoder_kwargs(m["size"], m["patch"])
     kw.update(overrides)
     return kw
@@ -106,14 +138,14 @@ def _with_arch(model, builder: str, name: str, **kwargs):
 
 def create_mae(name: str, **overrides) -> MaskedAutoencoderViT:
     """MAE ViT with decoder, e.g. ``create_mae('mae_vit_base_patch16_dec512d8b')``."""
-    return _with_arch(MaskedAutoencoderViT(**mae_kwargs(name, **overrides)), "mae", name, **overrides)
+    return _with_arch(MaskedAutoencoderViT(**_checked(name, mae_kwargs(name, **overrides))), "mae", name, **overrides)
 
 
 def create_student(name: str, teacher_decoder_dim: int, teacher_embed_dim: int | None = None,
                    encoder_branch: bool = False, **overrides) -> G2SDStudent:
     """G2SD student; its feature head maps to the teacher decoder width ``teacher_decoder_dim``."""
     model = G2SDStudent(teacher_decoder_dim=teacher_decoder_dim, teacher_embed_dim=teacher_embed_dim,
-                        encoder_branch=encoder_branch, **mae_kwargs(name, **overrides))
+                        encoder_branch=encoder_branch, **_checked(name, mae_kwargs(name, **overrides)))
     return _with_arch(model, "student", name, teacher_decoder_dim=teacher_decoder_dim,
                       teacher_embed_dim=teacher_embed_dim, encoder_branch=encoder_branch, **overrides)
 
@@ -130,8 +162,8 @@ def create_classifier(name: str, kind: str = "avg", num_classes: int = 1000, **o
     ``norm``; with ``num_classes=0`` exactly the MAE encoder).
     """
     if kind not in CLASSIFIER_KINDS:
-        raise ValueError(f"classifier kind must be one of {', '.join(CLASSIFIER_KINDS)}, got {kind!r}")
-    kw = classifier_kwargs(name, **overrides)
+        raise InputError(f"classifier kind must be one of {', '.join(CLASSIFIER_KINDS)}, got {kind!r}")
+    kw = _checked(name, classifier_kwargs(name, **overrides))
     kw["num_classes"] = num_classes
     if kind == "avg":
         model = teacher_classifier(**kw)
@@ -156,7 +188,7 @@ def build_model(arch: dict):
     arch = dict(arch)
     builder = arch.pop("builder", None)
     if builder not in BUILDERS:
-        raise ValueError(f"unknown model builder {builder!r}; known: {', '.join(BUILDERS)}")
+        raise InputError(f"unknown model builder {builder!r}; known: {', '.join(BUILDERS)}")
     module, factory = BUILDERS[builder].split(":")
     return getattr(importlib.import_module(module), factory)(**arch)
 
@@ -180,5 +212,6 @@ def model_kwargs(arch: dict) -> dict:
 
 
 __all__ = ["BUILDERS", "CLASSIFIER_KINDS", "ENCODER_SIZES", "DistilledViT", "G2SDStudent", "MaskedAutoencoderViT",
+           "ModelShapeError",
            "build_model", "classifier_kwargs", "create_classifier", "create_mae", "create_student", "encoder_size",
-           "mae_kwargs", "model_kwargs", "random_masking", "size_name", "teacher_classifier", "vit_kwargs"]
+           "mae_kwargs", "model_kwargs", "random_masking", "shape_problem", "size_name", "teacher_classifier", "vit_kwargs"]

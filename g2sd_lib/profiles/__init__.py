@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import InputError
+
 PROFILES = ("smoke", "fmnist", "gpu", "paper")
 HERE = Path(__file__).parent
 PIPELINE_PARAMS = "params.yaml"  # lists the profiles dvc.yaml runs (`profiles: [...]`)
@@ -22,7 +24,7 @@ PIPELINE_PARAMS = "params.yaml"  # lists the profiles dvc.yaml runs (`profiles: 
 
 def profile_path(name: str) -> Path:
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+        raise InputError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     return HERE / f"{name}.yaml"
 
 
@@ -96,8 +98,10 @@ def enable(name: str, path=PIPELINE_PARAMS) -> bool:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "enable" or argv[1] not in PROFILES:
+    if len(argv) != 2 or argv[0] != "enable":
         sys.exit(f"usage: python -m g2sd_lib.profiles enable {{{'|'.join(PROFILES)}}}")
+    if argv[1] not in PROFILES:
+        raise InputError(f"unknown profile {argv[1]!r} (make repro P=...): choose one of {', '.join(PROFILES)}")
     added = enable(argv[1])
     state = "now lists" if added else "already lists"
     print(f"{PIPELINE_PARAMS} {state} the {argv[1]!r} profile: {', '.join(enabled_profiles())}; its stages are "

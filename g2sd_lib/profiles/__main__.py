@@ -1,3 +1,4 @@
+from ..errors import run_main
 from . import main
 
-main()
+run_main(main)

@@ -26,9 +26,12 @@ def _arch(name: str) -> dict | None:
 
 
 def _name_problems(name, loc, mae: bool = False) -> list[Problem]:
-    from ..models import ENCODER_SIZES
+    from ..models import ENCODER_SIZES, shape_problem
 
-    if _arch(name) is not None and (name.startswith("mae_") or not mae):
+    if (arch := _arch(name)) is not None and (name.startswith("mae_") or not mae):
+        if problem := shape_problem(arch):
+            return [Problem(loc, f"cannot be built: {problem}",
+                            "sizes of at least 1 and widths their heads divide (an MAE's: multiples of 4)", name)]
         return []
     pattern = "mae_vit_<size>_patch<p>_dec<D>d<N>b" if mae else "vit_<size>_patch<p> (or an mae_vit_ name)"
     return [Problem(loc, "not a model name", f"{pattern}, size one of {', '.join(ENCODER_SIZES)}", name)]
@@ -216,7 +219,7 @@ def _run_problems(params: dict, valid: dict) -> tuple[list[Problem], dict]:
             if stage is not None and stage.kind == "gd" and _arch(str(teacher_mae)):
                 arch = _arch(teacher_mae)
                 found += _target_block((stage.task or GDTask()).target_block, arch["decoder_depth"], teacher_mae)
-                if _arch(stage.model)["patch_size"] != arch["patch_size"]:
+                if (own := _arch(stage.model)) is not None and own["patch_size"] != arch["patch_size"]:
                     found.append(Problem(("model",), "its patch grid differs from the teacher's",
                                          f"patch {arch['patch_size']}, as teacher.pretrain.model", stage.model))
             if stage is not None and group == "pretrain":

@@ -1,0 +1,105 @@
+"""Bad input to the library's entry points is refused with a message that names it and the fix, as a
+user error (:func:`g2sd_lib.errors.user_errors`: one paragraph on the command line and in a notebook)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from g2sd_lib import checkpoints, config, profiles, schema, stages
+from g2sd_lib.device import autocast_dtype, resolve_device
+from g2sd_lib.errors import InputError, MissingInputError, UserError, user_errors
+from g2sd_lib.models import ModelShapeError, create_classifier, create_mae
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("mae_vit_smokesmall_patch7_dec100d1b", "decoder width 100 is not divisible by its 3 heads"),
+    ("mae_vit_smokesmall_patch7_dec0d1b", "decoder width is 0"),
+    ("mae_vit_smokesmall_patch0_dec16d1b", "patch size is 0"),
+    ("mae_vit_w30d2h3_patch7_dec16d1b", "multiples of 4"),
+    ("vit_w30d2h4_patch7", "width 30 is not divisible by its 4 heads"),
+])
+def test_a_model_name_that_cannot_be_built_is_refused_by_the_schema_and_the_factories(name, problem):
+    with pytest.raises(ModelShapeError, match=problem):
+        create_mae(name) if name.startswith("mae_") else create_classifier(name)
+    params = profiles.load_profile("smoke")
+    section = ("pretrain", "gd") if name.startswith("mae_") else ("students", "scratch")
+    params[section[0]][section[1]]["model"] = name
+    with pytest.raises(schema.ConfigError, match=f"{'.'.join(section)}.model: cannot be built: .*{problem}"):
+        schema.validate_params(params)
+
+
+def test_a_mistyped_gd_student_next_to_a_trained_teacher_is_a_config_error_not_a_crash():
+    # the teacher's patch is compared with the student's: a name that does not parse used to crash there
+    params = profiles.load_profile("smoke")
+    params["pretrain"]["gd"]["model"] = "mae_vit_smokesmal_patch7_dec16d1b"
+    with pytest.raises(schema.ConfigError, match="pretrain.gd.model: not a model name"):
+        profiles.complete("smoke", teacher=params["teacher"], pretrain=params["pretrain"])
+
+
+def test_devices_and_precisions_that_cannot_run_here_are_input_errors():
+    with pytest.raises(InputError, match="train.device 'cuad' is not a device"):
+        resolve_device("cuad")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU is visible here"):
+            resolve_device("cuda")
+    with pytest.raises(InputError, match="needs a CUDA device"):
+        autocast_dtype("fp16", torch.device("cpu"))
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: profiles.load_profile("fmnst"), "unknown profile 'fmnst'"),
+    (lambda: config.stage_config(profiles.load_profile("smoke"), "pretrain", "gdd"), "no run 'gdd'"),
+    (lambda: checkpoints.load_model(REPO / "teachers" / "fmnist_mae.safetensors", "gd_teacher"), "unknown role"),
+])
+def test_bad_names_are_user_errors_and_still_value_errors(call, message):
+    with pytest.raises(ValueError, match=message) as e:
+        call()
+    assert isinstance(e.value, user_errors())
+
+
+def test_a_missing_upstream_checkpoint_names_the_stage_that_writes_it(tmp_path):
+    init = tmp_path / "runs" / "fmnist" / "pretrain" / "gd" / "model.safetensors"
+    cfg = {"kind": "finetune", "model": "vit_smokesmall_patch7", "init": str(init), "data": {"dataset": "fmnist"}}
+    with pytest.raises(MissingInputError, match=r"dvc repro pretrain@fmnist-gd"):
+        stages.build_task(cfg)
+    teacher = tmp_path / "runs" / "smoke" / "teacher" / "classifier.safetensors"
+    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}}
+    with pytest.raises(MissingInputError, match=r"dvc repro teacher@smoke"):
+        stages.build_task(cfg)
+
+
+def test_the_stage_command_explains_its_usage_and_refuses_unreadable_configurations(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "g2sd_lib.stages", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+    p = run("--help")
+    assert p.returncode == 0 and "usage: python -m g2sd_lib.stages" in p.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: gd\nmodel: a: b\n")
+    for path, message in ((tmp_path / "nope.yaml", "no such file"), (bad, "is not valid YAML")):
+        p = run(str(path))
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_sidecar_that_is_not_an_object_is_a_checkpoint_error(tmp_path):
+    model = create_classifier("vit_smokesmall_patch7", num_classes=10)
+    path = tmp_path / "m.safetensors"
+    checkpoints.save_model(model, path)
+    path.with_suffix(".json").write_text(json.dumps([1, 2]))
+    with pytest.raises(checkpoints.CheckpointError, match="not a JSON object with an 'arch' mapping"):
+        checkpoints.load_saved_model(path)
+
+
+def test_bundling_before_the_teacher_was_trained_says_how_to_train_it(tmp_path):
+    from g2sd_lib.teacher import bundle_teacher
+
+    with pytest.raises(MissingInputError, match=r"dvc repro teacher@smoke"):
+        bundle_teacher(profiles.load_profile("smoke"), tmp_path / "runs", tmp_path / "teachers")
+    assert issubclass(MissingInputError, UserError) and issubclass(MissingInputError, FileNotFoundError)
