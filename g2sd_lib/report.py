@@ -7,10 +7,10 @@ tables, so a cell with no published source says "unavailable" rather than holdin
 
 Three kinds of files carry the stages' numbers (declared in dvc.yaml):
 
-* ``reports/metrics/``: the few numbers per run a person compares between runs and experiments
+* ``reports/<profile>/metrics/``: the few numbers per run a person compares between runs and experiments
   (``dvc metrics show``, ``dvc exp show``);
-* ``reports/plots/``: every training run's per-epoch history as CSV (``dvc plots show``);
-* ``reports/results/``: the detailed per-seed results the report stage renders its tables from.
+* ``reports/<profile>/plots/``: every training run's per-epoch history as CSV (``dvc plots show``);
+* ``reports/<profile>/results/``: the detailed per-seed results the report stage renders its tables from.
 """
 
 import hashlib

@@ -73,7 +73,7 @@ def summarize_task(teacher: dict, students: dict, metric: str) -> dict:
 
 
 def summarize(evaluation: dict, dense_evaluation: dict | None = None) -> dict:
-    """``reports/summary.json``: the classification section (top-1) and, given the dense evaluation,
+    """``reports/<profile>/summary.json``: the classification section (top-1) and, given the dense evaluation,
     the :func:`summarize_dense` sections."""
     out = {"classification": summarize_task(evaluation["teacher"], evaluation["students"], "top1")}
     return {**out, **summarize_dense(dense_evaluation)} if dense_evaluation is not None else out

@@ -3,8 +3,8 @@
 COCO and ADE20K at the paper's scale are run by the maintained libraries the official code
 forked: **detectron2** (ViTDet Mask R-CNN, ``projects/ViTDet``) for detection and
 **mmsegmentation** (UperNet) for segmentation. This module is plain data, with no dependency on
-either: the two dicts below record the official G2SD configurations (from
-``reference/official-g2sd.md``, sections 1 and 2) and, under ``"hooks"``, which tensors of those
+either: the two dicts below record the official G2SD configurations (its detectron2 and mmsegmentation
+configs) and, under ``"hooks"``, which tensors of those
 libraries our loss functions take, so a user can add G2SD to an up-to-date detectron2 / mmseg
 without the forks:
 

@@ -167,7 +167,8 @@ class ViTSegmenter(nn.Module):
         return self.pyramid(vit_feature_maps(self.vit, x, self.out_indices))
 
     def forward(self, x: torch.Tensor) -> dict:
-        """``{"logits": (B, K, 4h, 4w)}`` (before upsampling: 1/4 of the input for patch 16), plus in
+        """``{"logits": (B, K, s h, s w)}``, ``s`` the finest pyramid scale (4 officially: 1/4 of the input for
+        patch 16; 2 in the Fashion-MNIST profiles), before upsampling, plus in
         training mode ``"aux"`` (B, K, h, w); mmseg also runs the auxiliary head in training only."""
         levels = self.forward_features(x)
         out = {"logits": self.decode_head(levels)}

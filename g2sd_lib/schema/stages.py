@@ -37,7 +37,7 @@ class Data(Section):
     train_subset: Count | None = None
     val_subset: Count | None = None
     test_subset: Count | None = None
-    eval_batch_size: Count = 512
+    eval_batch_size: Count = 256
     input_size: Count = 224  # imagenet only
     num_workers: Natural = 8  # imagenet only
 
