@@ -298,8 +298,9 @@ def test_the_gpu_session_chooses_the_students_settings_on_validation(tmp_path, m
 
     trained.clear()
     result = session.choose(out, False, 6, "kd")
-    assert {c["kind"] for c in trained} == {"kd"} and len(trained) == 3  # 4 settings, the profile's reused
-    assert {(c["task"]["alpha"], c["task"]["temperature"]) for c in trained} == {(0.9, 1.0), (0.5, 1.0), (0.9, 4.0)}
+    assert {c["kind"] for c in trained} == {"kd"} and len(trained) == 5  # 6 settings, the profile's reused
+    assert {(c["task"]["alpha"], c["task"]["temperature"]) for c in trained} == {(0.9, 1.0), (0.5, 1.0), (0.9, 4.0),
+                                                                                (1.0, 1.0), (1.0, 4.0)}
     assert [r["setting"] for r in result["runs"] if r["reused"]] == ["alpha=0.5,temperature=4.0"]
     assert result["best_setting"] == "alpha=0.9,temperature=1.0"
     assert json.loads((out / "kd.json").read_text()) == result

@@ -54,7 +54,7 @@ def test_papermill_injects_params_yaml_sections(tmp_path):
     env = {}
     exec("".join(injected[0]["source"]), env)  # the injected cell is plain Python literals
     assert env["run"] == "kd" and env["profile"] == "fmnist"
-    assert env["students"]["kd"]["task"]["temperature"] == 1.0
+    assert env["students"]["kd"]["task"] == {"layer_decay": None, "alpha": 1.0, "temperature": 1.0}
     assert env["students"] == load_profile("fmnist")["students"]  # whole sections replace the defaults
 
 
