@@ -175,10 +175,10 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     """
     if nproc <= 1:
         return run_stage(cfg)
+    schema.validate_stage(cfg)  # a configuration mistake is reported here, not under torchrun's traceback
     cfg_path = _write_config(cfg)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.stages", str(cfg_path)]
-    schema.validate_stage(cfg)  # a configuration mistake is reported here, not under torchrun's traceback
     if (code := subprocess.run(cmd).returncode) != 0:
         raise UserError(f"torchrun of the run {cfg['out_dir']} failed (exit status {code}); its workers' "
                         "error is printed above")
