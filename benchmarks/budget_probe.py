@@ -109,7 +109,8 @@ def over_seeds(runs: list[dict]) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="fmnist", choices=PROFILES)
-    parser.add_argument("--runs", nargs="+", default=["scratch"], help="runs of the profile's `students` section")
+    parser.add_argument("--runs", nargs="+", default=["scratch"], choices=config.STUDENT_RUNS,
+                        help="runs of the profile's `students` section")
     parser.add_argument("--epochs", type=int, nargs="+", default=[20],
                         help="schedule lengths; two (e.g. 20 40) show whether the shorter has converged")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -125,10 +126,6 @@ def main(argv=None) -> int:
     # a changed value is checked as the profile's own are, before any run starts
     source = f"g2sd_lib/profiles/{args.profile}.yaml" + "".join(f" --set {s}" for s in args.settings)
     params = validate_params(with_settings(load_profile(args.profile), args.settings), source=source)
-    runs = [r for r in params["students"] if r != "common"]
-    if unknown := [r for r in args.runs if r not in runs]:
-        raise InputError(f"--runs {' '.join(unknown)}: not a run of the {args.profile} profile's students; "
-                         f"choose from {', '.join(runs)}")
     root = REPO / "runs" / args.profile
     teacher_json = args.teacher_json or REPO / "reports" / args.profile / "results" / "teacher.json"
     if not teacher_json.exists():

@@ -137,7 +137,7 @@ def test_budget_probe_set_changes_an_existing_setting_and_refuses_an_unknown_one
 
 @pytest.mark.parametrize("argv, message", [
     (["--profile", "fmnst"], "argument --profile: invalid choice: 'fmnst'"),
-    (["--runs", "scrach"], "--runs scrach: not a run of the smoke profile's students; choose from g2sd"),
+    (["--runs", "scrach"], "argument --runs: invalid choice: 'scrach' (choose from 'g2sd'"),
     (["--set", "students.common.train.blr=abc"], "students.common.train.blr: wrong type (got 'abc')"),
     (["--set", "students.common.train=[1"], "--set KEY=VALUE: '[1' is not valid YAML (expected ',' or ']'"),
 ])
