@@ -1,5 +1,6 @@
 """The configuration presets: complete, commented, consistent with the code that reads them."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -93,10 +94,12 @@ def test_a_misspelt_profile_is_named_with_the_choices_before_any_work(tmp_path, 
     assert e.value.code == 2 and ("unknown profile 'fmnst' (make repro P=...): choose one of smoke, fmnist, gpu, "
                                   "paper") in capsys.readouterr().err
     if shutil.which("make"):
-        made = subprocess.run(["make", "-n", "repro", "P=fmnst"], cwd=REPO, capture_output=True, text=True)
+        # a top-level make, also under `make test` (whose MAKEFLAGS / MAKELEVEL would add directory lines)
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        made = subprocess.run(["make", "-n", "repro", "P=fmnst"], cwd=REPO, capture_output=True, text=True, env=env)
         assert made.returncode != 0 and not made.stdout  # nothing, not even `make data`, would run
         assert "unknown profile 'fmnst' (make repro P=...): choose one of fmnist gpu paper smoke" in made.stderr
-        assert "g2sd_lib.repro gpu" in subprocess.run(["make", "-n", "repro", "P=gpu"], cwd=REPO,
+        assert "g2sd_lib.repro gpu" in subprocess.run(["make", "-n", "repro", "P=gpu"], cwd=REPO, env=env,
                                                       capture_output=True, text=True).stdout
 
 
