@@ -45,10 +45,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Every exception class that reports a user mistake (imported lazily: no import cycles)."""
     from .checkpoints import CheckpointError
     from .download import ChecksumError, DownloadError
-    from .fmnist import DatasetNotFoundError, DataIntegrityError
     from .schema import ConfigError
-    return (UserError, CheckpointError, ChecksumError, DownloadError, DatasetNotFoundError, DataIntegrityError,
-            ConfigError)
+    return (UserError, CheckpointError, ChecksumError, DownloadError, ConfigError)  # the dataset errors are UserErrors
 
 
 def debug_enabled(argv=()) -> bool:

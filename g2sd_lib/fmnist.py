@@ -48,11 +48,11 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # package `dataset-fashi
 _IDX_MAGIC = {0x00000803: 3, 0x00000801: 1}  # uint8 images (N, rows, cols) / uint8 labels (N,)
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingInputError):
     """A dataset is missing or laid out wrongly; the message says where we looked and the fix."""
 
 
-class DataIntegrityError(ValueError):
+class DataIntegrityError(UserError, ValueError):
     """Dataset bytes differ from the pinned ones; the message names the file and how to restore it."""
 
 
@@ -311,7 +311,7 @@ def main(argv=None) -> None:
             dvc_file = args.dvc_file or (Path("data.dvc") if Path("data.dvc").is_file() else None)
             pin = f"{dvc_file} pins them" if dvc_file else "no data.dvc here, so no pin checked (--dvc-file PATH)"
             print(f"Fashion-MNIST in {verify_fashion_mnist(args.dest, dvc_file)}: official bytes, {pin}")
-    except (DatasetNotFoundError, ValueError, UserError) as e:
+    except (ValueError, UserError) as e:  # the dataset errors are user errors; a corrupt file a ValueError
         parser.exit(1, f"error: {e}\n")
 
 
