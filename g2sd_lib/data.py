@@ -233,5 +233,6 @@ def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, smoot
 
 
 if __name__ == "__main__":  # `python -m g2sd_lib.data fetch` of older instructions
+    from .errors import run_main
     from .fmnist import main
-    main()
+    run_main(main)

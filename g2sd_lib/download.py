@@ -69,7 +69,8 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     The bytes go to ``dest + '.part'``, which is moved onto ``dest`` only once verified, so an
     interrupted run never leaves a partial ``dest``; an http(s) rerun resumes the ``.part`` with a
     ``Range`` request. ``hash_record`` is a JSON file ``{file name: {sha256, md5, size, url}}``:
-    an existing entry's sha256 is enforced, a missing one is written after the first fetch.
+    an existing entry's sha256 is enforced, a missing one is written after the first fetch, or
+    on the first use of a ``dest`` already in place (a copy saved by hand when offline).
 
     Raises:
         ChecksumError: the bytes do not match; the ``.part`` is deleted.
@@ -88,7 +89,11 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
         expected.append(("md5 prefix", "md5", md5_prefix.lower(), True))
 
     if dest.exists():
-        if _first_mismatch(expected, _digests(dest, chunk_size)) is None:
+        digests = _digests(dest, chunk_size)
+        if _first_mismatch(expected, digests) is None:
+            if hash_record is not None and entry is None:
+                # a copy placed by hand (the offline route) is pinned on first use, as a fetched one
+                _record(hash_record, record, dest.name, digests, url)
             return dest
         warnings.warn(f"{dest} exists but fails verification; fetching it again from {url}")
 
@@ -110,10 +115,13 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
         raise ChecksumError(f"checksum mismatch for {url}: expected {label} {want}, got {got}")
     os.replace(part, dest)
     if hash_record is not None and entry is None:
-        record[dest.name] = dict(sha256=digests["sha256"], md5=digests["md5"],
-                                 size=digests["size"], url=url)
-        _write_record(hash_record, record)
+        _record(hash_record, record, dest.name, digests, url)
     return dest
+
+
+def _record(hash_record, record: dict, name: str, digests: dict, url: str) -> None:
+    record[name] = dict(sha256=digests["sha256"], md5=digests["md5"], size=digests["size"], url=url)
+    _write_record(hash_record, record)
 
 
 def fetch_official(name: str, dest_dir: str | os.PathLike, *, base_url: str | None = None,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError, MissingInputError, UserError
+from .errors import InputError, MissingInputError, UserError, run_main
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def read_idx(path) -> torch.Tensor:
     """Parse one IDX file, gzip-compressed or raw (told apart by the gzip magic bytes).
 
     Returns uint8 images (N, rows, cols) for magic 0x00000803, int64 labels (N,) for 0x00000801.
-    Raises ValueError naming the file when it is truncated, garbled or of another IDX type.
+    Raises DataIntegrityError (a ValueError) naming the file when it is truncated, garbled or of
+    another IDX type.
     """
     path = Path(path)
     data = path.read_bytes()
@@ -68,22 +69,22 @@ def read_idx(path) -> torch.Tensor:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from None
+            raise DataIntegrityError(f"{path}: corrupt or truncated gzip stream ({e})") from None
     elif path.suffix == ".gz":
-        raise ValueError(f"{path}: has a .gz suffix but is not gzip data")
+        raise DataIntegrityError(f"{path}: has a .gz suffix but is not gzip data")
     magic = int.from_bytes(data[:4], "big")
     if len(data) >= 4 and magic not in _IDX_MAGIC:
-        raise ValueError(f"{path}: bad IDX magic 0x{magic:08x}, expected 0x00000803 (images) "
+        raise DataIntegrityError(f"{path}: bad IDX magic 0x{magic:08x}, expected 0x00000803 (images) "
                          "or 0x00000801 (labels)")
     ndim = _IDX_MAGIC.get(magic, 1)
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
+        raise DataIntegrityError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     expected, found = math.prod(shape), len(data) - header
     if found != expected:
         what = "truncated" if found < expected else "trailing bytes"
-        raise ValueError(f"{path}: {what}: header says shape {shape} = {expected} data bytes, "
+        raise DataIntegrityError(f"{path}: {what}: header says shape {shape} = {expected} data bytes, "
                          f"file has {found}")
     arr = torch.from_numpy(np.frombuffer(bytearray(data), np.uint8, offset=header).reshape(shape))
     return arr if ndim == 3 else arr.long()
@@ -112,7 +113,7 @@ def find_fashion_mnist(root=None) -> Path:
     looked = "".join(f"\n  {d}" for d in candidates)
     raise DatasetNotFoundError(
         f"Fashion-MNIST not found (need {', '.join(names)}, raw or .gz). Looked in:{looked}\n"
-        "Fix: run `make data` (it runs `python -m g2sd_lib.data fetch`, which copies the files "
+        "Fix: run `make data` (it runs `python -m g2sd_lib.fmnist fetch`, which copies the files "
         "from the package of `apt-get install dataset-fashion-mnist` or downloads them with "
         "torchvision), or set data.root to the directory holding the four files (null = the default places).")
 
@@ -131,7 +132,7 @@ def load_fashion_mnist(split: str, root=None) -> tuple[torch.Tensor, torch.Tenso
         verify_file(path, name)
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{d}: {split} images {tuple(images.shape)} do not match labels "
+        raise DataIntegrityError(f"{d}: {split} images {tuple(images.shape)} do not match labels "
                          f"{tuple(labels.shape)}")
     return images.unsqueeze(1), labels
 
@@ -225,7 +226,7 @@ def _install(target: Path, put, origin: str) -> None:
     try:
         put(tmp)
         if not _raw_md5_ok(tmp, target.name):
-            raise ValueError(f"{origin}: content differs from the official {target.name} "
+            raise DataIntegrityError(f"{origin}: content differs from the official {target.name} "
                              f"(md5 of the IDX bytes should be {FASHION_MNIST_RAW_MD5[target.name]}); "
                              "refusing to use it")
         os.replace(tmp, target)
@@ -258,7 +259,7 @@ def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
     official files, so .gz bytes differ), which lets `data.dvc` pin them. Each file comes from the
     first of: `source` (a dir, or its FashionMNIST/raw; raw or .gz), the Debian dir, torchvision's
     download. A file already in `dest` with the official content is kept; one with other bytes
-    stops with ValueError (never silently replaced: DVC would record the change); a file no source
+    stops with DataIntegrityError (never silently replaced: DVC would record the change); a file no source
     has raises DatasetNotFoundError listing what was tried.
     """
     dest = Path(dest)
@@ -271,7 +272,7 @@ def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
         target = dest / name
         if target.is_file():
             if not _raw_md5_ok(target, name):
-                raise ValueError(f"{target} differs from the official Fashion-MNIST file (md5 should be "
+                raise DataIntegrityError(f"{target} differs from the official Fashion-MNIST file (md5 should be "
                                  f"{FASHION_MNIST_RAW_MD5[name]}). Delete it and run `make data` again.")
             log.info("%s: already present with the official content", target)
             continue
@@ -293,6 +294,7 @@ def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
 
 
 def main(argv=None) -> None:
+    """``fetch`` or ``verify``; a user error propagates (``run_main`` prints it and exits 2)."""
     parser = argparse.ArgumentParser(prog="python -m g2sd_lib.fmnist",
                                      description="Fashion-MNIST set-up for g2sd_lib.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -304,16 +306,13 @@ def main(argv=None) -> None:
     verify.add_argument("--dvc-file", type=Path, help="the pin to check (default: data.dvc, if here)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "fetch":
-            print(f"Fashion-MNIST ready in {fetch_fashion_mnist(args.dest, args.source)}")
-        else:
-            dvc_file = args.dvc_file or (Path("data.dvc") if Path("data.dvc").is_file() else None)
-            pin = f"{dvc_file} pins them" if dvc_file else "no data.dvc here, so no pin checked (--dvc-file PATH)"
-            print(f"Fashion-MNIST in {verify_fashion_mnist(args.dest, dvc_file)}: official bytes, {pin}")
-    except (ValueError, UserError) as e:  # the dataset errors are user errors; a corrupt file a ValueError
-        parser.exit(1, f"error: {e}\n")
+    if args.command == "fetch":
+        print(f"Fashion-MNIST ready in {fetch_fashion_mnist(args.dest, args.source)}")
+    else:
+        dvc_file = args.dvc_file or (Path("data.dvc") if Path("data.dvc").is_file() else None)
+        pin = f"{dvc_file} pins them" if dvc_file else "no data.dvc here, so no pin checked (--dvc-file PATH)"
+        print(f"Fashion-MNIST in {verify_fashion_mnist(args.dest, dvc_file)}: official bytes, {pin}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -5,8 +5,9 @@ fine-tuned classifier. Whatever the mode, the stage writes ``<root>/teacher/mae.
 ``<root>/teacher/classifier.safetensors`` (+ JSON sidecars; ``root`` is the profile's run directory,
 ``runs/<profile>`` in the pipeline) after loading each strictly in its role:
 
-* ``download`` (paper): the official MAE checkpoints, md5 prefixes checked and sha256 recorded on
-  first fetch, converted from the official pickle layout;
+* ``download`` (paper): the official MAE checkpoints, md5 prefixes checked where published and
+  sha256 pinned on first use (fetched, or saved by hand when offline), converted from the
+  official pickle layout;
 * ``bundled`` (fmnist): the small teacher committed under ``teachers/``, sha256-checked;
 * ``train``: the project's recipe, MAE pretraining then fine-tuning, through ``run_stage``.
 """

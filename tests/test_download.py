@@ -243,3 +243,18 @@ def test_keyboard_interrupt_leaves_part_not_dest(server, tmp_path, monkeypatch):
         dl.download(_serve(server), dest, progress=False, chunk_size=CHUNK)
     assert not dest.exists()
     assert (tmp_path / "ckpt.pth.part").read_bytes() == PAYLOAD[:CHUNK]
+
+
+def test_copy_placed_by_hand_is_recorded_on_first_use_then_enforced(server, tmp_path):
+    # the offline route: DownloadError says to save the file by hand; nothing is published to check
+    # it against, so its sha256 is pinned on first use, as a first fetch would pin it
+    url, record, dest = _serve(server), tmp_path / "hashes.json", tmp_path / "ckpt.pth"
+    dest.write_bytes(PAYLOAD)
+    dl.download(url, dest, hash_record=record, progress=False)
+    assert server.requests == []
+    assert json.loads(record.read_text())["ckpt.pth"] == dict(sha256=_sha(PAYLOAD), md5=_md5(PAYLOAD),
+                                                             size=len(PAYLOAD), url=url)
+    dest.write_bytes(b"another copy")  # later replaced: refused, and refetched from the source
+    with pytest.warns(UserWarning, match="fails verification"):
+        dl.download(url, dest, hash_record=record, progress=False)
+    assert dest.read_bytes() == PAYLOAD and len(server.requests) == 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from g2sd_lib import fmnist as D
-from g2sd_lib.errors import InputError
+from g2sd_lib.errors import InputError, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,12 +217,15 @@ def test_verify_command(isolated, monkeypatch, capsys):
     D.main(["verify", "--dest", str(fm), "--dvc-file", str(pin)])
     assert f"official bytes, {pin} pins them" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:  # a pin given and missing is refused, not skipped
-        D.main(["verify", "--dest", str(fm), "--dvc-file", str(isolated / "none.dvc")])
-    assert e.value.code == 1 and "none.dvc is missing" in capsys.readouterr().err
+        run_main(D.main, ["verify", "--dest", str(fm), "--dvc-file", str(isolated / "none.dvc")])
+    assert e.value.code == 2 and "error: " in (err := capsys.readouterr().err) and "none.dvc is missing" in err
     (fm / "t10k-images-idx3-ubyte").write_bytes(b"garbage")
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit) as e:  # the command line's exit status and paragraph, as every other
+        run_main(D.main, ["verify", "--dest", str(fm)])
+    assert e.value.code == 2 and "t10k-images-idx3-ubyte" in (err := capsys.readouterr().err)
+    assert "Traceback" not in err
+    with pytest.raises(D.DataIntegrityError, match="t10k-images-idx3-ubyte"):  # main itself raises it
         D.main(["verify", "--dest", str(fm)])
-    assert e.value.code == 1 and "t10k-images-idx3-ubyte" in capsys.readouterr().err
 
 
 # ---- fetch ---------------------------------------------------------------------------------
