@@ -43,6 +43,12 @@ def profile_targets(profile: str) -> list[str]:
 def upstream_graph(targets: list[str], repo_dir=".") -> dict[str, set[str]]:
     """``{stage: the stages it depends on}`` for the targets and everything upstream of them; stages
     without a command (``data.dvc``) are left out, as they have nothing to run."""
+    return pipeline_stages(targets, repo_dir)[0]
+
+
+def pipeline_stages(targets: list[str], repo_dir=".") -> tuple[dict[str, set[str]], list[str]]:
+    """:func:`upstream_graph`, and the data sources upstream of the targets: the stages without a
+    command (``data.dvc``), which plain ``dvc repro`` verifies and stores in the DVC cache."""
     import networkx as nx
     from dvc.exceptions import NoOutputOrStageError
     from dvc.repo import Repo
@@ -59,7 +65,8 @@ def upstream_graph(targets: list[str], repo_dir=".") -> dict[str, set[str]]:
             for stage in stages:
                 wanted |= {stage, *nx.descendants(graph, stage)}
         runnable = {s for s in wanted if getattr(s, "cmd", None)}
-        return {s.addressing: {d.addressing for d in graph.successors(s) if d in runnable} for s in runnable}
+        return ({s.addressing: {d.addressing for d in graph.successors(s) if d in runnable} for s in runnable},
+                sorted(s.addressing for s in wanted - runnable))
 
 
 def start_priority(upstream: dict[str, set[str]], seconds: dict[str, float] | None = None) -> dict[str, float]:
@@ -147,7 +154,11 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
         if code != 0:
             raise UserError(f"dvc repro {' '.join(targets)} failed (exit {code}); its output is above")
         return result
-    upstream = upstream_graph(targets, cwd)
+    upstream, sources = pipeline_stages(targets, cwd)
+    # `dvc repro --single-item STAGE` skips the data sources that plain `dvc repro` verifies and caches
+    # (data.dvc would stay "not in cache" in `dvc status`): they go first, at once (they run nothing)
+    if sources and subprocess.run([dvc, "repro", "--single-item", *sources], cwd=cwd).returncode != 0:
+        raise UserError(f"dvc repro of the data source(s) {', '.join(sources)} failed; its output is above")
     priority = start_priority(upstream, previous_seconds(json_path) if json_path else None)
     todo, running, done, failed, timings, retries = set(upstream), {}, set(), None, {}, {}
 

@@ -63,6 +63,24 @@ def test_independent_stages_run_at_once_after_their_upstream_and_are_all_recorde
     assert repro.run(["final"], jobs=2, cwd=dvc_repo)["stages"]["final"]["ran"] is False  # nothing to do
 
 
+def test_a_data_source_is_verified_and_cached_as_plain_dvc_repro_does(dvc_repo):
+    """A fresh clone: the pinned directory (data.dvc there, src.dvc here) is in the workspace but not in
+    DVC's cache. Plain `dvc repro` stores it; the stages run one by one must too, so that `dvc status`
+    reads up to date afterwards."""
+    (dvc_repo / "src").mkdir()
+    (dvc_repo / "src" / "a.txt").write_text("source\n")
+    subprocess.run([str(BIN / "dvc"), "add", "-q", "src"], cwd=dvc_repo, check=True)
+    (dvc_repo / "dvc.yaml").write_text(PIPELINE.replace("cmd: echo base > base.txt", "cmd: cat src/a.txt > base.txt\n"
+                                                        "    deps: [src]"))
+    subprocess.run(["rm", "-rf", ".dvc/cache"], cwd=dvc_repo, check=True)
+    dvc_status = [str(BIN / "dvc"), "status"]
+    assert "not in cache" in subprocess.run(dvc_status, cwd=dvc_repo, capture_output=True, text=True).stdout
+    assert repro.pipeline_stages(["final"], dvc_repo)[1] == ["src.dvc"]
+    repro.run(["final"], jobs=2, cwd=dvc_repo)
+    assert (dvc_repo / "final.txt").read_text().split()[:2] == ["source", "a"]
+    assert "up to date" in subprocess.run(dvc_status, cwd=dvc_repo, capture_output=True, text=True).stdout
+
+
 def test_a_failed_stage_is_named_and_the_others_are_kept(dvc_repo):
     (dvc_repo / "dvc.yaml").write_text(PIPELINE.replace("echo ${item.it} >>", "test ${item.it} != b && echo ${item.it} >>"))
     with pytest.raises(UserError, match=r"(?s)stage work@b failed \(exit \d+\).*exited with 1.*run the same command again"):
