@@ -12,21 +12,23 @@ import argparse
 import json
 from pathlib import Path
 
-from .config import budget_text
+from .config import budget_text, dense_budget_text
 from .errors import UserError
 from .profiles import PROFILES, enabled_profiles
-from .report import metric_text, share_text, write_table
+from .report import gain_span, metric_text, share_text, write_table
 
 STUDENTS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 
 
 def profile_rows(summaries: dict[str, dict]) -> list[dict]:
-    """One row per profile: budget, teacher, every student (mean ± std over seeds, test top-1 %),
-    the G2SD student's share of its teacher and, where run, the dense G2SD shares."""
+    """One row per profile: budget, how much the students still gained in their last epoch, teacher,
+    every student (mean ± std over seeds, test top-1 %), the G2SD student's share of its teacher and,
+    where run, the dense G2SD shares."""
     rows = []
     for profile, s in summaries.items():
         c = s["classification"]
         row = {"profile": profile, "budget": budget_text(s["budget"]) if "budget" in s else "not recorded",
+               "students' last-epoch gain (val. top-1)": gain_span(c.get("last_epoch_gain", {})) or "not recorded",
                "teacher": f"{100 * c['teacher']['top1']:.2f}"}
         row.update({name: metric_text(c["students"][name]) if name in c["students"] else "-" for name in STUDENTS})
         g2sd = c["students"].get("g2sd")
@@ -37,15 +39,6 @@ def profile_rows(summaries: dict[str, dict]) -> list[dict]:
         row["dense budget"] = dense_budget_text(s.get("budget", {}).get("dense"))
         rows.append(row)
     return rows
-
-
-def dense_budget_text(dense: dict | None) -> str:
-    """``segmentation 5 / detection 4 epochs of 2 000 canvases, 1 seed(s)`` (students' epochs), or ``-``."""
-    if not dense:
-        return "-"
-    epochs = " / ".join(f"{task} {dense[task]['student']}" for task in ("segmentation", "detection") if task in dense)
-    canvases = f"{dense['train_canvases']:,}".replace(",", " ")
-    return f"{epochs} epochs of {canvases} canvases, {len(dense['seeds'])} seed(s)"
 
 
 def write_comparison(profiles: list[str], reports="reports", out=None) -> Path:
@@ -67,8 +60,10 @@ def write_comparison(profiles: list[str], reports="reports", out=None) -> Path:
              "do not edit by hand. Each profile's own write-up: "
              + ", ".join(f"[{p}]({p}/README.md)" for p in profiles) + ".", "",
              "A comparison means something only at the budget it was measured at: each row names its budget "
-             "(epochs and images seen per run, seeds). The paper's claims are about students and teachers "
-             "trained to convergence.", "",
+             "(epochs and images seen per run, seeds) and how much its students' validation top-1 still rose "
+             "between their last two validations (0.3 points or more: still learning, not converged; less "
+             "proves nothing, as the learning rate has decayed by then). The paper's claims are about "
+             "students and teachers trained to convergence.", "",
              stem.with_suffix(".md").read_text()]
     if missing:
         lines += ["", "No results committed yet: " + ", ".join(f"`{p}` (`make repro P={p}`)" for p in missing) + "."]

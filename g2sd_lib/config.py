@@ -171,3 +171,12 @@ def budget_text(b: dict) -> str:
     parts = [f"GD {fmt(gd)}" if gd else None, f"SD / fine-tuning {fmt(student)}" if student else None,
              f"{len(b['seeds'])} seed(s)"]
     return ", ".join(p for p in parts if p)
+
+
+def dense_budget_text(dense: dict | None) -> str:
+    """``segmentation 5 / detection 4 epochs of 2 000 canvases, 1 seed(s)`` (students' epochs), or ``-``."""
+    if not dense:
+        return "-"
+    epochs = " / ".join(f"{task} {dense[task]['student']}" for task in ("segmentation", "detection") if task in dense)
+    canvases = f"{dense['train_canvases']:,}".replace(",", " ")
+    return f"{epochs} epochs of {canvases} canvases, {len(dense['seeds'])} seed(s)"

@@ -72,11 +72,21 @@ def summarize_task(teacher: dict, students: dict, metric: str) -> dict:
     return out
 
 
-def summarize(evaluation: dict, dense_evaluation: dict | None = None) -> dict:
+def summarize(evaluation: dict, dense_evaluation: dict | None = None, plots=None) -> dict:
     """``reports/<profile>/summary.json``: the classification section (top-1) and, given the dense evaluation,
-    the :func:`summarize_dense` sections."""
+    the :func:`summarize_dense` sections. Given ``plots`` (``reports/<profile>/plots``), each section also
+    gets ``last_epoch_gain``: :func:`last_epoch_gains` of its students (classification) or of its
+    teacher and students (dense)."""
     out = {"classification": summarize_task(evaluation["teacher"], evaluation["students"], "top1")}
-    return {**out, **summarize_dense(dense_evaluation)} if dense_evaluation is not None else out
+    if dense_evaluation is not None:
+        out.update(summarize_dense(dense_evaluation))
+    if plots is not None:
+        runs = {"classification": (Path(plots) / "students", "top1"),
+                **{task: (Path(plots) / "dense" / task, metric) for task, metric in DENSE_METRICS.items()}}
+        for section, (where, metric) in runs.items():
+            if section in out and "students" in out[section] and where.is_dir():
+                out[section]["last_epoch_gain"] = last_epoch_gains(where, f"val_{metric}")
+    return out
 
 
 def summarize_dense(evaluation: dict) -> dict:
@@ -88,6 +98,27 @@ def summarize_dense(evaluation: dict) -> dict:
         out[task] = (summarize_task(ev["teacher"], ev["students"], metric) if ev is not None
                      else {"metric": metric, "status": evaluation.get("status", "not run")})
     return out
+
+
+def last_epoch_gains(plots, metric: str) -> dict[str, float | None]:
+    """Per run directory under ``plots`` (a stage's ``seed<k>.csv`` histories, e.g.
+    ``reports/<profile>/plots/students``), how much the validation ``metric`` column rose between the
+    run's last two validations (every epoch by default), as the mean over seeds of the fraction;
+    None for a run validated once. A large gain says the run was still learning when it stopped; a
+    small one, under a learning rate decayed to nearly 0, shows nothing (doubling the schedule is the
+    test of convergence)."""
+    import pandas as pd  # here: the training processes import this module and need no pandas
+
+    gains = {}
+    for run in sorted(p for p in Path(plots).iterdir() if p.is_dir()):
+        per_seed = []
+        for path in sorted(run.glob("seed*.csv")):
+            frame = pd.read_csv(path)
+            values = frame[metric].dropna() if metric in frame else []
+            if len(values) >= 2:
+                per_seed.append(float(values.iloc[-1] - values.iloc[-2]))
+        gains[run.name] = statistics.fmean(per_seed) if per_seed else None
+    return gains
 
 
 def metrics_per_model(section: dict) -> dict[str, dict]:

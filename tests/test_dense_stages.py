@@ -176,7 +176,7 @@ def test_dense_summary_tables_and_claims():
     assert g2sd_det["paper"] == "98.1 % of teacher" and g2sd_det["% of teacher"] == "80.00"
     assert next(r for r in rows if r["task"] == "detection" and r["method"] == "teacher")["paper"] == "51.6 box AP"
     assert next(r for r in rows if r["task"] == "segmentation" and r["method"] == "teacher")["paper"] == "unavailable"
-    claims = {r["claim"]: r["holds here"] for r in report.dense_claims_rows(summary)}
+    claims = {r["claim"]: r["holds at this budget"] for r in report.dense_claims_rows(summary)}
     assert claims["segmentation: the ViT-S student reaches 99.3 % of its ViT-B teacher"] == "yes"
     assert claims["detection: the ViT-S student reaches 98.1 % of its ViT-B teacher"] == "no"
     assert claims["segmentation: dense specific distillation helps after GD (G2SD > GD only)"] == "yes"

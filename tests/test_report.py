@@ -47,9 +47,9 @@ def test_claims_take_the_paper_numbers_from_paper():
     rows = report.claims_rows(summary)
     paper = report.PAPER["g2sd_ratio"][0]
     assert rows[0]["claim"] == f"the ViT-S student reaches {paper} % of its ViT-B teacher"
-    assert rows[0]["paper"] == f"{paper} %" and rows[0]["holds here"] == "no"  # 88.75 %
+    assert rows[0]["paper"] == f"{paper} %" and rows[0]["holds at this budget"] == "no"  # 88.75 %
     kd = next(r for r in rows if "single-stage KD" in r["claim"])
-    assert kd["holds here"] == "yes" and kd["ours"].startswith("+10.00 points")
+    assert kd["holds at this budget"] == "yes" and kd["ours"].startswith("+10.00 points")
 
 
 def test_a_teacher_that_scores_0_gives_no_share_and_the_report_still_renders():
@@ -63,7 +63,7 @@ def test_a_teacher_that_scores_0_gives_no_share_and_the_report_still_renders():
     rows = report.dense_rows(summary, dense)
     assert rows[-1]["% of teacher"] == "n/a" and report.share_text(None) == "n/a"
     claim = next(r for r in report.dense_claims_rows(summary) if "detection" in r["claim"].lower() or "COCO" in r["claim"])
-    assert claim["holds here"] == "no" and claim["ours"].startswith("n/a")
+    assert claim["holds at this budget"] == "no" and claim["ours"].startswith("n/a")
 
 
 def test_write_table_markdown_csv_and_latex(tmp_path):
@@ -110,8 +110,13 @@ def test_profiles_side_by_side_name_their_budgets(tmp_path):
 
     for profile, numbers in (("fmnist", (0.8644, 0.7463, 0.70)), ("gpu", (0.93, 0.91, 0.90))):
         (tmp_path / profile).mkdir()
-        (tmp_path / profile / "summary.json").write_text(json.dumps(summary(profile, *numbers)))
+        s = summary(profile, *numbers)
+        if profile == "fmnist":  # the students' last-epoch gains, as the report stage records them
+            s["classification"]["last_epoch_gain"] = {"g2sd": 0.0438, "scratch": 0.0736}
+        (tmp_path / profile / "summary.json").write_text(json.dumps(s))
     page = compare.write_comparison(["fmnist", "gpu"], tmp_path).read_text()
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| fmnist") or line.startswith("| gpu")}
+    assert "| +4.38 to +7.36 points " in rows["fmnist"] and "| not recorded " in rows["gpu"]
     assert "GD 4 epochs (220 000 images), SD / fine-tuning 2 epochs (110 000 images), 3 seed(s)" in page
     assert "GD 100 epochs (5 500 000 images)" in page  # the gpu profile's budget, in the same table
     assert "| gpu " in page and "91.00 ± 0.40" in page and "97.85 %" in page and "[gpu](gpu/README.md)" in page
@@ -156,3 +161,32 @@ def test_the_setting_table_names_the_g2sd_students_layer_decay():
     params["students"]["g2sd"]["task"]["layer_decay"] = 0.6  # the G2SD run's own value wins over common's
     sd = next(r for r in report.setting_rows(params, EVALUATION) if r[""] == "specific distillation")
     assert sd["here"].endswith("layer decay 0.6")
+
+
+def test_last_epoch_gains_say_whether_the_runs_were_still_learning(tmp_path):
+    """The gain between a run's last two validations, averaged over seeds, from the histories the training
+    stages write to plots/; a gain of 0.3 points or more reads as not converged, a smaller one as no evidence."""
+    from g2sd_lib.results import last_epoch_gains, summarize
+
+    def history(run, seed, values, metric="val_top1"):
+        rows = [{"epoch": e + 1, "train_loss": 1.0, metric: v} for e, v in enumerate(values)]
+        report.write_history(rows, tmp_path / "plots" / "students" / run / f"seed{seed}.csv")
+
+    history("g2sd", 0, [0.70, 0.74]); history("g2sd", 1, [0.71, 0.77])
+    history("scratch", 0, [0.86, 0.8610]); history("scratch", 1, [0.86, 0.8604])
+    history("once", 0, [0.5])
+    gains = last_epoch_gains(tmp_path / "plots" / "students", "val_top1")
+    assert gains["g2sd"] == pytest.approx(0.05) and gains["scratch"] == pytest.approx(0.0007) and gains["once"] is None
+    text = report.learning_text(gains, "students", "validation top-1")
+    assert "changed by +0.07 to +5.00 points" in text and "g2sd still learning" in text and "not converged" in text
+    flat = report.learning_text({"scratch": gains["scratch"]}, "students", "validation top-1")
+    assert "+0.07 points" in flat and "only doubling the schedule would show convergence" in flat
+    assert "all still learning" in report.learning_text({"g2sd": 0.05, "kd": 0.01}, "students", "validation top-1")
+    assert "none shows" in report.learning_text({"once": None}, "students", "validation top-1")
+    assert report.gain_span({}) is None
+
+    # summarize() records them per section, from reports/<profile>/plots
+    ev = {"teacher": {"top1": 0.9}, "students": {"g2sd": {"seeds": {"0": {"top1": 0.8}}}}}
+    s = summarize(ev, plots=tmp_path / "plots")
+    assert s["classification"]["last_epoch_gain"] == gains
+    assert "last_epoch_gain" not in summarize(ev)["classification"]

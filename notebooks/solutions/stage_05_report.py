@@ -22,8 +22,8 @@ def main():
                        ("narrow spread", [0.810, 0.812], [0.800, 0.802]),
                        ("one seed", [0.81], [0.80])):
         row = report._comparison_row("G2SD beats the other", summary(a), summary(b), "top1")
-        verdicts[name] = row["holds here"]
-        print(f"1. {name}: {row['ours']} -> {row['holds here']}")
+        verdicts[name] = row["holds at this budget"]
+        print(f"1. {name}: {row['ours']} -> {row['holds at this budget']}")
     assert verdicts["narrow spread"] == "yes" and verdicts["one seed"].startswith("yes (one seed")
     assert verdicts["wide spread"].startswith("not resolved")
 
