@@ -306,7 +306,8 @@ def _latex_escape(text: str) -> str:
 
 
 def provenance(params_path, seeds=None) -> dict:
-    """Commit, parameters (the profile file and its sha256), hardware and seeds of a table."""
+    """Commit, parameters (the profile file and its sha256), hardware (on a CPU with its vector
+    instructions and whether it has native bf16) and seeds of a table."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -318,7 +319,12 @@ def provenance(params_path, seeds=None) -> dict:
         commit = "unknown (not a git checkout)"
     params_file = Path(params_path)
     params_hash = hashlib.sha256(params_file.read_bytes()).hexdigest()[:12] if params_file.exists() else "n/a"
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or platform.machine())
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:  # the CPU's vector unit and bf16 change the results' last digits (amp / teacher_amp auto: bf16 or fp32)
+        from .device import autocast_dtype
+        bf16 = "native bf16" if autocast_dtype("auto", torch.device("cpu")) else "no native bf16"
+        device = f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
     return {"commit": commit, "parameters": f"{params_path} (sha256 {params_hash})",
             "hardware": f"{device}, {os.cpu_count()} CPUs, torch {torch.__version__}",
             "seeds": ", ".join(str(s) for s in (seeds or []))}

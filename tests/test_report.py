@@ -2,9 +2,11 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from g2sd_lib import report
 
@@ -190,3 +192,14 @@ def test_last_epoch_gains_say_whether_the_runs_were_still_learning(tmp_path):
     s = summarize(ev, plots=tmp_path / "plots")
     assert s["classification"]["last_epoch_gain"] == gains
     assert "last_epoch_gain" not in summarize(ev)["classification"]
+
+
+def test_provenance_names_the_cpus_vector_unit_and_bf16(monkeypatch):
+    """On a CPU, the last digits of the results depend on them (amp / teacher_amp auto: bf16 or fp32)."""
+    from g2sd_lib import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, words in ((torch.bfloat16, "native bf16"), (None, "no native bf16")):
+        monkeypatch.setattr(device, "autocast_dtype", lambda amp, dev, native=native: native)
+        hardware = report.provenance("no/such/profile.yaml")["hardware"]
+        assert f"({torch.backends.cpu.get_cpu_capability()}, {words}), {os.cpu_count()} CPUs" in hardware
