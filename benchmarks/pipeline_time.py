@@ -21,7 +21,6 @@ memory is the peak of the whole tree only.
 
 import argparse
 import json
-import platform
 import re
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import psutil
 import yaml
+
+from g2sd_lib.report import hardware
 
 STAGE = re.compile(r"Running stage '([^']+)'")
 
@@ -115,8 +116,7 @@ def main(argv=None):
     result = measure(cmd, record)
     params = yaml.safe_load(Path("params.yaml").read_text())
     result.update(profile=args.profile or params.get("profile"), jobs=args.jobs,
-                  machine=f"{platform.processor() or platform.machine()}, "
-                  f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+                  machine=f"{hardware()}, {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
                   date=time.strftime("%Y-%m-%d"), command=shown)
     print("\n| stage | wall time | peak RSS (process tree) |\n|---|---|---|")
     for s in result["stages"]:

@@ -305,9 +305,19 @@ def _latex_escape(text: str) -> str:
     return text
 
 
+def hardware() -> str:
+    """The GPU's name, or the CPU's architecture with its vector unit and whether it has native bf16
+    (``x86_64 (AVX2, no native bf16)``): with amp / teacher_amp ``auto`` they decide bf16 or fp32, and
+    so the results' last digits."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    from .device import autocast_dtype
+    bf16 = "native bf16" if autocast_dtype("auto", torch.device("cpu")) else "no native bf16"
+    return f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
+
+
 def provenance(params_path, seeds=None) -> dict:
-    """Commit, parameters (the profile file and its sha256), hardware (on a CPU with its vector
-    instructions and whether it has native bf16) and seeds of a table."""
+    """Commit, parameters (the profile file and its sha256), :func:`hardware` and seeds of a table."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -319,12 +329,6 @@ def provenance(params_path, seeds=None) -> dict:
         commit = "unknown (not a git checkout)"
     params_file = Path(params_path)
     params_hash = hashlib.sha256(params_file.read_bytes()).hexdigest()[:12] if params_file.exists() else "n/a"
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
-    else:  # the CPU's vector unit and bf16 change the results' last digits (amp / teacher_amp auto: bf16 or fp32)
-        from .device import autocast_dtype
-        bf16 = "native bf16" if autocast_dtype("auto", torch.device("cpu")) else "no native bf16"
-        device = f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
     return {"commit": commit, "parameters": f"{params_path} (sha256 {params_hash})",
-            "hardware": f"{device}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "hardware": f"{hardware()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
             "seeds": ", ".join(str(s) for s in (seeds or []))}
