@@ -75,7 +75,7 @@ def read_idx(path) -> torch.Tensor:
     magic = int.from_bytes(data[:4], "big")
     if len(data) >= 4 and magic not in _IDX_MAGIC:
         raise DataIntegrityError(f"{path}: bad IDX magic 0x{magic:08x}, expected 0x00000803 (images) "
-                         "or 0x00000801 (labels)")
+                                 "or 0x00000801 (labels)")
     ndim = _IDX_MAGIC.get(magic, 1)
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -85,7 +85,7 @@ def read_idx(path) -> torch.Tensor:
     if found != expected:
         what = "truncated" if found < expected else "trailing bytes"
         raise DataIntegrityError(f"{path}: {what}: header says shape {shape} = {expected} data bytes, "
-                         f"file has {found}")
+                                 f"file has {found}")
     arr = torch.from_numpy(np.frombuffer(bytearray(data), np.uint8, offset=header).reshape(shape))
     return arr if ndim == 3 else arr.long()
 
@@ -133,7 +133,7 @@ def load_fashion_mnist(split: str, root=None) -> tuple[torch.Tensor, torch.Tenso
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataIntegrityError(f"{d}: {split} images {tuple(images.shape)} do not match labels "
-                         f"{tuple(labels.shape)}")
+                                 f"{tuple(labels.shape)}")
     return images.unsqueeze(1), labels
 
 
@@ -227,8 +227,8 @@ def _install(target: Path, put, origin: str) -> None:
         put(tmp)
         if not _raw_md5_ok(tmp, target.name):
             raise DataIntegrityError(f"{origin}: content differs from the official {target.name} "
-                             f"(md5 of the IDX bytes should be {FASHION_MNIST_RAW_MD5[target.name]}); "
-                             "refusing to use it")
+                                     f"(md5 of the IDX bytes should be {FASHION_MNIST_RAW_MD5[target.name]}); "
+                                     "refusing to use it")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -273,7 +273,7 @@ def fetch_fashion_mnist(dest=DEFAULT_DEST, source=None) -> Path:
         if target.is_file():
             if not _raw_md5_ok(target, name):
                 raise DataIntegrityError(f"{target} differs from the official Fashion-MNIST file (md5 should be "
-                                 f"{FASHION_MNIST_RAW_MD5[name]}). Delete it and run `make data` again.")
+                                         f"{FASHION_MNIST_RAW_MD5[name]}). Delete it and run `make data` again.")
             log.info("%s: already present with the official content", target)
             continue
         src = next((p for d in dirs for p in (d / name, d / f"{name}.gz") if p.is_file()), None)
