@@ -1,5 +1,7 @@
 """Parity with the official G2SD code: every state dict of the fixture loads strictly into our
-models, and every stored output and loss is reproduced to 1e-5. The values are read from
+models, and every stored output and loss is reproduced to 1e-5 plus 1e-6 of its size (a few float32
+ulps: the CPU's vector unit changes the order of float32 sums, and on an AVX2 CPU the CWD loss
+51.342182 came out as 51.342194, 2.2e-7 relative, 1.1e-5 absolute). The values are read from
 ``tests/fixtures/official_parity.pt`` at run time (see its README)."""
 
 from pathlib import Path
@@ -12,7 +14,7 @@ from g2sd_lib.models import DistilledViT, G2SDStudent, MaskedAutoencoderViT, tea
 from g2sd_lib.models.pos_embed import sincos_2d
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_parity.pt"
-ATOL = 1e-5
+ATOL, RTOL = 1e-5, 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def gd(fx):
 
 
 def close(a, b):
-    torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
 
 
 def test_sincos_tables_equal_official(gd):
