@@ -209,7 +209,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
     if failed:
         name, code, tail = failed
         raise UserError(f"stage {name} failed (exit {code}); the end of its output:\n" + "\n".join(tail)
-                        + f"\nthe stages that finished are recorded; fix the cause and run the same command again")
+                        + "\nthe stages that finished are recorded; fix the cause and run the same command again")
     if todo:
         raise UserError(f"stages never became ready (a cycle?): {', '.join(sorted(todo))}")
     print(f"g2sd_lib.repro: {len(done)} stages up to date in {result['seconds'] / 60:.1f} min "
