@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 import pytest
 import yaml
@@ -58,18 +59,55 @@ def test_papermill_injects_params_yaml_sections(tmp_path):
     assert env["students"] == load_profile("fmnist")["students"]  # whole sections replace the defaults
 
 
-def test_papermill_cli_reads_params_file(tmp_path):
-    """The exact command line the DVC stages use, in prepare-only mode."""
+def _injected(path) -> str:
+    return "".join(next(c for c in json.loads(Path(path).read_text())["cells"]
+                        if "injected-parameters" in c["metadata"].get("tags", []))["source"])
+
+
+def _runner(*args, cwd=REPO):
+    """The command every dvc.yaml stage runs: ``python -m g2sd_lib.profiles run ...``."""
     import subprocess
+    return subprocess.run([sys.executable, "-m", "g2sd_lib.profiles", "run", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_stage_runner_injects_the_declared_sections_only(tmp_path):
+    """The stages' command line, in prepare-only mode: the profile's sections the notebook declares,
+    plus -p, and no "Passed unknown parameter" warning for the others."""
     out = tmp_path / "out.ipynb"
-    (tmp_path / "params.yaml").write_text((REPO / "g2sd_lib/profiles/paper.yaml").read_text())
-    subprocess.run([str(Path(sys.executable).with_name("papermill")), "--prepare-only", "-k", "python3",
-                    "-f", str(tmp_path / "params.yaml"), "-p", "run", "gd",
-                    str(REPO / "notebooks/02_generic_distillation.ipynb"), str(out)], check=True,
-                   capture_output=True)
-    src = "".join(next(c for c in json.loads(out.read_text())["cells"]
-                       if "injected-parameters" in c["metadata"].get("tags", []))["source"])
-    assert 'run = "gd"' in src and "mae_vit_small_patch16_dec256d4b" in src and "profile = \"paper\"" in src
+    done = _runner("paper", "-p", "run", "gd", "notebooks/02_generic_distillation.ipynb", out, "--prepare-only")
+    assert done.returncode == 0, done.stderr
+    src = _injected(out)
+    assert 'run = "gd"' in src and "mae_vit_small_patch16_dec256d4b" in src and 'profile = "paper"' in src
+    env = {}
+    exec(src, env)  # plain Python literals
+    assert {k for k in env if not k.startswith("__")} == {"run", "profile", "nproc", "data", "pretrain"}
+    assert "unknown parameter" not in done.stdout + done.stderr
+
+
+def test_every_stage_runs_its_notebook_through_the_runner():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"][0]["nb"] == "python -m g2sd_lib.profiles run"
+    for name, stage in stages.items():
+        if "matrix" in stage and "profile" in stage["matrix"] and "notebooks/" in stage["cmd"]:
+            assert "${nb} ${item.profile} " in stage["cmd"] and "papermill" not in stage["cmd"], name
+
+
+def test_stage_runner_reports_mistakes_and_failing_cells(tmp_path):
+    done = _runner("smoke", "-p", "rnu", "gd", "notebooks/02_generic_distillation.ipynb", tmp_path / "o.ipynb")
+    assert done.returncode == 2 and "declares no parameter 'rnu'" in done.stderr and "Traceback" not in done.stderr
+    done = _runner("smok", "notebooks/02_generic_distillation.ipynb", tmp_path / "o.ipynb")
+    assert done.returncode == 2 and "unknown profile 'smok'" in done.stderr
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = None", metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("raise ValueError(f'boom {x}')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "fails.ipynb")
+    done = _runner("smoke", tmp_path / "fails.ipynb", tmp_path / "o.ipynb", "-p", "x", "1")
+    assert done.returncode == 1, done.stderr
+    # cell [3]: papermill puts the injected parameters after the parameters cell
+    assert "fails.ipynb failed at cell [3]" in done.stderr and "ValueError: boom 1" in done.stderr
+    assert "papermill/" not in done.stderr  # the cell's error, not papermill's own stack
+    assert (tmp_path / "o.ipynb").exists()  # the executed copy up to the failing cell, to read
 
 
 def _module_file(name: str) -> Path | None:

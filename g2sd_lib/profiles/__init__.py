@@ -6,7 +6,9 @@ Each preset ``g2sd_lib/profiles/<name>.yaml`` is the configuration of its own co
 ``dvc.yaml`` runs every stage once per profile that ``params.yaml`` lists under ``profiles``, reading
 that profile's file, writing under ``runs/<name>/`` and ``reports/<name>/`` (:func:`output_dirs`), so
 the committed profiles' results live side by side and ``dvc status`` speaks for each.
-``python -m g2sd_lib.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list.
+``python -m g2sd_lib.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list;
+``python -m g2sd_lib.profiles run NAME NOTEBOOK OUTPUT [-p NAME VALUE]`` (every stage's command) executes a
+notebook with the profile's sections it declares (:func:`run_notebook`).
 """
 
 import re
@@ -60,8 +62,9 @@ def shrink(params: dict, images: int = 256, batch: int = 64, canvases=(16, 8, 8)
 def complete(profile: str = "smoke", **sections) -> dict:
     """The notebooks' parameters, validated: each section given as None is taken from ``profile``.
 
-    ``dvc repro`` injects every section from the profile's file (papermill ``-f``); opened by hand or
-    run by the tests, a notebook falls back to the smoke profile and runs in seconds. A typo or an
+    ``dvc repro`` injects the sections the notebook declares from the profile's file
+    (:func:`run_notebook`); opened by hand or run by the tests, a notebook falls back to the smoke
+    profile and runs in seconds. A typo or an
     out-of-range value stops the stage here, before any work (:func:`g2sd_lib.schema.validate_params`).
     """
     from ..schema import validate_params
@@ -96,10 +99,76 @@ def enable(name: str, path=PIPELINE_PARAMS) -> bool:
     return True
 
 
+def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=".",
+                 prepare_only: bool = False) -> None:
+    """Execute ``notebook`` into ``output`` through papermill with the sections of ``profile`` that the
+    notebook's parameters cell declares, plus ``extra`` (e.g. ``{"run": "g2sd"}``), logging its output
+    (what every ``dvc.yaml`` stage runs).
+
+    A notebook takes only the sections it declares (papermill would inject the others too, warning
+    "Passed unknown parameter" for each); an ``extra`` name it does not declare is a mistake and
+    stops here. A failing cell raises papermill's ``PapermillExecutionError`` after ``output`` is
+    written up to that cell. ``prepare_only``: write ``output`` with the parameters injected, run nothing."""
+    import logging
+
+    import papermill
+
+    from ..errors import MissingInputError
+    if not Path(notebook).is_file():
+        raise MissingInputError(f"no notebook {notebook}: run from the repository root, with a path under notebooks/")
+    papermill_log = logging.getLogger("papermill")
+    level = papermill_log.level
+    papermill_log.setLevel(logging.WARNING)  # inspecting logs "Input Notebook: ..." too: once is enough
+    try:
+        declared = papermill.inspect_notebook(str(notebook))
+    finally:
+        papermill_log.setLevel(level)
+    extra = dict(extra or {})
+    unknown = sorted(set(extra) - set(declared))
+    if unknown:
+        raise InputError(f"{notebook} declares no parameter {', '.join(map(repr, unknown))}; its parameters cell "
+                         f"declares {', '.join(declared) or 'none'}")
+    parameters = {name: value for name, value in {**load_profile(profile), **extra}.items() if name in declared}
+    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                               progress_bar=False, log_output=True, cwd=cwd, prepare_only=prepare_only)
+
+
+USAGE = (f"usage: python -m g2sd_lib.profiles enable {{{'|'.join(PROFILES)}}}\n"
+         "       python -m g2sd_lib.profiles run PROFILE NOTEBOOK OUTPUT [-p NAME VALUE]... [--prepare-only]")
+
+
+def _run_command(argv) -> int:
+    import argparse
+    import logging
+
+    from papermill.exceptions import PapermillExecutionError
+    parser = argparse.ArgumentParser(prog="python -m g2sd_lib.profiles run",
+                                     description="Execute a notebook with the sections of a profile it declares.")
+    parser.add_argument("profile", help=f"one of {', '.join(PROFILES)} (g2sd_lib/profiles/<profile>.yaml)")
+    parser.add_argument("notebook")
+    parser.add_argument("output")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="one more parameter, a string (e.g. -p run g2sd)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write OUTPUT with the parameters injected, execute nothing")
+    args = parser.parse_args(argv)
+    profile_path(args.profile)  # refuses an unknown name before papermill starts a kernel
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # as papermill's own command line
+    try:
+        run_notebook(args.profile, args.notebook, args.output, dict(args.parameter), prepare_only=args.prepare_only)
+    except PapermillExecutionError as e:
+        print(f"error: {args.notebook} failed at cell [{e.exec_count}]; the executed copy up to that cell is "
+              f"{args.output}{e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        return _run_command(argv[1:])
     if len(argv) != 2 or argv[0] != "enable":
-        sys.exit(f"usage: python -m g2sd_lib.profiles enable {{{'|'.join(PROFILES)}}}")
+        sys.exit(USAGE)
     if argv[1] not in PROFILES:
         raise InputError(f"unknown profile {argv[1]!r} (make repro P=...): choose one of {', '.join(PROFILES)}")
     added = enable(argv[1])
