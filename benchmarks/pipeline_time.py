@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from g2sd_lib.report import hardware
+from g2sd_lib.device import hardware
 
 STAGE = re.compile(r"Running stage '([^']+)'")
 

@@ -8,6 +8,7 @@ precision as training.
 """
 
 import os
+import platform
 
 import torch
 import torch.distributed as dist
@@ -101,6 +102,22 @@ def autocast_dtype(amp: str, device: torch.device):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     has_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return torch.bfloat16 if has_bf16 else None
+
+
+def hardware() -> str:
+    """The GPU's name, or the CPU's architecture with its vector unit and whether it has native bf16
+    (``x86_64 (AVX2, no native bf16)``): with amp / teacher_amp ``auto`` they decide bf16 or fp32, and
+    so the results' last digits."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    bf16 = "native bf16" if autocast_dtype("auto", torch.device("cpu")) else "no native bf16"
+    return f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
+
+
+def machine() -> str:
+    """:func:`hardware` with the CPU count and torch version: what a run's sidecar records as
+    ``machine`` (the engine) and a report's provenance names."""
+    return f"{hardware()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def host_sync_every(device: torch.device) -> int:

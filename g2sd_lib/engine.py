@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import load_training_state, save_model, save_training_state
 from .device import (AMP_MODES, COMPILE_MODES, TEACHER_AMP_MODES, all_reduce_mean, autocast_dtype, compiled_loss,
-                     host_sync_every, read_back, resolve_device, world_info)
+                     host_sync_every, machine, read_back, resolve_device, world_info)
 from .errors import ResumeMismatchError, UserError, check_writable
 from .optim import lr_at, scaled_lr, set_lr
 from .results import write_run_history
@@ -295,7 +295,8 @@ def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
         _end_epoch(run, train_one_epoch(task, run, loader, cfg, epoch), cfg, evaluate)
     if run.rank == 0:
         save_model(run.model, run.out_dir / "model.safetensors",
-                   extra={"history": run.history[-1] if run.history else {}, "train_config": _plain(asdict(cfg))})
+                   extra={"history": run.history[-1] if run.history else {}, "train_config": _plain(asdict(cfg)),
+                          "machine": machine()})
     if run.world > 1:
         dist.barrier()
     return run.history

@@ -14,16 +14,14 @@ Three kinds of files carry the stages' numbers (declared in dvc.yaml):
 """
 
 import hashlib
-import os
-import platform
 import subprocess
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from .results import (DENSE_METRICS, mean_std, metrics_per_model, read_json, summarize,  # noqa: F401 (re-exported)
-                      summarize_dense, summarize_task, write_history, write_json)
+from .device import machine
+from .results import (DENSE_METRICS, machines_text, mean_std, metrics_per_model, read_json,  # noqa: F401 (re-exported)
+                      summarize, summarize_dense, summarize_task, trained_on, write_history, write_json)
 
 # What the paper and its reference READMEs publish, with where each value comes from.
 PAPER = {
@@ -305,19 +303,12 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def hardware() -> str:
-    """The GPU's name, or the CPU's architecture with its vector unit and whether it has native bf16
-    (``x86_64 (AVX2, no native bf16)``): with amp / teacher_amp ``auto`` they decide bf16 or fp32, and
-    so the results' last digits."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    from .device import autocast_dtype
-    bf16 = "native bf16" if autocast_dtype("auto", torch.device("cpu")) else "no native bf16"
-    return f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
+def provenance(params_path, seeds=None, trained_on: str | None = None) -> dict:
+    """Commit, parameters (the profile file and its sha256), machine and seeds of a table.
 
-
-def provenance(params_path, seeds=None) -> dict:
-    """Commit, parameters (the profile file and its sha256), :func:`hardware` and seeds of a table."""
+    ``trained_on`` (:func:`g2sd_lib.results.machines_text` of the evaluated runs) names the machines
+    that trained the runs; without it, the machine rendering the table is named (``hardware``). A
+    report rerun elsewhere (e.g. on a CPU after a GPU run) thus still names where the results came from."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -330,5 +321,5 @@ def provenance(params_path, seeds=None) -> dict:
     params_file = Path(params_path)
     params_hash = hashlib.sha256(params_file.read_bytes()).hexdigest()[:12] if params_file.exists() else "n/a"
     return {"commit": commit, "parameters": f"{params_path} (sha256 {params_hash})",
-            "hardware": f"{hardware()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            **({"trained on": trained_on} if trained_on else {"hardware": machine()}),
             "seeds": ", ".join(str(s) for s in (seeds or []))}

@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from .errors import writing
@@ -119,6 +120,23 @@ def last_epoch_gains(plots, metric: str) -> dict[str, float | None]:
                 per_seed.append(float(values.iloc[-1] - values.iloc[-2]))
         gains[run.name] = statistics.fmean(per_seed) if per_seed else None
     return gains
+
+
+def trained_on(model_path) -> str:
+    """The machine that trained a run's ``model.safetensors``: the ``machine`` its sidecar records
+    (:func:`g2sd_lib.device.machine`, written by the engine), or ``unknown`` (runs of older versions)."""
+    sidecar = Path(model_path).with_suffix(".json")
+    return (read_json(sidecar).get("machine") if sidecar.is_file() else None) or "unknown"
+
+
+def machines_text(*evaluations: dict | None) -> str | None:
+    """The machines that trained the runs of the evaluation files (their ``trained_on``: model path ->
+    :func:`trained_on`): one machine as is, several with their run counts, most runs first; None when
+    no file records any."""
+    counts = Counter(m for ev in evaluations if ev for m in ev.get("trained_on", {}).values())
+    if len(counts) <= 1:
+        return next(iter(counts), None)
+    return ", ".join(f"{m} ({n} run{'s' * (n != 1)})" for m, n in counts.most_common())
 
 
 def metrics_per_model(section: dict) -> dict[str, dict]:

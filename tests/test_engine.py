@@ -152,6 +152,11 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
         results.append(model.state_dict())
     for k in results[0]:
         torch.testing.assert_close(results[1][k], results[0][k], atol=1e-6, rtol=0, msg=k)
+    # the sidecar names the machine that trained the run (the reports' provenance reads it)
+    from g2sd_lib.device import machine
+    from g2sd_lib.results import trained_on
+    assert trained_on(tmp_path / "8" / "model.safetensors") == machine() != "unknown"
+    assert f"torch {torch.__version__}" in machine()
 
 
 def test_too_little_data_for_one_batch_is_a_user_error_that_names_the_fix(tmp_path):

@@ -203,3 +203,19 @@ def test_provenance_names_the_cpus_vector_unit_and_bf16(monkeypatch):
         monkeypatch.setattr(device, "autocast_dtype", lambda amp, dev, native=native: native)
         hardware = report.provenance("no/such/profile.yaml")["hardware"]
         assert f"({torch.backends.cpu.get_cpu_capability()}, {words}), {os.cpu_count()} CPUs" in hardware
+
+
+def test_provenance_names_the_machines_that_trained_the_runs(tmp_path):
+    """Not the machine rendering the report: a report rerun on a CPU after a GPU run keeps the GPU's name."""
+    from g2sd_lib.results import machines_text, trained_on
+
+    (tmp_path / "a.json").write_text(json.dumps({"machine": "NVIDIA H200, 16 CPUs, torch 2.11"}))
+    (tmp_path / "old.json").write_text(json.dumps({"arch": {}}))
+    assert trained_on(tmp_path / "a.safetensors") == "NVIDIA H200, 16 CPUs, torch 2.11"
+    assert trained_on(tmp_path / "old.safetensors") == trained_on(tmp_path / "none.safetensors") == "unknown"
+    gpu = {"trained_on": {"s0": "GPU", "s1": "GPU"}}
+    assert machines_text(gpu, {"trained_on": {"d0": "GPU"}}) == "GPU"
+    assert machines_text(gpu, {"trained_on": {"d0": "CPU"}}) == "GPU (2 runs), CPU (1 run)"
+    assert machines_text({"students": {}}, None) is None
+    prov = report.provenance("no/such/profile.yaml", [0], trained_on="GPU")
+    assert prov["trained on"] == "GPU" and "hardware" not in prov
