@@ -11,7 +11,9 @@ STAGE`` for up to ``jobs`` stages whose upstream stages are done, the longest ch
 stage fails, no new stage starts, the running ones finish (their results are recorded), and the
 failure is reported with the end of its output; Ctrl-C or SIGTERM stops every stage with all its
 processes (training runs resume from their ``last.pt``). ``--json`` writes when each stage started and
-ended, and whether it ran, each time a stage ends, so a run that is stopped keeps its record.
+ended, and whether it ran, each time a stage ends, so a run that is stopped keeps its record. Without
+such a record (a first run, a fresh clone) the stages are ordered by the durations of the profile's
+committed whole-pipeline measurement (:data:`COMMITTED_TIMES`) when there is one.
 
 ``--jobs`` defaults to the profile's ``concurrent_stages`` (4 for `gpu`, 2 for `fmnist`, else 1); with 1 this is
 plain ``dvc repro`` of the same targets. The targets are the profile's report and explorer stages
@@ -92,6 +94,19 @@ def start_priority(upstream: dict[str, set[str]], seconds: dict[str, float] | No
     return {name: length(name) for name in upstream}
 
 
+COMMITTED_TIMES = "benchmarks/results/pipeline_{profile}.json"  # benchmarks/pipeline_time.py --json, committed
+
+
+def committed_seconds(profile: str, repo_dir=".") -> dict[str, float]:
+    """The stage durations of the profile's committed whole-pipeline measurement
+    (:data:`COMMITTED_TIMES`; empty when it is missing or unreadable): a first run's order."""
+    try:
+        stages = json.loads((Path(repo_dir) / COMMITTED_TIMES.format(profile=profile)).read_text())["stages"]
+        return {t["stage"]: float(t["seconds"]) for t in stages}
+    except (OSError, TypeError, ValueError, KeyError, AttributeError):
+        return {}
+
+
 def previous_seconds(json_path) -> dict[str, float]:
     """The seconds of the stages that ran in the run recorded at ``json_path`` (none: empty)."""
     try:
@@ -140,10 +155,11 @@ class _Stage:
         return self.proc.returncode != 0 and any(LOCK_BUSY in line for line in self.lines)
 
 
-def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: int = 10, force: bool = False) -> dict:
+def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: int = 10, force: bool = False,
+        fallback_seconds: dict[str, float] | None = None) -> dict:
     """Reproduce ``targets`` with up to ``jobs`` stages at once, the longest chains first (by the
-    durations ``json_path`` recorded last time, :func:`start_priority`); returns (and writes there)
-    the timings."""
+    durations ``json_path`` recorded last time or, without that record, ``fallback_seconds``:
+    :func:`start_priority`); returns (and writes there) the timings."""
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     dvc, t0, flags = _dvc(), time.time(), ["--force"] if force else []
@@ -159,7 +175,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
     # (data.dvc would stay "not in cache" in `dvc status`): they go first, at once (they run nothing)
     if sources and subprocess.run([dvc, "repro", "--single-item", *sources], cwd=cwd).returncode != 0:
         raise UserError(f"dvc repro of the data source(s) {', '.join(sources)} failed; its output is above")
-    priority = start_priority(upstream, previous_seconds(json_path) if json_path else None)
+    priority = start_priority(upstream, (previous_seconds(json_path) if json_path else {}) or fallback_seconds)
     todo, running, done, failed, timings, retries = set(upstream), {}, set(), None, {}, {}
 
     def record(complete: bool) -> dict:
@@ -245,7 +261,8 @@ def main(argv=None) -> int:
                         f"`make repro P={args.profile}`")
     jobs = args.jobs if args.jobs is not None else load_profile(args.profile).get("concurrent_stages") or 1
     signal.signal(signal.SIGTERM, _interrupted)  # a time limit's SIGTERM stops the stages as Ctrl-C does
-    run(args.targets or profile_targets(args.profile), jobs, json_path=args.json, force=args.force)
+    run(args.targets or profile_targets(args.profile), jobs, json_path=args.json, force=args.force,
+        fallback_seconds=committed_seconds(args.profile))
     return 0
 
 

@@ -14,6 +14,7 @@ from g2sd_lib import repro
 from g2sd_lib.errors import UserError, run_main
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 PIPELINE = """
 stages:
@@ -143,6 +144,18 @@ def test_the_longest_chains_of_work_start_first(tmp_path):
     assert repro.previous_seconds(record) == {"gd": 90.0}  # a stage that was up to date says nothing
     record.write_text("{not json")
     assert repro.previous_seconds(record) == {} and repro.previous_seconds(tmp_path / "none.json") == {}
+
+
+def test_a_first_run_is_ordered_by_the_committed_measurement(tmp_path):
+    """A fresh clone has no record of its own: the committed pipeline_<profile>.json orders it, so the
+    longest student stages (those with a teacher forward) start before the short ones."""
+    seconds = repro.committed_seconds("fmnist", REPO)
+    assert seconds["students@fmnist-sd_only"] > seconds["students@fmnist-scratch"] > 0
+    assert repro.committed_seconds("fmnist", tmp_path) == {}  # no measurement: the order by depth
+    upstream, _ = repro.pipeline_stages(["report@fmnist"], REPO)
+    priority = repro.start_priority(upstream, seconds)
+    students = sorted((s for s in upstream if s.startswith("students@")), key=lambda s: -priority[s])
+    assert students.index("students@fmnist-sd_only") < students.index("students@fmnist-scratch")
 
 
 def test_force_reruns_stages_that_are_up_to_date(dvc_repo):
