@@ -64,8 +64,8 @@ def complete(profile: str = "smoke", **sections) -> dict:
 
     ``dvc repro`` injects the sections the notebook declares from the profile's file
     (:func:`run_notebook`); opened by hand or run by the tests, a notebook falls back to the smoke
-    profile and runs in seconds. A typo or an
-    out-of-range value stops the stage here, before any work (:func:`g2sd_lib.schema.validate_params`).
+    profile and runs in seconds. A typo or an out-of-range value stops the stage here, before any
+    work (:func:`g2sd_lib.schema.validate_params`).
     """
     from ..schema import validate_params
     preset = load_profile(profile)
