@@ -86,9 +86,9 @@ def test_stage_runner_injects_the_declared_sections_only(tmp_path):
 
 
 def test_every_stage_runs_its_notebook_through_the_runner():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"][0]["nb"] == "python -m g2sd_lib.profiles run"
-    for name, stage in stages.items():
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert pipeline["vars"][0]["nb"] == "python -m g2sd_lib.profiles run"
+    for name, stage in pipeline["stages"].items():
         if "matrix" in stage and "profile" in stage["matrix"] and "notebooks/" in stage["cmd"]:
             assert "${nb} ${item.profile} " in stage["cmd"] and "papermill" not in stage["cmd"], name
 

@@ -114,6 +114,7 @@ def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=
     import papermill
 
     from ..errors import MissingInputError
+    sections = load_profile(profile)  # an unknown name stops here, before papermill starts
     if not Path(notebook).is_file():
         raise MissingInputError(f"no notebook {notebook}: run from the repository root, with a path under notebooks/")
     papermill_log = logging.getLogger("papermill")
@@ -128,7 +129,7 @@ def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=
     if unknown:
         raise InputError(f"{notebook} declares no parameter {', '.join(map(repr, unknown))}; its parameters cell "
                          f"declares {', '.join(declared) or 'none'}")
-    parameters = {name: value for name, value in {**load_profile(profile), **extra}.items() if name in declared}
+    parameters = {name: value for name, value in {**sections, **extra}.items() if name in declared}
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
                                progress_bar=False, log_output=True, cwd=cwd, prepare_only=prepare_only)
 
@@ -152,7 +153,6 @@ def _run_command(argv) -> int:
     parser.add_argument("--prepare-only", action="store_true",
                         help="write OUTPUT with the parameters injected, execute nothing")
     args = parser.parse_args(argv)
-    profile_path(args.profile)  # refuses an unknown name before papermill starts a kernel
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # as papermill's own command line
     try:
         run_notebook(args.profile, args.notebook, args.output, dict(args.parameter), prepare_only=args.prepare_only)
