@@ -134,6 +134,15 @@ class _Run:
     sync_every: int = 1  # steps between host reads of the loss (1 on CPU, CUDA_SYNC_EVERY on CUDA)
     start_epoch: int = 0
     history: list = field(default_factory=list)
+    machines: list = field(default_factory=list)  # [machine, first epoch, last epoch] per machine that trained it
+
+    def record_machine(self, epoch: int) -> None:
+        """Note that this machine (:func:`g2sd_lib.device.machine`) trained 1-based ``epoch``."""
+        here = machine()
+        if self.machines and self.machines[-1][0] == here:
+            self.machines[-1][2] = epoch
+        else:
+            self.machines.append([here, epoch, epoch])
 
     @property
     def state_path(self) -> Path:
@@ -191,6 +200,8 @@ def _resume(run: _Run, cfg: "TrainConfig") -> None:
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.history = state["epoch"], list(state["history"])
+    # states saved before machines were recorded: their epochs' machine is unknown
+    run.machines = state.get("machines") or ([["unknown", 1, run.start_epoch]] if run.start_epoch else [])
     if run.rank == 0:
         print(f"resuming from {run.state_path} at epoch {run.start_epoch}/{cfg.epochs}")
 
@@ -264,6 +275,7 @@ def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> 
 def _end_epoch(run: _Run, row: dict, cfg: "TrainConfig", evaluate) -> None:
     """Validation (every ``eval_every`` epochs and the last), history, ``last.pt``, the epoch's line."""
     epoch, last = row["epoch"], row["epoch"] == cfg.epochs
+    run.record_machine(epoch)
     if evaluate is not None and run.rank == 0 and (epoch % cfg.eval_every == 0 or last):
         run.model.eval()
         row.update(evaluate(run.model))
@@ -274,7 +286,7 @@ def _end_epoch(run: _Run, row: dict, cfg: "TrainConfig", evaluate) -> None:
             save_training_state(run.state_path, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                                 scaler=run.scaler.state_dict() if run.scaler is not None else {},
                                 epoch=epoch, history=run.history, config=_plain(asdict(cfg)),
-                                run_config=_plain(cfg.run_config), world_size=run.world)
+                                run_config=_plain(cfg.run_config), world_size=run.world, machines=run.machines)
         summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
         print(f"epoch {epoch}/{cfg.epochs}: {summary}", flush=True)
     if run.world > 1:
@@ -296,10 +308,18 @@ def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
     if run.rank == 0:
         save_model(run.model, run.out_dir / "model.safetensors",
                    extra={"history": run.history[-1] if run.history else {}, "train_config": _plain(asdict(cfg)),
-                          "machine": machine()})
+                          "machine": _machines_text(run.machines) or machine()})
     if run.world > 1:
         dist.barrier()
     return run.history
+
+
+def _machines_text(machines: list) -> str | None:
+    """The sidecar's ``machine``: the one machine that trained every epoch, or, for a run resumed
+    elsewhere, each machine with its epochs (``A (epochs 1-2) + B (epoch 3)``); None before any epoch."""
+    if len({m for m, _, _ in machines}) <= 1:
+        return machines[0][0] if machines else None
+    return " + ".join(f"{m} (epoch {a})" if a == b else f"{m} (epochs {a}-{b})" for m, a, b in machines)
 
 
 def _plain(obj):

@@ -159,6 +159,34 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
     assert f"torch {torch.__version__}" in machine()
 
 
+def test_a_run_resumed_on_another_machine_names_both_in_its_sidecar(tmp_path, monkeypatch):
+    """The sidecar's ``machine`` names every machine that trained the run, with its epochs; a training
+    state saved before the machines were recorded counts its epochs as trained on an unknown one."""
+    from g2sd_lib import engine
+    from g2sd_lib.models import create_classifier
+    from g2sd_lib.results import trained_on
+    from g2sd_lib.tasks import Finetuning
+
+    loader = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
+    cfg = TrainConfig(epochs=3, batch_size=8, blr=1e-3, out_dir=str(tmp_path), amp="none", progress=False)
+    model_file = tmp_path / "model.safetensors"
+
+    def train_on(name, state_after_epoch_1=None):
+        monkeypatch.setattr(engine, "machine", lambda: name)
+        if state_after_epoch_1 is not None:
+            torch.save(state_after_epoch_1, tmp_path / "last.pt")
+        train(Finetuning(create_classifier("vit_smokesmall_patch7", "avg", 10)), loader, cfg)
+        return trained_on(model_file)
+
+    assert train_on("A") == "A"
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["machines"] == [["A", 1, 3]]
+    state.update(epoch=1, history=state["history"][:1], machines=[["A", 1, 1]])
+    assert train_on("B", state) == "A (epoch 1) + B (epochs 2-3)"
+    del state["machines"]
+    assert train_on("B", state) == "unknown (epoch 1) + B (epochs 2-3)"
+
+
 def test_too_little_data_for_one_batch_is_a_user_error_that_names_the_fix(tmp_path):
     """A batch larger than the training set (a shrunk profile, a small subset) leaves no full batch:
     the run says so and what to change, instead of an internal ValueError."""
