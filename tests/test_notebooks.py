@@ -91,6 +91,7 @@ def test_every_stage_runs_its_notebook_through_the_runner():
     for name, stage in pipeline["stages"].items():
         if "matrix" in stage and "profile" in stage["matrix"] and "notebooks/" in stage["cmd"]:
             assert "${nb} ${item.profile} " in stage["cmd"] and "papermill" not in stage["cmd"], name
+    assert "${nb} none notebooks/00_g2sd_in_10_minutes.ipynb" in pipeline["stages"]["entry"]["cmd"]
 
 
 def test_stage_runner_reports_mistakes_and_failing_cells(tmp_path):
@@ -108,6 +109,26 @@ def test_stage_runner_reports_mistakes_and_failing_cells(tmp_path):
     assert "fails.ipynb failed at cell [3]" in done.stderr and "ValueError: boom 1" in done.stderr
     assert "papermill/" not in done.stderr  # the cell's error, not papermill's own stack
     assert (tmp_path / "o.ipynb").exists()  # the executed copy up to the failing cell, to read
+
+
+def test_stage_runner_without_profile_runs_the_kernel_where_asked_over_encrypted_channels(tmp_path):
+    """``run none ... --cwd DIR`` (the entry stage): no profile, the kernel in DIR; where pyzmq has
+    CurveZMQ (as pinned here) the kernel's channels are encrypted, so ipykernel's plain-TCP warning is gone."""
+    import zmq
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = None", metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("import os; print(os.getcwd(), x)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "where.ipynb")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _runner("none", tmp_path / "where.ipynb", tmp_path / "o.ipynb", "-p", "x", "7", "--cwd", elsewhere)
+    assert done.returncode == 0, done.stderr
+    printed = nbformat.read(tmp_path / "o.ipynb", as_version=4).cells[-1].outputs[0]["text"]
+    assert printed.strip() == f"{elsewhere} 7"
+    if zmq.has("curve"):
+        assert "without encryption" not in done.stdout + done.stderr
+    done = _runner("none", tmp_path / "where.ipynb", tmp_path / "o.ipynb", "--cwd", tmp_path / "nowhere")
+    assert done.returncode == 2 and "no directory" in done.stderr and "Traceback" not in done.stderr
 
 
 def _module_file(name: str) -> Path | None:

@@ -8,7 +8,8 @@ that profile's file, writing under ``runs/<name>/`` and ``reports/<name>/`` (:fu
 the committed profiles' results live side by side and ``dvc status`` speaks for each.
 ``python -m g2sd_lib.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list;
 ``python -m g2sd_lib.profiles run NAME NOTEBOOK OUTPUT [-p NAME VALUE]`` (every stage's command) executes a
-notebook with the profile's sections it declares (:func:`run_notebook`).
+notebook with the profile's sections it declares (:func:`run_notebook`); ``NAME`` ``none`` passes no profile
+(the entry notebook).
 """
 
 import re
@@ -99,11 +100,38 @@ def enable(name: str, path=PIPELINE_PARAMS) -> bool:
     return True
 
 
+NO_PROFILE = "none"  # `run none ...`: a notebook that takes no profile, only its -p parameters
+
+
+def _kernel_manager():
+    """jupyter_client's kernel manager, with the kernel's channels encrypted (CurveZMQ keys that the
+    manager provisions) where pyzmq and the kernel support it, as this project's pinned ipykernel does.
+
+    Unencrypted, ipykernel warns on every start that its TCP channels are plain text: one
+    "[IPKernelApp] WARNING" in the log of every stage. IPC transport would silence it too, but leaves
+    socket files in the working directory while ``dvc repro`` runs. Elsewhere (pyzmq without curve, an
+    older jupyter_client) the default manager, unencrypted as before."""
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    if not zmq.has("curve") or "transport_encryption" not in AsyncKernelManager.class_trait_names():
+        return AsyncKernelManager
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _encrypt_when_the_kernelspec_declares_it(self):
+            return "auto"  # "required" would refuse a kernel that does not declare curve support
+
+    return EncryptedKernelManager
+
+
 def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=".",
                  prepare_only: bool = False) -> None:
     """Execute ``notebook`` into ``output`` through papermill with the sections of ``profile`` that the
     notebook's parameters cell declares, plus ``extra`` (e.g. ``{"run": "g2sd"}``), logging its output
-    (what every ``dvc.yaml`` stage runs).
+    (what every ``dvc.yaml`` stage runs). ``profile`` ``none``: ``extra`` only. ``cwd``: the kernel's
+    working directory.
 
     A notebook takes only the sections it declares (papermill would inject the others too, warning
     "Passed unknown parameter" for each); an ``extra`` name it does not declare is a mistake and
@@ -114,9 +142,12 @@ def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=
     import papermill
 
     from ..errors import MissingInputError
-    sections = load_profile(profile)  # an unknown name stops here, before papermill starts
+    # an unknown name stops here, before papermill starts
+    sections = {} if profile == NO_PROFILE else load_profile(profile)
     if not Path(notebook).is_file():
         raise MissingInputError(f"no notebook {notebook}: run from the repository root, with a path under notebooks/")
+    if not Path(cwd).is_dir():
+        raise MissingInputError(f"no directory {cwd} to run {notebook} in: give --cwd an existing directory")
     papermill_log = logging.getLogger("papermill")
     level = papermill_log.level
     papermill_log.setLevel(logging.WARNING)  # inspecting logs "Input Notebook: ..." too: once is enough
@@ -131,11 +162,13 @@ def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=
                          f"declares {', '.join(declared) or 'none'}")
     parameters = {name: value for name, value in {**sections, **extra}.items() if name in declared}
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                               progress_bar=False, log_output=True, cwd=cwd, prepare_only=prepare_only)
+                               progress_bar=False, log_output=True, cwd=cwd, prepare_only=prepare_only,
+                               kernel_manager_class=_kernel_manager())
 
 
 USAGE = (f"usage: python -m g2sd_lib.profiles enable {{{'|'.join(PROFILES)}}}\n"
-         "       python -m g2sd_lib.profiles run PROFILE NOTEBOOK OUTPUT [-p NAME VALUE]... [--prepare-only]")
+         "       python -m g2sd_lib.profiles run {PROFILE|none} NOTEBOOK OUTPUT [-p NAME VALUE]... [--cwd DIR] "
+         "[--prepare-only]")
 
 
 def _run_command(argv) -> int:
@@ -145,17 +178,21 @@ def _run_command(argv) -> int:
     from papermill.exceptions import PapermillExecutionError
     parser = argparse.ArgumentParser(prog="python -m g2sd_lib.profiles run",
                                      description="Execute a notebook with the sections of a profile it declares.")
-    parser.add_argument("profile", help=f"one of {', '.join(PROFILES)} (g2sd_lib/profiles/<profile>.yaml)")
+    parser.add_argument("profile", help=f"one of {', '.join(PROFILES)} (g2sd_lib/profiles/<profile>.yaml), or "
+                        f"{NO_PROFILE} for a notebook that takes no profile")
     parser.add_argument("notebook")
     parser.add_argument("output")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="one more parameter, a string (e.g. -p run g2sd)")
+    parser.add_argument("--cwd", default=".", help="the kernel's working directory (default: here); the paths "
+                        "NOTEBOOK and OUTPUT stay relative to here")
     parser.add_argument("--prepare-only", action="store_true",
                         help="write OUTPUT with the parameters injected, execute nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # as papermill's own command line
     try:
-        run_notebook(args.profile, args.notebook, args.output, dict(args.parameter), prepare_only=args.prepare_only)
+        run_notebook(args.profile, args.notebook, args.output, dict(args.parameter), cwd=args.cwd,
+                     prepare_only=args.prepare_only)
     except PapermillExecutionError as e:
         print(f"error: {args.notebook} failed at cell [{e.exec_count}]; the executed copy up to that cell is "
               f"{args.output}{e}", file=sys.stderr)
