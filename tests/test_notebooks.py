@@ -113,7 +113,8 @@ def test_stage_runner_reports_mistakes_and_failing_cells(tmp_path):
 
 def test_stage_runner_without_profile_runs_the_kernel_where_asked_over_encrypted_channels(tmp_path):
     """``run none ... --cwd DIR`` (the entry stage): no profile, the kernel in DIR; where pyzmq has
-    CurveZMQ (as pinned here) the kernel's channels are encrypted, so ipykernel's plain-TCP warning is gone."""
+    CurveZMQ (as pinned here) the kernel's channels are encrypted, so ipykernel's plain-TCP warning is gone; a
+    missing --cwd or OUTPUT directory is refused in one line."""
     import zmq
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = None", metadata={"tags": ["parameters"]}),
                                          nbformat.v4.new_code_cell("import os; print(os.getcwd(), x)")])
@@ -127,8 +128,10 @@ def test_stage_runner_without_profile_runs_the_kernel_where_asked_over_encrypted
     assert printed.strip() == f"{elsewhere} 7"
     if zmq.has("curve"):
         assert "without encryption" not in done.stdout + done.stderr
-    done = _runner("none", tmp_path / "where.ipynb", tmp_path / "o.ipynb", "--cwd", tmp_path / "nowhere")
-    assert done.returncode == 2 and "no directory" in done.stderr and "Traceback" not in done.stderr
+    for mistake in (["--cwd", tmp_path / "nowhere"], ["--prepare-only"]):
+        output = tmp_path / ("o.ipynb" if "--cwd" in mistake else "nowhere/o.ipynb")
+        done = _runner("none", tmp_path / "where.ipynb", output, *mistake)
+        assert done.returncode == 2 and "no directory" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def _module_file(name: str) -> Path | None:

@@ -148,6 +148,9 @@ def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=
         raise MissingInputError(f"no notebook {notebook}: run from the repository root, with a path under notebooks/")
     if not Path(cwd).is_dir():
         raise MissingInputError(f"no directory {cwd} to run {notebook} in: give --cwd an existing directory")
+    if not Path(output).parent.is_dir():
+        raise MissingInputError(f"no directory {Path(output).parent} for the executed copy {output}: create it "
+                                f"(mkdir -p {Path(output).parent}) or give another OUTPUT")
     papermill_log = logging.getLogger("papermill")
     level = papermill_log.level
     papermill_log.setLevel(logging.WARNING)  # inspecting logs "Input Notebook: ..." too: once is enough
