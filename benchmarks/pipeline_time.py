@@ -5,7 +5,10 @@ when each stage starts from DVC's "Running stage" lines, and samples the residen
 whole process tree (dvc, papermill, kernels, torchrun workers) every 0.2 s. Prints a Markdown
 table and, with --json, writes the measurements.
 
-    python benchmarks/pipeline_time.py --json benchmarks/results/pipeline_fmnist.json
+    python benchmarks/pipeline_time.py --json benchmarks/results/pipeline_fmnist.json   # every listed profile
+
+``--profile P`` without target stages measures what ``make repro P=P`` reproduces: ``report@P
+explore@P entry``.
 
 With ``--jobs N`` (N > 1) it runs the stages as ``make repro`` does for a profile whose
 ``concurrent_stages`` is N: ``python -m g2sd_lib.repro PROFILE --jobs N --targets ...``, N
@@ -33,6 +36,7 @@ import psutil
 import yaml
 
 from g2sd_lib.device import hardware
+from g2sd_lib.profiles import PROFILES, enabled_profiles
 
 STAGE = re.compile(r"Running stage '([^']+)'")
 
@@ -96,14 +100,21 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--jobs", type=int, default=1,
                         help="stages at once, through g2sd_lib.repro (default 1: dvc repro)")
-    parser.add_argument("--profile", help="the profile g2sd_lib.repro reads (needed with --jobs > 1)")
+    parser.add_argument("--profile", choices=PROFILES,
+                        help="the profile to measure, one params.yaml lists: without target stages, its report, "
+                        "its explorer and the entry notebook, as make repro (needed with --jobs > 1)")
     parser.add_argument("--record", type=Path, help="with --jobs > 1: g2sd_lib.repro's record of stage durations, "
                         "read to order the stages and rewritten, as make repro's runs/<P>/repro_times.json (default: "
                         "a new one, the order of a first run)")
     args, dvc_args = parser.parse_known_args(argv)
+    if args.profile and args.profile not in enabled_profiles():
+        parser.error(f"params.yaml does not list the profile {args.profile!r}, so dvc.yaml has no stage of it: "
+                     f"run `python -m g2sd_lib.profiles enable {args.profile}` first")
+    if args.profile and not [a for a in dvc_args if not a.startswith("-")]:
+        dvc_args += [f"report@{args.profile}", f"explore@{args.profile}", "entry"]  # what make repro reproduces
     if args.jobs > 1:
-        if not args.profile or not dvc_args:
-            parser.error("--jobs > 1 needs --profile and the target stages (e.g. report@fmnist explore@fmnist entry)")
+        if not args.profile:
+            parser.error("--jobs > 1 needs --profile (g2sd_lib.repro reads its concurrent stages and threads)")
         record = args.record or Path(tempfile.mkdtemp()) / "repro.json"  # none: the stages' order of a first run
         force = ["--force"] if "--force" in dvc_args else []
         targets = [a for a in dvc_args if a != "--force"]
@@ -115,7 +126,7 @@ def main(argv=None):
         shown = " ".join(["dvc repro", *dvc_args])
     result = measure(cmd, record)
     params = yaml.safe_load(Path("params.yaml").read_text())
-    result.update(profile=args.profile or params.get("profile"), jobs=args.jobs,
+    result.update(profile=args.profile or ", ".join(params.get("profiles", [])), jobs=args.jobs,
                   machine=f"{hardware()}, {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
                   date=time.strftime("%Y-%m-%d"), command=shown)
     print("\n| stage | wall time | peak RSS (process tree) |\n|---|---|---|")

@@ -188,3 +188,27 @@ def test_budget_probe_trains_the_profile_recipe_longer_and_reads_validation(tmp_
     assert run["val_top1_last"] == run["val_top1_per_epoch"][-1]
     assert run["val_top1_best"] == max(run["val_top1_per_epoch"])
     assert "validation top-1 50.00 %" in capsys.readouterr().out
+
+
+def test_pipeline_time_refuses_a_profile_it_cannot_measure_before_starting_dvc(monkeypatch, tmp_path, capsys):
+    """An unknown or unlisted --profile stops with the fix; a listed one without targets measures what
+    ``make repro P=...`` reproduces (an ignored --profile once started a bare ``dvc repro`` of every stage)."""
+    timer = load_benchmark("pipeline_time")
+    started = []
+    monkeypatch.setattr(timer, "measure", lambda cmd, record: started.append(cmd) or
+                        {"returncode": 0, "total_seconds": 1.0, "peak_rss_mb": 1.0, "stages": []})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("profiles: [smoke]\n")
+    for argv, said in ((["--profile", "nope"], "invalid choice: 'nope'"),
+                       (["--profile", "gpu"], "python -m g2sd_lib.profiles enable gpu"),
+                       (["--jobs", "2"], "--jobs > 1 needs --profile")):
+        with pytest.raises(SystemExit) as e:
+            timer.main(argv)
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    assert not started
+    with pytest.raises(SystemExit) as e:
+        timer.main(["--profile", "smoke"])
+    assert e.value.code == 0 and started[-1][1:] == ["repro", "report@smoke", "explore@smoke", "entry"]
+    with pytest.raises(SystemExit):
+        timer.main(["--profile", "smoke", "--jobs", "2", "--force"])
+    assert started[-1][started[-1].index("--targets") + 1:][:3] == ["report@smoke", "explore@smoke", "entry"]
