@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
     p.add_argument("--work", type=Path, default=REPO / "runs" / "frs_sweep", help="run directories")
     p.add_argument("--epochs", type=int, help="override the profile's detection student epochs (a quick look)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="student seeds (default 0)")
-    p.add_argument("--variants", nargs="+", help="only these variants (names as in VARIANTS)")
+    p.add_argument("--variants", nargs="+", choices=[name for name, _ in VARIANTS], metavar="VARIANT",
+                   help=f"only these variants, of: {'; '.join(repr(name) for name, _ in VARIANTS)}")
     args = p.parse_args(argv)
     params = load_profile(args.profile)
     root, _ = output_dirs(args.profile)

@@ -161,6 +161,14 @@ def test_the_profile_benchmarks_refuse_an_unknown_profile(name, argv, capsys):
     assert e.value.code == 2 and "invalid choice: 'fmnst' (choose from 'smoke', 'fmnist', 'gpu', 'paper')" in err
 
 
+def test_the_frs_sweep_refuses_an_unknown_variant_instead_of_running_none(capsys):
+    sweep = load_benchmark("frs_sweep")
+    with pytest.raises(SystemExit) as e:
+        run_main(sweep.main, ["--json", "x.json", "--variants", "labels-only"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'labels-only'" in err and repr(sweep.VARIANTS[1][0]) in err
+
+
 def test_budget_probe_trains_the_profile_recipe_longer_and_reads_validation(tmp_path, capsys, fmnist_available):
     """benchmarks/budget_probe.py: the student's own recipe with only the epochs changed, its validation
     curve next to the teacher's validation top-1; a missing teacher result is named."""
