@@ -519,7 +519,7 @@ def repro(out: Path, dry: bool) -> None:
         # the profile's stages only: the entry notebook is profile-free, and adopting a bundle into teachers/
         # changes its inputs (the `fmnist` stages that read teachers/ are recorded here, not rerun there)
         _call([sys.executable, "-m", "g2sd_lib.repro", "gpu", "--targets", "report@gpu", "explore@gpu",
-               "--json", str(out / "pipeline_gpu.json")], repo, env, log_path)
+               "--json", str(out / "pipeline_gpu.json"), *(["--allow-cpu"] if dry else [])], repo, env, log_path)
         _call([sys.executable, "-m", "g2sd_lib.compare"], repo, env, log_path)  # reports/README.md
     finally:
         _collect(repo, out / "repro")

@@ -36,6 +36,8 @@ from pathlib import Path
 from .errors import UserError
 
 LOCK_BUSY = "Unable to acquire lock"  # DVC's message when another process holds the repository lock
+# profiles sized for GPUs: on a CPU, their stages would train for hours (gpu) or days (paper)
+GPU_PROFILES = ("gpu", "paper")
 
 
 def profile_targets(profile: str) -> list[str]:
@@ -95,6 +97,35 @@ def start_priority(upstream: dict[str, set[str]], seconds: dict[str, float] | No
 
 
 COMMITTED_TIMES = "benchmarks/results/pipeline_{profile}.json"  # benchmarks/pipeline_time.py --json, committed
+
+
+def stages_to_run(targets: list[str], repo_dir=".", force: bool = False) -> list[str]:
+    """The stages a reproduction of ``targets`` would run: every one upstream of them with ``force``,
+    else those ``dvc status`` finds changed (their commands, dependencies or outputs)."""
+    from dvc.repo import Repo
+
+    stages = upstream_graph(targets, repo_dir)  # an unknown target is refused here, with the fix
+    if force:
+        return sorted(stages)
+    with contextlib.chdir(repo_dir), Repo(".") as repo:
+        changed = repo.status(targets=targets, with_deps=True)
+    return sorted(name.split(":")[-1] for name in changed if not name.endswith(".dvc"))
+
+
+def refuse_a_gpu_profile_on_cpu(profile: str, targets: list[str], force: bool = False) -> None:
+    """Stop before a `gpu` or `paper` profile's stages start training on a machine without a CUDA GPU,
+    naming the stages and the way to go ahead anyway; nothing to run is no reason to stop."""
+    import torch
+
+    if profile not in GPU_PROFILES or torch.cuda.is_available():
+        return
+    stale = stages_to_run(targets, force=force)
+    if stale:
+        shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+        raise UserError(f"the {profile!r} profile is sized for GPUs and no CUDA GPU is visible here: its "
+                        f"{len(stale)} stages to run ({shown}) would train on this CPU for hours. Run it on a machine "
+                        f"with a GPU, or add --allow-cpu (`python -m g2sd_lib.repro {profile} --allow-cpu`) to train "
+                        "here anyway")
 
 
 def committed_seconds(profile: str, repo_dir=".") -> dict[str, float]:
@@ -253,6 +284,8 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="rerun every stage, changed or not (dvc repro --force)")
     p.add_argument("--json", help="write each stage's start, end and whether it ran; the durations recorded "
                    "there last time order the next run's stages")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help=f"train a GPU profile ({', '.join(GPU_PROFILES)}) on a machine without a CUDA GPU (hours)")
     args = p.parse_args(argv)
     listed = enabled_profiles() if Path(PIPELINE_PARAMS).is_file() else []
     if not args.targets and args.profile not in listed:  # dvc.yaml has its stages only when listed
@@ -260,9 +293,11 @@ def main(argv=None) -> int:
                         f"[{', '.join(listed)}]): run `python -m g2sd_lib.profiles enable {args.profile}` or "
                         f"`make repro P={args.profile}`")
     jobs = args.jobs if args.jobs is not None else load_profile(args.profile).get("concurrent_stages") or 1
+    targets = args.targets or profile_targets(args.profile)
+    if not args.allow_cpu:
+        refuse_a_gpu_profile_on_cpu(args.profile, targets, args.force)
     signal.signal(signal.SIGTERM, _interrupted)  # a time limit's SIGTERM stops the stages as Ctrl-C does
-    run(args.targets or profile_targets(args.profile), jobs, json_path=args.json, force=args.force,
-        fallback_seconds=committed_seconds(args.profile))
+    run(targets, jobs, json_path=args.json, force=args.force, fallback_seconds=committed_seconds(args.profile))
     return 0
 
 

@@ -115,6 +115,28 @@ def test_the_command_refuses_an_unlisted_profile_an_unknown_stage_and_zero_jobs(
     assert not (dvc_repo / "base.txt").exists()
 
 
+def test_a_gpu_profile_with_stages_to_run_stops_on_a_machine_without_a_gpu(dvc_repo, monkeypatch):
+    """`make repro P=gpu` on a laptop would train for hours: refused, naming the stages and --allow-cpu;
+    with --allow-cpu it runs, and once everything is up to date there is nothing to refuse."""
+    monkeypatch.chdir(dvc_repo)
+    monkeypatch.setattr(repro.signal, "signal", lambda *args: None)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    (dvc_repo / "params.yaml").write_text("items: [a, b, c]\nprofiles: [gpu]\n")
+    with pytest.raises(UserError) as e:
+        repro.main(["gpu", "--targets", "final"])
+    assert ("the 'gpu' profile is sized for GPUs and no CUDA GPU is visible here: its 5 stages to run (final, first, "
+            "work@a, work@b and 1 more) would train on this CPU for hours") in str(e.value)
+    assert "--allow-cpu" in str(e.value) and not (dvc_repo / "base.txt").exists()
+    with pytest.raises(UserError, match="no stage 'nosuch@gpu' in dvc.yaml"):
+        repro.main(["gpu", "--targets", "nosuch@gpu"])
+    assert repro.main(["gpu", "--targets", "final", "--allow-cpu"]) == 0 and (dvc_repo / "final.txt").exists()
+    assert repro.stages_to_run(["final"]) == []
+    assert repro.main(["gpu", "--targets", "final"]) == 0  # up to date: nothing trains, nothing to refuse
+    with pytest.raises(UserError, match="its 5 stages to run"):
+        repro.main(["gpu", "--targets", "final", "--force"])
+    assert repro.main(["fmnist", "--targets", "final", "--force"]) == 0  # a CPU profile is never stopped
+
+
 def test_the_pipelines_graph_orders_every_profile_stage_after_its_inputs():
     """The graph g2sd_lib.repro schedules from, on this repository's dvc.yaml (fmnist, listed in
     params.yaml): every stage of the profile, data.dvc left out, each after the stages it reads."""
