@@ -119,11 +119,13 @@ def refuse_a_gpu_profile_on_cpu(profile: str, targets: list[str], force: bool = 
 
     if profile not in GPU_PROFILES or torch.cuda.is_available():
         return
-    stale = stages_to_run(targets, force=force)
+    # the profile-free stages are sized for a CPU: the library stamp (instant) and the entry notebook (minutes)
+    stale = [name for name in stages_to_run(targets, force=force) if name not in ("library", "entry")]
     if stale:
         shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
         raise UserError(f"the {profile!r} profile is sized for GPUs and no CUDA GPU is visible here: its "
-                        f"{len(stale)} stages to run ({shown}) would train on this CPU for hours. Run it on a machine "
+                        f"{len(stale)} stage{'s' * (len(stale) > 1)} to run ({shown}) would train on this CPU for "
+                        "hours. Run it on a machine "
                         f"with a GPU, or add --allow-cpu (`python -m g2sd_lib.repro {profile} --allow-cpu`) to train "
                         "here anyway")
 

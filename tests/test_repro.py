@@ -135,6 +135,12 @@ def test_a_gpu_profile_with_stages_to_run_stops_on_a_machine_without_a_gpu(dvc_r
     with pytest.raises(UserError, match="its 5 stages to run"):
         repro.main(["gpu", "--targets", "final", "--force"])
     assert repro.main(["fmnist", "--targets", "final", "--force"]) == 0  # a CPU profile is never stopped
+    # the profile-free stages (the library stamp, the entry notebook) are sized for a CPU
+    monkeypatch.setattr(repro, "stages_to_run", lambda *args, **kwargs: ["entry", "library"])
+    repro.refuse_a_gpu_profile_on_cpu("gpu", ["report@gpu"])
+    monkeypatch.setattr(repro, "stages_to_run", lambda *args, **kwargs: ["entry", "students@gpu-kd"])
+    with pytest.raises(UserError, match=r"its 1 stage to run \(students@gpu-kd\) would train"):
+        repro.refuse_a_gpu_profile_on_cpu("gpu", ["report@gpu"])
 
 
 def test_the_pipelines_graph_orders_every_profile_stage_after_its_inputs():
