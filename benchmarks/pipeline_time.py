@@ -37,6 +37,7 @@ import yaml
 
 from g2sd_lib.device import hardware
 from g2sd_lib.profiles import PROFILES, enabled_profiles
+from g2sd_lib.repro import profile_targets
 
 STAGE = re.compile(r"Running stage '([^']+)'")
 
@@ -111,7 +112,7 @@ def main(argv=None):
         parser.error(f"params.yaml does not list the profile {args.profile!r}, so dvc.yaml has no stage of it: "
                      f"run `python -m g2sd_lib.profiles enable {args.profile}` first")
     if args.profile and not [a for a in dvc_args if not a.startswith("-")]:
-        dvc_args += [f"report@{args.profile}", f"explore@{args.profile}", "entry"]  # what make repro reproduces
+        dvc_args += profile_targets(args.profile)  # what make repro reproduces
     if args.jobs > 1:
         if not args.profile:
             parser.error("--jobs > 1 needs --profile (g2sd_lib.repro reads its concurrent stages and threads)")
