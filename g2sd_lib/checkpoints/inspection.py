@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..models import ENCODER_SIZES, encoder_size, model_kwargs, size_name
+from ..models import ENCODER_SIZES, encoder_size, model_kwargs, shape_problem, size_name
 from .files import CheckpointError
 
 _ENCODER = ("cls_token", "pos_embed", "patch_embed.proj.*", "blocks.*")
@@ -148,14 +148,6 @@ def _implied_dims(kw: dict, builder: str) -> dict:
     return dims
 
 
-def _heads_problems(kw: dict) -> list[str]:
-    found = []
-    for heads, width in (("num_heads", "embed_dim"), ("decoder_num_heads", "decoder_embed_dim")):
-        if heads in kw and width in kw and kw[width] % kw[heads]:
-            found.append(f"{heads}: it says {kw[heads]}, which does not divide the tensors' {width} {kw[width]}")
-    return found
-
-
 def _kwargs(arch: dict, source, label: str) -> dict:
     try:
         return model_kwargs(arch)
@@ -171,7 +163,8 @@ def _differences(ours: dict, theirs: dict) -> list[str]:
 def check_arch(arch: dict, state_dict: Mapping, source, recorded: dict | None = None,
                label: str = "its sidecar") -> None:
     """Refuse ``arch`` (claimed by ``label``) unless it agrees with the tensors on every size they
-    show, its head counts divide the widths, and it matches the ``recorded`` arch of the file's
+    show, its sizes can build a model (:func:`g2sd_lib.models.shape_problem`: heads that divide the
+    widths, ...), and it matches the ``recorded`` arch of the file's
     header. Archs of other builders (dense models) are only compared with ``recorded``."""
     builder = arch.get("builder")
     if builder not in ("mae", "student", "classifier"):
@@ -183,7 +176,8 @@ def check_arch(arch: dict, state_dict: Mapping, source, recorded: dict | None = 
         if kind == expected:
             problems += [f"{k}: it says {v}, the tensors say {dims.get(k)}"
                          for k, v in _implied_dims(kw, builder).items() if dims.get(k) != v]
-        problems += _heads_problems(kw)
+        if problem := shape_problem(kw):
+            problems.append(f"sizes: {problem}")
         if not problems and recorded is not None:
             problems = _differences(kw, _kwargs(recorded, source, "the file's header"))
     if problems:
