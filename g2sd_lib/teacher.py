@@ -87,14 +87,15 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
     """Bundle the teachers the ``train`` mode produced: float16 safetensors (the 10 MB budget of the
     repository) under ``dest_dir`` plus a model card ``<prefix>.md`` generated from the run's own
     histories and a fresh test-set evaluation of the stored (float16-rounded) classifier. ``notes``:
-    lines added to the card's results (e.g. how the recipe was chosen)."""
-    import platform
-
+    lines added to the card's results (e.g. how the recipe was chosen). Each file's sidecar keeps the
+    ``machine`` that trained it (the engine's record), which the bundled mode copies on."""
     import torch
     import yaml
 
     from .data import FMNIST_MEAN, FMNIST_STD, Normalize, TensorLoader, load_fashion_mnist
+    from .device import machine
     from .evaluate import classification_report
+    from .results import trained_on
 
     work, dest = Path(root), Path(dest_dir)
     src = teacher_paths(work)
@@ -102,12 +103,14 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
         raise MissingInputError(f"{', '.join(missing)} missing: bundle packs the teachers that the teacher stage "
                                 f"trains in teacher.mode: train; run `dvc repro teacher@{params['profile']}` "
                                 "with that mode first")
-    files = {}
+    files, trained = {}, {}
     for key, name in (("gd", "mae"), ("sd", "classifier")):
         model = checkpoints.load_saved_model(src[key])
         path = dest / f"{prefix}_{name}.safetensors"
+        trained[key] = trained_on(src[key])
         meta = checkpoints.save_model(model, path, dtype=torch.float16,
-                                      extra={"recipe": f"teacher.{'pretrain' if key == 'gd' else 'finetune'}"})
+                                      extra={"recipe": f"teacher.{'pretrain' if key == 'gd' else 'finetune'}",
+                                             **({"machine": trained[key]} if trained[key] != "unknown" else {})})
         files[name] = {"path": str(path), "sha256": meta["sha256"], "model": meta["arch"]["name"],
                        "params": meta["num_params"], "bytes": path.stat().st_size}
     classifier = checkpoints.load_saved_model(dest / f"{prefix}_classifier.safetensors")
@@ -118,8 +121,8 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
     hist = {step: json.loads((work / "teacher" / step / "history.json").read_text())
             for step in ("pretrain", "finetune")}
     minutes = {step: sum(r["seconds"] for r in h) / 60 for step, h in hist.items()}
-    machine = (f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available()
-               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    trained_text = (trained["gd"] if trained["gd"] == trained["sd"]
+                    else f"{trained['gd']} (pretraining), {trained['sd']} (fine-tuning)")
     recipe = {"data": params["data"], "pretrain": params["teacher"]["pretrain"],
               "finetune": params["teacher"]["finetune"]}
     card = [
@@ -137,7 +140,7 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
         f"(5 000 images carved from the training split), {minutes['finetune']:.1f} min",
         f"- **test top-1 {100 * test['top1']:.2f} %**, top-5 {100 * test['top5']:.2f} % on the 10 000 test images "
         "(the stored float16 weights, as the pipeline uses them)",
-        f"- machine: {machine}, torch {torch.__version__}", *[f"- {line}" for line in notes],
+        f"- trained on: {trained_text}; bundled and evaluated on: {machine()}", *[f"- {line}" for line in notes],
         "", "## Recipe", "",
         f"To regenerate: with `teacher.mode: train` in the profile `{params['profile']}` "
         f"(`g2sd_lib/profiles/{params['profile']}.yaml`), `dvc repro teacher@{params['profile']}`, then "

@@ -250,12 +250,17 @@ def test_bundled_teacher_mode_pins_hashes(smoke_repo):
     assert all(h in out for h in hashes.values())
     card = (repo / "teachers/fmnist.md").read_text()
     assert "test top-1" in card and hashes["mae"] in card
+    # the machine that trained the teacher (the engine's record) travels with the bundle and its card
+    trained = json.loads((repo / "runs/smoke/teacher/classifier.json").read_text())["machine"]
+    assert json.loads((repo / "teachers/fmnist_classifier.json").read_text())["machine"] == trained
+    assert f"- trained on: {trained}; bundled and evaluated on: " in card
     params = yaml.safe_load((repo / PARAMS).read_text())
     params["teacher"]["mode"] = "bundled"
     params["teacher"]["bundled"].update(mae_sha256=hashes["mae"], classifier_sha256=hashes["classifier"])
     (repo / PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Running stage 'teacher@smoke'" in _sh([str(BIN / "dvc"), "repro", "teacher@smoke"], repo)
     assert json.loads((repo / OUT / "results/teacher.json").read_text())["mode"] == "bundled"
+    assert json.loads((repo / "runs/smoke/teacher/classifier.json").read_text())["machine"] == trained
 
     bundled = repo / "teachers/fmnist_classifier.safetensors"
     data = bytearray(bundled.read_bytes())
