@@ -36,13 +36,13 @@ data: setup
 test: data
 	$(BIN)/python -m pytest -q
 
-# `make repro` runs the default profile, `make repro P=gpu` another (g2sd_lib/profiles/<P>.yaml; it is
+# `make repro` runs the default profile, `make repro P=gpu` another (g2sd_lib/pipeline/profiles/<P>.yaml; it is
 # added to params.yaml's profiles). Results: reports/<P>/; each stage's time: runs/<P>/repro_times.json, which
 # orders the next run's stages (longest chains first). `dvc repro` records whatever data/ holds in
 # data.dvc; verify the bytes and the pin first.
 P ?= fmnist
-# A misspelt P stops here, before the data set-up: the profiles are the files g2sd_lib/profiles/<P>.yaml.
-PROFILES := $(basename $(notdir $(wildcard g2sd_lib/profiles/*.yaml)))
+# A misspelt P stops here, before the data set-up: the profiles are the files g2sd_lib/pipeline/profiles/<P>.yaml.
+PROFILES := $(basename $(notdir $(wildcard g2sd_lib/pipeline/profiles/*.yaml)))
 ifneq ($(filter repro,$(MAKECMDGOALS)),)
 ifneq ($(words $(P)) $(filter $(P),$(PROFILES)),1 $(P))
 $(error unknown profile '$(P)' (make repro P=...): choose one of $(PROFILES))
@@ -50,9 +50,9 @@ endif
 endif
 repro: data
 	$(BIN)/python -m g2sd_lib.fmnist verify --dest $(DATA)
-	$(BIN)/python -m g2sd_lib.profiles enable $(P)
-	$(BIN)/python -m g2sd_lib.repro $(P) $(if $(JOBS),--jobs $(JOBS)) --json runs/$(P)/repro_times.json
-	$(BIN)/python -m g2sd_lib.compare
+	$(BIN)/python -m g2sd_lib.pipeline.profiles enable $(P)
+	$(BIN)/python -m g2sd_lib.pipeline.repro $(P) $(if $(JOBS),--jobs $(JOBS)) --json runs/$(P)/repro_times.json
+	$(BIN)/python -m g2sd_lib.pipeline.compare
 
 benchmark: setup
 	$(BIN)/python benchmarks/throughput.py

@@ -28,12 +28,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from g2sd_lib import config  # noqa: E402
+from g2sd_lib.pipeline import config  # noqa: E402
 from g2sd_lib.errors import InputError, run_main  # noqa: E402
-from g2sd_lib.profiles import PROFILES, load_profile  # noqa: E402
-from g2sd_lib.results import mean_std  # noqa: E402
-from g2sd_lib.schema import validate_params  # noqa: E402
-from g2sd_lib.stages import launch_all  # noqa: E402
+from g2sd_lib.pipeline.profiles import PROFILES, load_profile  # noqa: E402
+from g2sd_lib.pipeline.results import mean_std  # noqa: E402
+from g2sd_lib.pipeline.schema import validate_params  # noqa: E402
+from g2sd_lib.pipeline.stages import launch_all  # noqa: E402
 
 
 def probe_configs(params: dict, root: Path, work: Path, runs: list[str], epochs: list[int],
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     # a changed value is checked as the profile's own are, before any run starts
-    source = f"g2sd_lib/profiles/{args.profile}.yaml" + "".join(f" --set {s}" for s in args.settings)
+    source = f"g2sd_lib/pipeline/profiles/{args.profile}.yaml" + "".join(f" --set {s}" for s in args.settings)
     params = validate_params(with_settings(load_profile(args.profile), args.settings), source=source)
     root = REPO / "runs" / args.profile
     teacher_json = args.teacher_json or REPO / "reports" / args.profile / "results" / "teacher.json"

@@ -1,5 +1,5 @@
 """Training throughput of processes side by side on the CPU: one process on every core against N
-processes on ``cores // N`` threads each, which is how ``python -m g2sd_lib.repro`` runs a profile's
+processes on ``cores // N`` threads each, which is how ``python -m g2sd_lib.pipeline.repro`` runs a profile's
 ``concurrent_stages`` (and a stage its ``concurrent_runs``): :func:`g2sd_lib.device.cpu_threads`.
 
 For each measurement (config x kind x precision x teacher precision) it runs

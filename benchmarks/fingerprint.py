@@ -29,10 +29,10 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from g2sd_lib import config, stages  # noqa: E402
+from g2sd_lib.pipeline import config, stages  # noqa: E402
 from g2sd_lib.errors import run_main  # noqa: E402
-from g2sd_lib.profiles import PROFILES, load_profile, shrink  # noqa: E402
-from g2sd_lib.teacher import obtain_teacher  # noqa: E402
+from g2sd_lib.pipeline.profiles import PROFILES, load_profile, shrink  # noqa: E402
+from g2sd_lib.pipeline.teacher import obtain_teacher  # noqa: E402
 
 TIMING = ("seconds", "img_per_s")
 

@@ -27,11 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from g2sd_lib import config  # noqa: E402
+from g2sd_lib.pipeline import config  # noqa: E402
 from g2sd_lib.checkpoints.files import sha256_file  # noqa: E402
 from g2sd_lib.errors import run_main  # noqa: E402
-from g2sd_lib.profiles import PROFILES, load_profile, output_dirs  # noqa: E402
-from g2sd_lib.stages import run_stage  # noqa: E402
+from g2sd_lib.pipeline.profiles import PROFILES, load_profile, output_dirs  # noqa: E402
+from g2sd_lib.pipeline.stages import run_stage  # noqa: E402
 
 # (name, distill options or None for labels only); the official weights come first
 VARIANTS = [

@@ -25,7 +25,7 @@ here, tried on the CPU first with ``--dry`` (the same code, a few images and one
 * ``adopt``: the chosen bundle becomes the `gpu` profile's (``adopt_bundle``: ``teachers/``, and
   ``teacher.mode: bundled`` with the sha256 and the chosen variant in ``gpu.yaml``), so that ``repro``
   can follow in the same call; here it adopts from a session's extracted archives;
-* ``repro``: the `gpu` profile through DVC, its independent stages at once (``python -m g2sd_lib.repro
+* ``repro``: the `gpu` profile through DVC, its independent stages at once (``python -m g2sd_lib.pipeline.repro
   gpu``: ``concurrent_stages`` of them, each training ``concurrent_runs`` seeds at once), timed per stage;
   what it made comes back even when the deadline stops it halfway. A dry run does ``adopt`` and
   ``repro`` in a scratch copy of the working tree, with the profile shrunk.
@@ -61,10 +61,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from g2sd_lib import config, stages  # noqa: E402
-from g2sd_lib.profiles import load_profile, shrink  # noqa: E402
-from g2sd_lib.stages import launch_all  # noqa: E402
-from g2sd_lib.teacher import _copy_saved, bundle_teacher  # noqa: E402
+from g2sd_lib.pipeline import config, stages  # noqa: E402
+from g2sd_lib.pipeline.profiles import load_profile, shrink  # noqa: E402
+from g2sd_lib.pipeline.stages import launch_all  # noqa: E402
+from g2sd_lib.pipeline.teacher import _copy_saved, bundle_teacher  # noqa: E402
 
 # Teacher fine-tuning variants tried on the validation split (overrides of teacher.finetune).
 TEACHER_VARIANTS = {
@@ -251,7 +251,7 @@ def _bundle(params: dict, root: Path, dest: Path, best: str, cfg: dict, tried: l
 def dense(out: Path, dry: bool) -> dict:
     """One epoch of each dense teacher (segmentation, detection) from the sweep's MAE, at the profile's
     batch and a larger one: seconds per epoch, to size the dense schedules (the sweep trains none)."""
-    from g2sd_lib.dense import stages as dense_stages
+    from g2sd_lib.pipeline import dense_stages
     params = load_profile("gpu")
     params = shrink(params) if dry else params
     root = out / "sweep"
@@ -346,7 +346,7 @@ def _set(lines: list[str], path: tuple[str, ...], value) -> None:
 def adopt_bundle(src: Path, prefix: str, profile: str, finetune_override: dict, repo: Path = REPO) -> dict:
     """Make a bundled teacher the profile's: ``<prefix>_{mae,classifier}.{safetensors,json}`` and the card
     ``<prefix>.md`` from ``src`` into ``repo/teachers`` (with a row in its index), and in
-    ``g2sd_lib/profiles/<profile>.yaml`` ``teacher.mode: bundled`` with the files and their sha256, and the
+    ``g2sd_lib/pipeline/profiles/<profile>.yaml`` ``teacher.mode: bundled`` with the files and their sha256, and the
     fine-tuning variant the bundle was trained with merged into ``teacher.finetune`` (so that ``train``
     mode regenerates it). The file is edited line by line, its comments and layout kept; the result must
     parse to exactly the old profile with those changes, or nothing is written."""
@@ -463,7 +463,7 @@ def choose(out: Path, dry: bool, concurrent: int, choice: str) -> dict:
 
 # what repro brings back from the repository it ran in (no checkpoints: histories, reports, the lock)
 REPRO_FILES = ("reports/gpu", "reports/README.md", "reports/tables", "dvc.lock", "params.yaml",
-               "g2sd_lib/profiles/gpu.yaml", "teachers/gpu.md", "teachers/README.md")
+               "g2sd_lib/pipeline/profiles/gpu.yaml", "teachers/gpu.md", "teachers/README.md")
 
 
 def _collect(repo: Path, dest: Path) -> None:
@@ -478,7 +478,7 @@ def _collect(repo: Path, dest: Path) -> None:
 
 def _call(cmd: list[str], cwd: Path, env: dict, log_path: Path) -> None:
     """Run ``cmd``, its lines to stdout and to ``log_path``. When the session stops meanwhile (SIGTERM,
-    the deadline), the command gets SIGTERM and a moment to stop its own processes (g2sd_lib.repro stops
+    the deadline), the command gets SIGTERM and a moment to stop its own processes (g2sd_lib.pipeline.repro stops
     its stages), unlike subprocess.run, which would SIGKILL it and leave them running."""
     log(" ".join(cmd[1:]))
     with open(log_path, "a") as logf:
@@ -499,8 +499,8 @@ def _call(cmd: list[str], cwd: Path, env: dict, log_path: Path) -> None:
 
 
 def repro(out: Path, dry: bool) -> None:
-    """The `gpu` profile through DVC with independent stages at once, timed per stage (g2sd_lib.repro
-    --json, written each time a stage ends), then ``reports/README.md`` (g2sd_lib.compare). What it made
+    """The `gpu` profile through DVC with independent stages at once, timed per stage (g2sd_lib.pipeline.repro
+    --json, written each time a stage ends), then ``reports/README.md`` (g2sd_lib.pipeline.compare). What it made
     goes to ``out/repro`` even when the session is stopped halfway (``REPRO_FILES`` and every run's history).
     A dry run does it in the scratch copy, with the `gpu` profile shrunk (``shrink``) on this CPU."""
     import yaml
@@ -515,12 +515,12 @@ def repro(out: Path, dry: bool) -> None:
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # dvc, papermill
     log_path = out / "repro.log"
     try:
-        _call([sys.executable, "-m", "g2sd_lib.profiles", "enable", "gpu"], repo, env, log_path)
+        _call([sys.executable, "-m", "g2sd_lib.pipeline.profiles", "enable", "gpu"], repo, env, log_path)
         # the profile's stages only: the entry notebook is profile-free, and adopting a bundle into teachers/
         # changes its inputs (the `fmnist` stages that read teachers/ are recorded here, not rerun there)
-        _call([sys.executable, "-m", "g2sd_lib.repro", "gpu", "--targets", "report@gpu", "explore@gpu",
+        _call([sys.executable, "-m", "g2sd_lib.pipeline.repro", "gpu", "--targets", "report@gpu", "explore@gpu",
                "--json", str(out / "pipeline_gpu.json"), *(["--allow-cpu"] if dry else [])], repo, env, log_path)
-        _call([sys.executable, "-m", "g2sd_lib.compare"], repo, env, log_path)  # reports/README.md
+        _call([sys.executable, "-m", "g2sd_lib.pipeline.compare"], repo, env, log_path)  # reports/README.md
     finally:
         _collect(repo, out / "repro")
 

@@ -11,7 +11,7 @@ table and, with --json, writes the measurements.
 explore@P entry``.
 
 With ``--jobs N`` (N > 1) it runs the stages as ``make repro`` does for a profile whose
-``concurrent_stages`` is N: ``python -m g2sd_lib.repro PROFILE --jobs N --targets ...``, N
+``concurrent_stages`` is N: ``python -m g2sd_lib.pipeline.repro PROFILE --jobs N --targets ...``, N
 independent stages at once (``--force`` reruns them all), in the order of a first run (no earlier
 record of durations) or, with ``--record runs/P/repro_times.json``, in the order the last run's
 record gives, as a second ``make repro`` does. Each stage's start and end then come from that
@@ -36,8 +36,8 @@ import psutil
 import yaml
 
 from g2sd_lib.device import hardware
-from g2sd_lib.profiles import PROFILES, enabled_profiles
-from g2sd_lib.repro import profile_targets
+from g2sd_lib.pipeline.profiles import PROFILES, enabled_profiles
+from g2sd_lib.pipeline.repro import profile_targets
 
 STAGE = re.compile(r"Running stage '([^']+)'")
 
@@ -54,7 +54,7 @@ def _tree_rss(proc: psutil.Process) -> int:
 
 def measure(cmd: list[str], record: Path | None = None) -> dict:
     """Run ``cmd`` and time its stages: from consecutive "Running stage" lines, or from ``record``
-    (the ``--json`` that ``python -m g2sd_lib.repro`` writes) when given."""
+    (the ``--json`` that ``python -m g2sd_lib.pipeline.repro`` writes) when given."""
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
@@ -100,28 +100,28 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="stages at once, through g2sd_lib.repro (default 1: dvc repro)")
+                        help="stages at once, through g2sd_lib.pipeline.repro (default 1: dvc repro)")
     parser.add_argument("--profile", choices=PROFILES,
                         help="the profile to measure, one params.yaml lists: without target stages, its report, "
                         "its explorer and the entry notebook, as make repro (needed with --jobs > 1)")
-    parser.add_argument("--record", type=Path, help="with --jobs > 1: g2sd_lib.repro's record of stage durations, "
+    parser.add_argument("--record", type=Path, help="with --jobs > 1: g2sd_lib.pipeline.repro's record of stage durations, "
                         "read to order the stages and rewritten, as make repro's runs/<P>/repro_times.json (default: "
                         "a new one, the order of a first run)")
     args, dvc_args = parser.parse_known_args(argv)
     if args.profile and args.profile not in enabled_profiles():
         parser.error(f"params.yaml does not list the profile {args.profile!r}, so dvc.yaml has no stage of it: "
-                     f"run `python -m g2sd_lib.profiles enable {args.profile}` first")
+                     f"run `python -m g2sd_lib.pipeline.profiles enable {args.profile}` first")
     if args.profile and not [a for a in dvc_args if not a.startswith("-")]:
         dvc_args += profile_targets(args.profile)  # what make repro reproduces
     if args.jobs > 1:
         if not args.profile:
-            parser.error("--jobs > 1 needs --profile (g2sd_lib.repro reads its concurrent stages and threads)")
+            parser.error("--jobs > 1 needs --profile (g2sd_lib.pipeline.repro reads its concurrent stages and threads)")
         record = args.record or Path(tempfile.mkdtemp()) / "repro.json"  # none: the stages' order of a first run
         force = ["--force"] if "--force" in dvc_args else []
         targets = [a for a in dvc_args if a != "--force"]
         repro_args = [args.profile, "--jobs", str(args.jobs), *force, "--targets", *targets]
-        cmd = [sys.executable, "-m", "g2sd_lib.repro", *repro_args, "--json", str(record)]
-        shown = " ".join(["python -m g2sd_lib.repro", *repro_args])
+        cmd = [sys.executable, "-m", "g2sd_lib.pipeline.repro", *repro_args, "--json", str(record)]
+        shown = " ".join(["python -m g2sd_lib.pipeline.repro", *repro_args])
     else:
         record, cmd = None, [str(Path(sys.executable).with_name("dvc")), "repro", *dvc_args]
         shown = " ".join(["dvc repro", *dvc_args])

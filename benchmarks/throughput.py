@@ -38,7 +38,7 @@ from g2sd_lib import data
 from g2sd_lib.device import COMPILE_MODES, TEACHER_AMP_MODES, autocast_dtype, compiled_loss
 from g2sd_lib.evaluate import flops_per_image
 from g2sd_lib.models import create_classifier, create_mae, create_student, mae_kwargs
-from g2sd_lib.profiles import load_profile
+from g2sd_lib.pipeline.profiles import load_profile
 from g2sd_lib.tasks import Finetuning, GenericDistillation, MAEPretraining, SpecificDistillation
 
 KINDS = ("mae", "gd", "sd", "finetune", "augment")

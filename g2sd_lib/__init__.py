@@ -13,7 +13,7 @@ _install_notebook_handler()  # notebooks show a user mistake as its one-paragrap
 
 import os as _os  # noqa: E402
 
-if _os.environ.get("G2SD_CONCURRENT_STAGES", "1") != "1":  # a stage run by g2sd_lib.repro next to others
+if _os.environ.get("G2SD_CONCURRENT_STAGES", "1") != "1":  # a stage run by g2sd_lib.pipeline.repro next to others
     from .device import share_cpu_threads as _share_cpu_threads
 
     _share_cpu_threads()  # this process takes its share of the CPU cores, not all of them

@@ -45,7 +45,7 @@ def world_info():
 def cpu_threads(env, concurrent: int = 1, cores: int | None = None) -> int | None:
     """The CPU threads of a process that computes at the same time as others, or None to keep torch's
     default. Processes at once: ``concurrent`` (the runs of one stage started together) x the stages
-    ``python -m g2sd_lib.repro`` runs at once (``G2SD_CONCURRENT_STAGES`` in ``env``). Each gets the
+    ``python -m g2sd_lib.pipeline.repro`` runs at once (``G2SD_CONCURRENT_STAGES`` in ``env``). Each gets the
     cores divided among them, as torchrun caps its workers, instead of every process spreading over
     every core: on 2 cores the fmnist pipeline, two stages at once on 1 thread each, ran in 29.3 min
     where one stage at a time on both took 36.9 (README; the earlier teacher). The user's ``OMP_NUM_THREADS`` wins."""
@@ -64,7 +64,7 @@ def usable_cores() -> int:
 
 def share_cpu_threads() -> int | None:
     """Cap this process's torch threads at its share of the cores (:func:`cpu_threads`); the number, or
-    None when nothing is shared. ``import g2sd_lib`` calls it in every stage ``g2sd_lib.repro`` starts."""
+    None when nothing is shared. ``import g2sd_lib`` calls it in every stage ``g2sd_lib.pipeline.repro`` starts."""
     threads = cpu_threads(os.environ)
     if threads is not None:
         torch.set_num_threads(threads)

@@ -35,7 +35,7 @@ from .device import (AMP_MODES, COMPILE_MODES, TEACHER_AMP_MODES, all_reduce_mea
                      host_sync_every, machine, read_back, resolve_device, world_info)
 from .errors import ResumeMismatchError, UserError, check_writable
 from .optim import lr_at, scaled_lr, set_lr
-from .results import write_run_history
+from .history import write_run_history
 
 
 @dataclass

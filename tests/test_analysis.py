@@ -80,7 +80,7 @@ def test_figures_draw_overlays_curves_with_components_and_labelled_alignment():
 def test_detection_labels_do_not_overlap():
     import matplotlib
     matplotlib.use("Agg")
-    from g2sd_lib.dense.figures import plot_detection_predictions
+    from g2sd_lib.dense.plots import plot_detection_predictions
     boxes = torch.tensor([[3.0, 4.0, 20.0, 30.0], [5.0, 6.0, 22.0, 28.0], [4.0, 5.0, 21.0, 29.0]])
     truths = [{"boxes": boxes, "labels": torch.tensor([1, 2, 3])}]
     fig = plot_detection_predictions(torch.zeros(1, 1, 56, 56), truths, {"m": [{**truths[0], "scores": torch.ones(3)}]},

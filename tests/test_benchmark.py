@@ -208,7 +208,7 @@ def test_pipeline_time_refuses_a_profile_it_cannot_measure_before_starting_dvc(m
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("profiles: [smoke]\n")
     for argv, said in ((["--profile", "nope"], "invalid choice: 'nope'"),
-                       (["--profile", "gpu"], "python -m g2sd_lib.profiles enable gpu"),
+                       (["--profile", "gpu"], "python -m g2sd_lib.pipeline.profiles enable gpu"),
                        (["--jobs", "2"], "--jobs > 1 needs --profile")):
         with pytest.raises(SystemExit) as e:
             timer.main(argv)

@@ -8,14 +8,15 @@ import pytest
 import torch
 from conftest import load_benchmark
 
-from g2sd_lib import report, schema
+from g2sd_lib.pipeline import report, schema
 from g2sd_lib.checkpoints import save_model
-from g2sd_lib import stages as runner
-from g2sd_lib.config import DENSE_TASKS, deep_merge, dense_stage_config
-from g2sd_lib.dense import load_dense, make_canvases, save_dense, stages
+from g2sd_lib.pipeline import stages as runner
+from g2sd_lib.pipeline.config import DENSE_TASKS, deep_merge, dense_stage_config
+from g2sd_lib.dense import load_dense, make_canvases, save_dense
+from g2sd_lib.pipeline import dense_stages as stages
 from g2sd_lib.engine import TrainConfig
 from g2sd_lib.models import create_mae
-from g2sd_lib.profiles import PROFILES, load_profile
+from g2sd_lib.pipeline.profiles import PROFILES, load_profile
 
 
 def _key_tree(d):
@@ -204,7 +205,7 @@ def test_several_processes_run_the_one_stage_module_under_torchrun(tmp_path, mon
     cfg["out_dir"] = str(tmp_path / "run")
     history = runner.launch(cfg, nproc=2)
     assert history == [{"epoch": 1}]
-    assert calls[0][1:5] == ["--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.stages"]
+    assert calls[0][1:5] == ["--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.pipeline.stages"]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["kind"] == "segmentation"
     with pytest.raises(UserError, match="torchrun of the run .* failed \\(exit status 1\\)"):
         runner.launch(cfg, nproc=2)  # a worker failed: one line under the workers' own error
@@ -216,7 +217,7 @@ def test_several_processes_run_the_one_stage_module_under_torchrun(tmp_path, mon
 def test_the_frs_sweep_changes_only_the_distillation(tmp_path):
     """benchmarks/frs_sweep.py retrains the detection student from the pipeline's checkpoints; its
     variants must differ from the pipeline's G2SD run in the distillation options alone."""
-    from g2sd_lib import schema
+    from g2sd_lib.pipeline import schema
     sweep = load_benchmark("frs_sweep")
     params = load_profile("fmnist")
     base = dense_stage_config(params, "detection", "g2sd", tmp_path, seed=0)

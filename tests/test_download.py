@@ -1,4 +1,4 @@
-"""Tests of g2sd_lib.download against a local HTTP server and file:// URLs (never the internet)."""
+"""Tests of g2sd_lib.pipeline.download against a local HTTP server and file:// URLs (never the internet)."""
 
 import hashlib
 import http.server
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from g2sd_lib import download as dl
+from g2sd_lib.pipeline import download as dl
 
 PAYLOAD = bytes(range(256)) * 1000  # 256 kB, several chunks at the chunk size used below
 CHUNK = 64 * 1024

@@ -63,7 +63,7 @@ def _stage_cfg(tmp, **train_overrides):
 
 def _run(cfg_path, env_extra=None, cmd=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    cmd = cmd or [sys.executable, "-m", "g2sd_lib.stages", str(cfg_path)]
+    cmd = cmd or [sys.executable, "-m", "g2sd_lib.pipeline.stages", str(cfg_path)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -120,7 +120,7 @@ def test_torchrun_two_process_ddp_matches_one_process(tmp_path, fmnist_available
     ddp = _write(tmp_path, "ddp", ddp_cfg)
     p = _run(single)
     assert p.wait(timeout=300) == 0, p.stdout.read()
-    p = _run(ddp, cmd=[torchrun, "--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.stages", str(ddp)])
+    p = _run(ddp, cmd=[torchrun, "--standalone", "--nproc-per-node=2", "-m", "g2sd_lib.pipeline.stages", str(ddp)])
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
     a, b = load_file(tmp_path / "single" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
@@ -154,7 +154,7 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
         torch.testing.assert_close(results[1][k], results[0][k], atol=1e-6, rtol=0, msg=k)
     # the sidecar names the machine that trained the run (the reports' provenance reads it)
     from g2sd_lib.device import machine
-    from g2sd_lib.results import trained_on
+    from g2sd_lib.pipeline.results import trained_on
     assert trained_on(tmp_path / "8" / "model.safetensors") == machine() != "unknown"
     assert f"torch {torch.__version__}" in machine()
 
@@ -164,7 +164,7 @@ def test_a_run_resumed_on_another_machine_names_both_in_its_sidecar(tmp_path, mo
     state saved before the machines were recorded counts its epochs as trained on an unknown one."""
     from g2sd_lib import engine
     from g2sd_lib.models import create_classifier
-    from g2sd_lib.results import trained_on
+    from g2sd_lib.pipeline.results import trained_on
     from g2sd_lib.tasks import Finetuning
 
     loader = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))]

@@ -42,7 +42,7 @@ def test_the_stage_module_reports_a_missing_teacher_without_traceback(tmp_path, 
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k != "G2SD_DEBUG"}
-    cmd = [sys.executable, "-m", "g2sd_lib.stages", str(path)] + (["--debug"] if debug else [])
+    cmd = [sys.executable, "-m", "g2sd_lib.pipeline.stages", str(path)] + (["--debug"] if debug else [])
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert "missing.safetensors" in p.stderr

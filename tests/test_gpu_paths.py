@@ -11,16 +11,17 @@ import pytest
 import torch
 from conftest import load_benchmark
 
-from g2sd_lib import checkpoints, config, data, device, engine, stages
-from g2sd_lib.dense import stages as dense_stages
+from g2sd_lib import checkpoints, data, device, engine
+from g2sd_lib.pipeline import config, stages
+from g2sd_lib.pipeline import dense_stages
 from g2sd_lib.engine import TrainConfig, train
 from g2sd_lib.errors import UserError
 from g2sd_lib.evaluate import count_params
 from g2sd_lib.models import create_classifier, create_mae
-from g2sd_lib.profiles import load_profile, shrink
-from g2sd_lib.schema import validate_params
+from g2sd_lib.pipeline.profiles import load_profile, shrink
+from g2sd_lib.pipeline.schema import validate_params
 from g2sd_lib.tasks import Finetuning
-from g2sd_lib.teacher import obtain_teacher
+from g2sd_lib.pipeline.teacher import obtain_teacher
 
 from test_engine import _ExplodingTask
 
@@ -141,7 +142,7 @@ def test_the_gpu_profiles_teacher_pair_fits_the_10_mb_float16_bundle(tmp_path):
 
 def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
     """benchmarks/gpu_session.py runs on a GPU only; its configurations are checked here."""
-    from g2sd_lib import schema
+    from g2sd_lib.pipeline import schema
     session = load_benchmark("gpu_session")
     for params in (load_profile("gpu"), shrink(load_profile("gpu"))):
         names, cfgs = session.sweep_configs(params, tmp_path)
@@ -206,16 +207,16 @@ def test_the_gpu_session_adopts_the_chosen_teacher_into_the_profile_keeping_its_
     import yaml
     session = load_benchmark("gpu_session")
     root = Path(__file__).resolve().parents[1]
-    original = (root / "g2sd_lib/profiles/gpu.yaml").read_text()
+    original = (root / "g2sd_lib/pipeline/profiles/gpu.yaml").read_text()
     for variant, override in session.TEACHER_VARIANTS.items():
         repo = tmp_path / variant
-        (repo / "g2sd_lib/profiles").mkdir(parents=True)
+        (repo / "g2sd_lib/pipeline/profiles").mkdir(parents=True)
         (repo / "teachers").mkdir()
-        (repo / "g2sd_lib/profiles/gpu.yaml").write_text(original)
+        (repo / "g2sd_lib/pipeline/profiles/gpu.yaml").write_text(original)
         shutil.copyfile(root / "teachers/README.md", repo / "teachers/README.md")
         _fake_bundle(tmp_path / "src", "gpu")
         session.adopt_bundle(tmp_path / "src", "gpu", "gpu", override, repo)
-        edited = (repo / "g2sd_lib/profiles/gpu.yaml").read_text()
+        edited = (repo / "g2sd_lib/pipeline/profiles/gpu.yaml").read_text()
         params = yaml.safe_load(edited)
         schema_ok = validate_params(params, "gpu.yaml")
         teacher = schema_ok["teacher"]
@@ -253,11 +254,11 @@ def test_the_gpu_session_chooses_the_students_settings_on_validation(tmp_path, m
     Without the pipeline's encoders the layer_decay step stops first."""
     import shutil
     from pathlib import Path
-    from g2sd_lib import schema
+    from g2sd_lib.pipeline import schema
     session = load_benchmark("gpu_session")
     repo, out = tmp_path / "repo", tmp_path / "out"
-    (repo / "g2sd_lib/profiles").mkdir(parents=True)
-    shutil.copyfile(Path(__file__).resolve().parents[1] / "g2sd_lib/profiles/gpu.yaml", repo / "g2sd_lib/profiles/gpu.yaml")
+    (repo / "g2sd_lib/pipeline/profiles").mkdir(parents=True)
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "g2sd_lib/pipeline/profiles/gpu.yaml", repo / "g2sd_lib/pipeline/profiles/gpu.yaml")
     monkeypatch.setattr(session, "_target_repo", lambda out, dry: repo)
     with pytest.raises(SystemExit, match="run the repro step first"):
         session.choose(out, False, 6, "layer_decay")
@@ -307,7 +308,7 @@ def test_the_gpu_session_chooses_the_students_settings_on_validation(tmp_path, m
 
 
 def test_processes_at_once_share_the_cpu_cores(monkeypatch):
-    """Each of the runs trained at once (seeds of a stage, stages under g2sd_lib.repro) gets the cores
+    """Each of the runs trained at once (seeds of a stage, stages under g2sd_lib.pipeline.repro) gets the cores
     divided among all of them, as torchrun caps its workers, on a GPU machine and on a CPU alike."""
     env = {}
     assert device.cpu_threads(env, 1, cores=16) is None  # one process: torch's default
@@ -324,7 +325,7 @@ def test_processes_at_once_share_the_cpu_cores(monkeypatch):
 
 
 def test_a_stage_started_among_others_takes_its_share_of_the_threads():
-    """``import g2sd_lib`` in a process g2sd_lib.repro started next to another stage caps torch's threads."""
+    """``import g2sd_lib`` in a process g2sd_lib.pipeline.repro started next to another stage caps torch's threads."""
     def threads(code, **extra):
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "G2SD_CONCURRENT_STAGES")}
         out = subprocess.run([sys.executable, "-c", f"{code}; print(torch.get_num_threads())"],

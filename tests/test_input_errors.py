@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from g2sd_lib import checkpoints, config, profiles, schema, stages
+from g2sd_lib import checkpoints
+from g2sd_lib.pipeline import config, profiles, schema, stages
 from g2sd_lib.device import autocast_dtype, resolve_device
 from g2sd_lib.errors import InputError, MissingInputError, UserError, user_errors
 from g2sd_lib.models import ModelShapeError, create_classifier, create_mae
@@ -77,10 +78,10 @@ def test_a_missing_upstream_checkpoint_names_the_stage_that_writes_it(tmp_path):
 
 def test_the_stage_command_explains_its_usage_and_refuses_unreadable_configurations(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "g2sd_lib.stages", *args], cwd=REPO, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "g2sd_lib.pipeline.stages", *args], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
     p = run("--help")
-    assert p.returncode == 0 and "usage: python -m g2sd_lib.stages" in p.stdout
+    assert p.returncode == 0 and "usage: python -m g2sd_lib.pipeline.stages" in p.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: gd\nmodel: a: b\n")
     for path, message in ((tmp_path / "nope.yaml", "no such file"), (bad, "is not valid YAML")):
@@ -98,7 +99,7 @@ def test_a_sidecar_that_is_not_an_object_is_a_checkpoint_error(tmp_path):
 
 
 def test_bundling_before_the_teacher_was_trained_says_how_to_train_it(tmp_path):
-    from g2sd_lib.teacher import bundle_teacher
+    from g2sd_lib.pipeline.teacher import bundle_teacher
 
     with pytest.raises(MissingInputError, match=r"dvc repro teacher@smoke"):
         bundle_teacher(profiles.load_profile("smoke"), tmp_path / "runs", tmp_path / "teachers")

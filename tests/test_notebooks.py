@@ -9,7 +9,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from g2sd_lib.profiles import PROFILES, load_profile
+from g2sd_lib.pipeline.profiles import PROFILES, load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -65,9 +65,9 @@ def _injected(path) -> str:
 
 
 def _runner(*args, cwd=REPO):
-    """The command every dvc.yaml stage runs: ``python -m g2sd_lib.profiles run ...``."""
+    """The command every dvc.yaml stage runs: ``python -m g2sd_lib.pipeline.profiles run ...``."""
     import subprocess
-    return subprocess.run([sys.executable, "-m", "g2sd_lib.profiles", "run", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "g2sd_lib.pipeline.profiles", "run", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True)
 
 
@@ -87,7 +87,7 @@ def test_stage_runner_injects_the_declared_sections_only(tmp_path):
 
 def test_every_stage_runs_its_notebook_through_the_runner():
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    assert pipeline["vars"][0]["nb"] == "python -m g2sd_lib.profiles run"
+    assert pipeline["vars"][0]["nb"] == "python -m g2sd_lib.pipeline.profiles run"
     for name, stage in pipeline["stages"].items():
         if "matrix" in stage and "profile" in stage["matrix"] and "notebooks/" in stage["cmd"]:
             assert "${nb} ${item.profile} " in stage["cmd"] and "papermill" not in stage["cmd"], name

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from g2sd_lib import download
+from g2sd_lib.pipeline import download
 from g2sd_lib.checkpoints import CheckpointError
-from g2sd_lib.config import stage_config
+from g2sd_lib.pipeline.config import stage_config
 from g2sd_lib.models import create_classifier, create_mae
-from g2sd_lib.profiles import load_profile
-from g2sd_lib.stages import launch
-from g2sd_lib.teacher import obtain_teacher
+from g2sd_lib.pipeline.profiles import load_profile
+from g2sd_lib.pipeline.stages import launch
+from g2sd_lib.pipeline.teacher import obtain_teacher
 
 TINY = {"img_size": 32, "in_chans": 3}
 

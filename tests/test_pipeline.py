@@ -20,7 +20,7 @@ STAGES = ["library", "teacher@smoke", "pretrain@smoke-gd", "pretrain@smoke-mae_s
     "dense_teacher@smoke-detection"] + [
     f"dense_students@smoke-{t}-{r}" for t in ("segmentation", "detection") for r in ("g2sd", "gd_only")] + [
     "dense_evaluate@smoke", "entry", "explore@smoke"]
-PARAMS = "g2sd_lib/profiles/smoke.yaml"  # the smoke profile's configuration, which its stages read
+PARAMS = "g2sd_lib/pipeline/profiles/smoke.yaml"  # the smoke profile's configuration, which its stages read
 OUT = "reports/smoke"  # where they write
 
 pytestmark = pytest.mark.slow
@@ -55,12 +55,12 @@ def smoke_repo(tmp_path_factory, fmnist_available):
     _sh([sys.executable, "-m", "g2sd_lib.data", "fetch", "--dest", "data/fashion-mnist", "--source",
          str(fmnist_available)], dest)
     _sh(["git", "init", "-q"], dest)
-    _sh([sys.executable, "-c", "from g2sd_lib.profiles import set_profiles; set_profiles(['smoke'])"], dest)
+    _sh([sys.executable, "-c", "from g2sd_lib.pipeline.profiles import set_profiles; set_profiles(['smoke'])"], dest)
     _sh(["git", "add", "-A"], dest)
     _sh(["git", "commit", "-qm", "fresh clone"], dest)
     # the command `make repro` runs; the smoke profile's concurrent_stages is 1: plain dvc repro (two
     # stages at once on this 2-core machine took 608 s instead of 456: tests/test_repro.py covers it)
-    log = _sh([sys.executable, "-m", "g2sd_lib.repro", "smoke", "--json", "repro_times.json"], dest)
+    log = _sh([sys.executable, "-m", "g2sd_lib.pipeline.repro", "smoke", "--json", "repro_times.json"], dest)
     return dest, log
 
 
@@ -72,7 +72,7 @@ def test_dvc_repro_runs_every_stage_and_writes_sane_reports(smoke_repo):
     assert "unknown parameter" not in log and "without encryption" not in log
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(STAGES) <= set(lock["stages"])
-    assert json.loads((repo / "repro_times.json").read_text())["jobs"] == 1  # g2sd_lib.repro's record
+    assert json.loads((repo / "repro_times.json").read_text())["jobs"] == 1  # g2sd_lib.pipeline.repro's record
     assert lock["stages"]["students@smoke-g2sd"]["params"][PARAMS]["students.g2sd"]["kind"] == "sd"
 
     summary = json.loads((repo / OUT / "summary.json").read_text())["classification"]
@@ -237,14 +237,14 @@ def test_dvc_repro_stops_on_modified_data_and_on_a_typo_in_plain_words(smoke_rep
     (repo / PARAMS).write_text(params.replace("    train: {epochs:", "    train: {epcohs: 1, epochs:", 1))
     code, out = repro()
     assert code != 0 and "unknown key" in out and "did you mean 'epochs'" in out, out[-3000:]
-    assert "---> " not in out and "g2sd_lib/schema" not in out  # the message, not the notebook's traceback
+    assert "---> " not in out and "g2sd_lib/pipeline/schema" not in out  # the message, not the notebook's traceback
 
 
 def test_bundled_teacher_mode_pins_hashes(smoke_repo):
     """Bundle the teacher the pipeline trained, switch the teacher stage to `bundled` with the printed
     hashes: it reruns from the bundle; a changed byte in a bundled file stops it."""
     repo, _ = smoke_repo
-    out = _sh([sys.executable, "-m", "g2sd_lib.teacher", "bundle", "smoke"], repo)
+    out = _sh([sys.executable, "-m", "g2sd_lib.pipeline.teacher", "bundle", "smoke"], repo)
     hashes = {name: json.loads((repo / f"teachers/fmnist_{name}.json").read_text())["sha256"]
               for name in ("mae", "classifier")}
     assert all(h in out for h in hashes.values())

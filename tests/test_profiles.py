@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from g2sd_lib.config import PRETRAIN_RUNS, STUDENT_RUNS, stage_config, teacher_stage_config
+from g2sd_lib.pipeline.config import PRETRAIN_RUNS, STUDENT_RUNS, stage_config, teacher_stage_config
 from g2sd_lib.engine import TrainConfig
-from g2sd_lib.profiles import (PROFILES, complete, enable, enabled_profiles, load_profile, output_dirs, profile_path,
-                               set_profiles)
+from g2sd_lib.pipeline.profiles import (PROFILES, complete, enable, enabled_profiles, load_profile, output_dirs, profile_path, set_profiles)
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_WITH_VALUE = re.compile(r"^\s*[\w.]+:\s*\S")
@@ -83,10 +82,10 @@ def test_complete_and_the_pipeline_profiles(tmp_path):
 
 
 def test_a_misspelt_profile_is_named_with_the_choices_before_any_work(tmp_path, capsys):
-    """`python -m g2sd_lib.profiles enable fmnst` (what `make repro P=fmnst` runs) and `make repro P=fmnst`
+    """`python -m g2sd_lib.pipeline.profiles enable fmnst` (what `make repro P=fmnst` runs) and `make repro P=fmnst`
     itself: the name and the choices, and make stops before `make data`."""
     from g2sd_lib.errors import InputError, run_main
-    from g2sd_lib.profiles import main
+    from g2sd_lib.pipeline.profiles import main
     with pytest.raises(InputError, match="unknown profile 'huge'"):
         profile_path("huge")
     with pytest.raises(SystemExit) as e:
@@ -99,7 +98,7 @@ def test_a_misspelt_profile_is_named_with_the_choices_before_any_work(tmp_path, 
         made = subprocess.run(["make", "-n", "repro", "P=fmnst"], cwd=REPO, capture_output=True, text=True, env=env)
         assert made.returncode != 0 and not made.stdout  # nothing, not even `make data`, would run
         assert "unknown profile 'fmnst' (make repro P=...): choose one of fmnist gpu paper smoke" in made.stderr
-        assert "g2sd_lib.repro gpu" in subprocess.run(["make", "-n", "repro", "P=gpu"], cwd=REPO, env=env,
+        assert "g2sd_lib.pipeline.repro gpu" in subprocess.run(["make", "-n", "repro", "P=gpu"], cwd=REPO, env=env,
                                                       capture_output=True, text=True).stdout
 
 
@@ -108,7 +107,7 @@ def test_the_measured_cpu_default_candidate_stays_a_valid_profile_with_the_gpu_p
     profile's models (benchmarks/candidates/README.md): it must stay runnable to repeat the measurement."""
     import yaml
 
-    from g2sd_lib.schema import validate_params
+    from g2sd_lib.pipeline.schema import validate_params
     cand, gpu = yaml.safe_load(CANDIDATE.read_text()), load_profile("gpu")
     validate_params(cand, source=str(CANDIDATE))
     assert cand["profile"] == "fmnist" and cand["students"]["common"]["data"] == {"train_subset": 20000}

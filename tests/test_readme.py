@@ -26,7 +26,7 @@ COMMAND_START = re.compile(r"^(make|python|dvc|bash|\.venv/bin/\S+)\s")
 
 def _block_and_rest() -> tuple[str, str]:
     """The README's generated results block (markers included) and the text around it."""
-    from g2sd_lib.compare import README_BEGIN, README_END
+    from g2sd_lib.pipeline.compare import README_BEGIN, README_END
     text = README.read_text()
     assert README_BEGIN in text and README_END in text, "README.md has lost its results markers"
     head, rest = text.split(README_BEGIN, 1)
@@ -35,13 +35,13 @@ def _block_and_rest() -> tuple[str, str]:
 
 
 def test_the_results_block_is_what_the_committed_summaries_give():
-    from g2sd_lib import compare
-    from g2sd_lib.profiles import enabled_profiles
+    from g2sd_lib.pipeline import compare
+    from g2sd_lib.pipeline.profiles import enabled_profiles
 
     profiles = enabled_profiles(REPO / "params.yaml")
     expected = compare.readme_block(compare.load_summaries(profiles, REPO / "reports"), compare.not_run(profiles))
     block, _ = _block_and_rest()
-    assert block == expected, "README.md's results block is stale: run python -m g2sd_lib.compare"
+    assert block == expected, "README.md's results block is stale: run python -m g2sd_lib.pipeline.compare"
 
 
 def test_the_results_block_says_which_profiles_have_no_results():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from g2sd_lib import report
+from g2sd_lib.pipeline import report
 
 EVALUATION = {"teacher": {"top1": 0.8, "top5": 0.99, "params": 1000, "flops": 2e6},
               "students": {"g2sd": {"seeds": {"0": {"top1": 0.7, "top5": 0.98, "agreement": 0.9},
@@ -90,7 +90,7 @@ def test_write_history_puts_epoch_first(tmp_path):
 
 
 def test_comparison_shows_how_close_each_student_is_to_its_teacher():
-    from g2sd_lib.report import _closeness
+    from g2sd_lib.pipeline.report import _closeness
 
     ev = {"seeds": {"0": {"top1": 0.7, "agreement": 0.8}, "1": {"top1": 0.7, "agreement": 0.9}},
           "attention_similarity": [0.2, 0.4, 0.65]}
@@ -99,10 +99,10 @@ def test_comparison_shows_how_close_each_student_is_to_its_teacher():
 
 
 def test_profiles_side_by_side_name_their_budgets(tmp_path):
-    from g2sd_lib import compare
-    from g2sd_lib.config import budget
+    from g2sd_lib.pipeline import compare
+    from g2sd_lib.pipeline.config import budget
     from g2sd_lib.errors import UserError
-    from g2sd_lib.profiles import load_profile
+    from g2sd_lib.pipeline.profiles import load_profile
 
     def summary(profile, teacher, g2sd, scratch):
         students = {name: {"top1_mean": m, "top1_std": 0.004, "ratio_to_teacher": m / teacher, "seeds": [0, 1, 2]}
@@ -127,25 +127,25 @@ def test_profiles_side_by_side_name_their_budgets(tmp_path):
 
 
 def test_the_committed_profiles_page_is_what_the_committed_summaries_give(tmp_path, monkeypatch):
-    """reports/README.md is generated (make repro runs g2sd_lib.compare after dvc repro): regenerated
+    """reports/README.md is generated (make repro runs g2sd_lib.pipeline.compare after dvc repro): regenerated
     from the committed summaries of the profiles params.yaml lists, it must not differ. Run from the
     repository root with the relative ``reports``, as make repro does: the page names its sources by
     that path (an absolute one would be LaTeX-escaped in the .tex, e.g. a checkout path with a ``_``)."""
-    from g2sd_lib import compare
-    from g2sd_lib.profiles import enabled_profiles
+    from g2sd_lib.pipeline import compare
+    from g2sd_lib.pipeline.profiles import enabled_profiles
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     page = compare.write_comparison(enabled_profiles("params.yaml"), "reports", tmp_path / "README.md")
-    assert (root / "reports/README.md").read_text() == page.read_text(), "stale: run python -m g2sd_lib.compare"
+    assert (root / "reports/README.md").read_text() == page.read_text(), "stale: run python -m g2sd_lib.pipeline.compare"
     for ext in (".md", ".csv", ".tex"):
         committed = (root / "reports/tables/profiles").with_suffix(ext).read_text()
         assert committed == (tmp_path / "tables/profiles").with_suffix(ext).read_text()
 
 
 def test_the_budget_counts_a_runs_own_training_subset():
-    from g2sd_lib.config import budget, budget_text
-    from g2sd_lib.profiles import load_profile
+    from g2sd_lib.pipeline.config import budget, budget_text
+    from g2sd_lib.pipeline.profiles import load_profile
     params = load_profile("fmnist")
     params["students"]["common"]["data"] = {"train_subset": 20000}
     b = budget(params)
@@ -155,7 +155,7 @@ def test_the_budget_counts_a_runs_own_training_subset():
 
 def test_the_setting_table_names_the_g2sd_students_layer_decay():
     """The paper fine-tunes with layer decay 0.75; the table says what the profile's G2SD student uses."""
-    from g2sd_lib.profiles import load_profile
+    from g2sd_lib.pipeline.profiles import load_profile
     for profile, expected in (("fmnist", "no layer decay"), ("paper", "layer decay 0.75")):
         params = load_profile(profile)
         sd = next(r for r in report.setting_rows(params, EVALUATION) if r[""] == "specific distillation")
@@ -168,7 +168,7 @@ def test_the_setting_table_names_the_g2sd_students_layer_decay():
 def test_last_epoch_gains_say_whether_the_runs_were_still_learning(tmp_path):
     """The gain between a run's last two validations, averaged over seeds, from the histories the training
     stages write to plots/; a gain of 0.3 points or more reads as not converged, a smaller one as no evidence."""
-    from g2sd_lib.results import last_epoch_gains, summarize
+    from g2sd_lib.pipeline.results import last_epoch_gains, summarize
 
     def history(run, seed, values, metric="val_top1"):
         rows = [{"epoch": e + 1, "train_loss": 1.0, metric: v} for e, v in enumerate(values)]
@@ -207,7 +207,7 @@ def test_provenance_names_the_cpus_vector_unit_and_bf16(monkeypatch):
 
 def test_provenance_names_the_machines_that_trained_the_runs(tmp_path):
     """Not the machine rendering the report: a report rerun on a CPU after a GPU run keeps the GPU's name."""
-    from g2sd_lib.results import machines_text, trained_on
+    from g2sd_lib.pipeline.results import machines_text, trained_on
 
     (tmp_path / "a.json").write_text(json.dumps({"machine": "NVIDIA H200, 16 CPUs, torch 2.11"}))
     (tmp_path / "old.json").write_text(json.dumps({"arch": {}}))

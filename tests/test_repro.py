@@ -1,4 +1,4 @@
-"""g2sd_lib.repro: independent stages of a real DVC pipeline reproduced at once, in graph order, with
+"""g2sd_lib.pipeline.repro: independent stages of a real DVC pipeline reproduced at once, in graph order, with
 failures reported and the finished stages recorded."""
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from g2sd_lib import repro
+from g2sd_lib.pipeline import repro
 from g2sd_lib.errors import UserError, run_main
 
 BIN = Path(sys.executable).parent
@@ -106,7 +106,7 @@ def test_the_command_refuses_an_unlisted_profile_an_unknown_stage_and_zero_jobs(
         run_main(repro.main, ["gpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
-    assert ("profile 'gpu' is not listed in params.yaml (profiles: [fmnist]): run `python -m g2sd_lib.profiles "
+    assert ("profile 'gpu' is not listed in params.yaml (profiles: [fmnist]): run `python -m g2sd_lib.pipeline.profiles "
             "enable gpu` or `make repro P=gpu`") in err
     with pytest.raises(UserError, match=r"no stage 'nosuch@fmnist' in dvc.yaml; `dvc stage list` lists them"):
         repro.main(["fmnist", "--jobs", "2", "--targets", "nosuch@fmnist"])
@@ -144,7 +144,7 @@ def test_a_gpu_profile_with_stages_to_run_stops_on_a_machine_without_a_gpu(dvc_r
 
 
 def test_the_pipelines_graph_orders_every_profile_stage_after_its_inputs():
-    """The graph g2sd_lib.repro schedules from, on this repository's dvc.yaml (fmnist, listed in
+    """The graph g2sd_lib.pipeline.repro schedules from, on this repository's dvc.yaml (fmnist, listed in
     params.yaml): every stage of the profile, data.dvc left out, each after the stages it reads."""
     root = Path(__file__).resolve().parents[1]
     graph = repro.upstream_graph(repro.profile_targets("fmnist"), root)
@@ -209,7 +209,7 @@ stages:
 """)
     record = dvc_repo / "t.json"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.repro", "smoke", "--jobs", "2", "--targets", "fast",
+    proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.pipeline.repro", "smoke", "--jobs", "2", "--targets", "fast",
                              "slow", "--json", str(record)], cwd=dvc_repo, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60

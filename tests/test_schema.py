@@ -6,11 +6,9 @@ import copy
 import pytest
 import yaml
 
-from g2sd_lib.config import (DENSE_TASKS, PRETRAIN_RUNS, STUDENT_RUNS, dense_stage_config, stage_config,
-                             teacher_stage_config)
-from g2sd_lib.profiles import PROFILES, load_profile
-from g2sd_lib.schema import (ConfigError, check_num_classes, check_target_block, validate_dense_stage,
-                             validate_params, validate_stage)
+from g2sd_lib.pipeline.config import (DENSE_TASKS, PRETRAIN_RUNS, STUDENT_RUNS, dense_stage_config, stage_config, teacher_stage_config)
+from g2sd_lib.pipeline.profiles import PROFILES, load_profile
+from g2sd_lib.pipeline.schema import (ConfigError, check_num_classes, check_target_block, validate_dense_stage, validate_params, validate_stage)
 
 
 def _failure(params, **kwargs) -> str:

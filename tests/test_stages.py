@@ -5,8 +5,8 @@ import pytest
 
 from g2sd_lib.checkpoints import save_model
 from g2sd_lib.models import create_classifier, create_mae
-from g2sd_lib.schema import ConfigError
-from g2sd_lib.stages import run_stage
+from g2sd_lib.pipeline.schema import ConfigError
+from g2sd_lib.pipeline.stages import run_stage
 
 
 def _cfg(tmp_path, kind, **extra):

@@ -24,14 +24,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from ..errors import writing
+from ..errors import UserError, writing
 
 # the safetensors header key under which save_model records the architecture, so the weights file
 # itself says what the sidecar claims (num_heads, which no tensor shape shows), covered by its sha256
 ARCH_HEADER = "g2sd_arch"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be read or cannot fill a role; the message names the file, in plain words."""
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 
-from ..download import OFFICIAL_CHECKPOINTS
 from ..errors import InputError
 from .files import CheckpointError
 from .inspection import KINDS, ROLES, CheckpointInfo, describe
+from .official import OFFICIAL_CHECKPOINTS
 
 
 def _official(kind: str, info: CheckpointInfo) -> str:
@@ -28,7 +28,7 @@ _ROLE_TEXT = {  # role -> (what the file cannot be, why the role needs those key
                    "GD distils the hidden states of the teacher's MAE decoder; the official code loads the teacher "
                    "with strict=False and would have silently run a random decoder here (G2SD issue #7 reports a "
                    "GD loss stuck near 0.2 that way). Use the full MAE checkpoint with its decoder: {full}, e.g. "
-                   "via g2sd_lib.download.fetch_official."),
+                   "via g2sd_lib.pipeline.download.fetch_official."),
     "sd-teacher": ("cannot be the specific-distillation (SD) teacher",
                    "SD distils the predictions of a classifier fine-tuned on the task; the official SD teacher is "
                    "the fine-tuned MAE {finetuned}, or fine-tune this encoder first."),

@@ -15,7 +15,7 @@ every model, rebuilds them: ``load_dense_model`` is :func:`g2sd_lib.checkpoints.
 
 from ..checkpoints import load_saved_model as load_dense_model
 from .backbone import build_vit, default_out_indices, dense_param_groups, load_backbone, vit_feature_maps
-from .data import DenseLoader, dense_subset, load_dense, make_canvases, save_dense
+from .canvases import DenseLoader, dense_subset, load_dense, make_canvases, save_dense
 from .detection import (DetectionDistillation, DetectionTraining, SimpleFeaturePyramid, add_adapters, build_detector,
                         evaluate_detection)
 from .metrics import box_ap, confusion_matrix, iou_per_class, mean_iou

@@ -35,6 +35,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..losses import distill_warmup, frs_losses
+from ..models import register_builder
 from ..tasks import TeacherForward, freeze
 from .backbone import build_vit, check_scales, dense_param_groups, rescale_layers, vit_feature_maps
 from .metrics import box_ap
@@ -226,3 +227,6 @@ def evaluate_detection(model: FasterRCNN, loader, max_dets: int = 100) -> dict:
 
 __all__ = ["DetectionDistillation", "DetectionTraining", "LEVELS", "SimpleFeaturePyramid", "add_adapters",
            "build_detector", "evaluate_detection"]
+
+
+register_builder("detector", build_detector)

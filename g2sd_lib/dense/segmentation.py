@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..losses import cwd_loss
+from ..models import register_builder
 from ..tasks import TeacherForward, freeze
 from .backbone import build_vit, check_scales, default_out_indices, dense_param_groups, rescale_layers, vit_feature_maps
 from .metrics import confusion_matrix, iou_per_class
@@ -255,3 +256,6 @@ class SegmentationDistillation(TeacherForward, SegmentationTraining):
 
 __all__ = ["FCNHead", "SegmentationDistillation", "SegmentationTraining", "UPerHead", "ViTPyramid", "ViTSegmenter",
            "evaluate_segmentation", "seg_loss"]
+
+
+register_builder("segmenter", ViTSegmenter)

@@ -16,7 +16,6 @@ form :mod:`g2sd_lib.checkpoints` gives a checkpoint of a size the table lacks. N
 ``smoke*`` are tiny models for tests. Any constructor argument can be overridden by keyword.
 """
 
-import importlib
 import re
 
 from ..errors import InputError
@@ -174,12 +173,16 @@ def create_classifier(name: str, kind: str = "avg", num_classes: int = 1000, **o
     return _with_arch(model, "classifier", name, kind=kind, num_classes=num_classes, **overrides)
 
 
-# builder -> "module:factory", called with the rest of the arch dict as keywords. Dense models are
-# imported on use: they need torchvision, which classification never imports.
-BUILDERS = {"mae": "g2sd_lib.models:create_mae", "student": "g2sd_lib.models:create_student",
-            "classifier": "g2sd_lib.models:create_classifier",
-            "segmenter": "g2sd_lib.dense.segmentation:ViTSegmenter",
-            "detector": "g2sd_lib.dense.detection:build_detector"}
+# builder -> factory, called with the rest of the arch dict as keywords. The dense models register
+# themselves when g2sd_lib.dense is imported (they need torchvision, which classification never imports,
+# and they build on these models: a registry filled from above keeps the imports one way).
+BUILDERS = {"mae": create_mae, "student": create_student, "classifier": create_classifier}
+_DENSE_BUILDERS = ("segmenter", "detector")
+
+
+def register_builder(builder: str, factory) -> None:
+    """Let :func:`build_model` rebuild models whose ``arch["builder"]`` is ``builder``."""
+    BUILDERS[builder] = factory
 
 
 def build_model(arch: dict):
@@ -188,9 +191,9 @@ def build_model(arch: dict):
     arch = dict(arch)
     builder = arch.pop("builder", None)
     if builder not in BUILDERS:
-        raise InputError(f"unknown model builder {builder!r}; known: {', '.join(BUILDERS)}")
-    module, factory = BUILDERS[builder].split(":")
-    return getattr(importlib.import_module(module), factory)(**arch)
+        hint = " (a dense model: `import g2sd_lib.dense` registers it)" if builder in _DENSE_BUILDERS else ""
+        raise InputError(f"unknown model builder {builder!r}{hint}; known: {', '.join(BUILDERS)}")
+    return BUILDERS[builder](**arch)
 
 
 def model_kwargs(arch: dict) -> dict:
@@ -213,5 +216,5 @@ def model_kwargs(arch: dict) -> dict:
 
 __all__ = ["BUILDERS", "CLASSIFIER_KINDS", "ENCODER_SIZES", "DistilledViT", "G2SDStudent", "MaskedAutoencoderViT",
            "ModelShapeError",
-           "build_model", "classifier_kwargs", "create_classifier", "create_mae", "create_student", "encoder_size",
+           "build_model", "classifier_kwargs", "register_builder", "create_classifier", "create_mae", "create_student", "encoder_size",
            "mae_kwargs", "model_kwargs", "random_masking", "shape_problem", "size_name", "teacher_classifier", "vit_kwargs"]

@@ -8,7 +8,7 @@
    numbers do not.
 """
 
-from g2sd_lib import report
+from g2sd_lib.pipeline import report
 
 
 def summary(values):

@@ -11,7 +11,7 @@ import torch
 from stage_common import repo_root
 
 from g2sd_lib import data
-from g2sd_lib.dense.data import make_canvases
+from g2sd_lib.dense.canvases import make_canvases
 
 
 def hidden(c) -> int:

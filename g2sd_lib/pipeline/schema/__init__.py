@@ -12,7 +12,7 @@ into the configuration: the pipeline hashes params as written.
 from .messages import ConfigError, Problem, _check, _close, _describe, _raise
 from .rules import _dense_problems, _dense_stage, _run_problems, _stage, _target_block, _teacher_problems
 from .sections import SECTIONS
-from .stages import DENSE_STAGES, NUM_CLASSES, STAGES, Data, Train
+from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, Train
 
 __all__ = ["ConfigError", "validate_params", "validate_stage", "validate_dense_stage", "check_target_block",
            "check_num_classes", "NUM_CLASSES", "Train", "Data", "STAGES", "DENSE_STAGES"]

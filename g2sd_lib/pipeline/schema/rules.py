@@ -1,23 +1,23 @@
 """The cross-field rules pydantic cannot state: model names against the images they will see
-(class counts aside, which :func:`g2sd_lib.schema.check_num_classes` checks at stage time), decoder
+(class counts aside, which :func:`g2sd_lib.pipeline.schema.check_num_classes` checks at stage time), decoder
 depth and patch grid of a ``train`` teacher, warm-up within the epochs, teacher mode against the
 dataset, encoders that the ``init`` runs hand over, dense canvases and pyramid scales.
 
 Each rule returns :class:`.messages.Problem` lists; the profile-level rules check every run as the
-stage configuration it becomes (common merged in, as :mod:`g2sd_lib.config` does) and relocate its
+stage configuration it becomes (common merged in, as :mod:`g2sd_lib.pipeline.config` does) and relocate its
 problems to the key that wrote the value. The model library (torch, timm) is imported only where a
 model name is parsed, so importing the schema stays cheap.
 """
 
 from ..config import PRETRAIN_RUNS, STUDENT_RUNS, deep_merge
-from ..download import OFFICIAL_CHECKPOINTS
+from ...checkpoints.official import OFFICIAL_CHECKPOINTS
 from .messages import MISSING, Problem, _check, _close, _relocate
-from .stages import DENSE_STAGES, NUM_CLASSES, STAGES, Data, DetHead, GDTask, SegHead, Stage, Train
+from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, DetHead, GDTask, SegHead, Stage, Train
 
 
 def _arch(name: str) -> dict | None:
     """Constructor arguments of a model name (``mae_vit_*`` or ``vit_*``), None if it is not one."""
-    from ..models import mae_kwargs, vit_kwargs
+    from ...models import mae_kwargs, vit_kwargs
 
     try:
         return mae_kwargs(name) if name.startswith("mae_") else vit_kwargs(name)
@@ -26,7 +26,7 @@ def _arch(name: str) -> dict | None:
 
 
 def _name_problems(name, loc, mae: bool = False) -> list[Problem]:
-    from ..models import ENCODER_SIZES, shape_problem
+    from ...models import ENCODER_SIZES, shape_problem
 
     if (arch := _arch(name)) is not None and (name.startswith("mae_") or not mae):
         if problem := shape_problem(arch):
@@ -41,7 +41,7 @@ def _model_problems(name, loc, *, mae: bool, size: int, chans: int, exact: bool,
                     overrides: dict | None = None):
     """The model name parses, fits images of ``size`` px x ``chans`` (after the ``model_kwargs``
     ``overrides`` of img_size / in_chans) and its patch divides ``size``."""
-    from ..models import ENCODER_SIZES
+    from ...models import ENCODER_SIZES
 
     if problems := _name_problems(name, loc, mae):
         return problems

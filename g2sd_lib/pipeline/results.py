@@ -9,42 +9,17 @@ Three kinds of files carry the stages' numbers (declared in dvc.yaml), all writt
 * ``reports/<profile>/results/``: the detailed per-seed results the report stage renders its tables
   from, and ``summary.json``: :func:`summarize` (means and stds over seeds, shares of the teacher).
 
-:mod:`g2sd_lib.report` renders the tables from these files.
+:mod:`g2sd_lib.pipeline.report` renders the tables from these files.
 """
 
-import csv
-import json
-import os
 import statistics
 from collections import Counter
 from pathlib import Path
 
-from .errors import writing
+from ..history import read_json, write_history, write_json  # noqa: F401 (the stages' result files)
 
 # The dense tasks' metric keys in the evaluation files.
 DENSE_METRICS = {"segmentation": "miou", "detection": "box_ap"}
-
-
-def read_json(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def write_history(history: list[dict], path) -> Path:
-    """One training run's per-epoch history as CSV, ``epoch`` first (the x axis of ``dvc plots``).
-    An empty history (a model trained elsewhere, e.g. a bundled teacher) gives the header only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import pandas as pd  # here: the training processes import this module and need no pandas
-
-    frame = pd.DataFrame(history) if history else pd.DataFrame(columns=["epoch", "train_loss"])
-    frame[["epoch", *(c for c in frame.columns if c != "epoch")]].to_csv(path, index=False)
-    return path
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -150,20 +125,3 @@ def metrics_per_model(section: dict) -> dict[str, dict]:
         files[name] = {metric: s[f"{metric}_mean"], f"{metric}_std": s[f"{metric}_std"],
                        "of_teacher": s["ratio_to_teacher"]}
     return files
-
-
-def write_run_history(out_dir: Path, history: list[dict]):
-    """A training run's ``history.json`` and ``history.csv`` in ``out_dir`` (one row per epoch, written by
-    the engine after every epoch), each replaced atomically."""
-    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    for name in ("history.json", "history.csv"):
-        tmp = out_dir / f"{name}.tmp"
-        with writing(out_dir / name):
-            with open(tmp, "w", newline="") as f:
-                if name.endswith(".json"):
-                    f.write(json.dumps(history, indent=1))
-                else:
-                    w = csv.DictWriter(f, fieldnames=keys)
-                    w.writeheader()
-                    w.writerows(history)
-            os.replace(tmp, out_dir / name)

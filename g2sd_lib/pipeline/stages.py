@@ -1,11 +1,11 @@
 """Run one training stage, classification or dense, from a plain configuration dict.
 
-The configurations come from a profile (``g2sd_lib/profiles/<name>.yaml``) through :mod:`g2sd_lib.config`. The same function
+The configurations come from a profile (``g2sd_lib/pipeline/profiles/<name>.yaml``) through :mod:`g2sd_lib.pipeline.config`. The same function
 serves the notebooks (in-process, one device) and ``torchrun`` (several processes):
-``torchrun --standalone --nproc-per-node N -m g2sd_lib.stages CONFIG.json``.
+``torchrun --standalone --nproc-per-node N -m g2sd_lib.pipeline.stages CONFIG.json``.
 
 Configuration keys (``kind`` selects the stage; the dense kinds ``segmentation`` / ``detection``
-take the keys of :func:`g2sd_lib.config.dense_stage_config`)::
+take the keys of :func:`g2sd_lib.pipeline.config.dense_stage_config`)::
 
     kind: mae | gd | sd | finetune | kd | segmentation | detection
     model: model name (mae_vit_* for mae/gd, mae_vit_* or vit_* for classifiers)
@@ -33,13 +33,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import checkpoints, data, schema, tasks
+from .. import checkpoints, data, tasks
+from . import schema
 from .config import DENSE_TASKS, EVAL_BATCH_SIZE
-from .device import cpu_threads, init_distributed, resolve_device, world_info
-from .engine import TrainConfig, train
-from .errors import InputError, MissingInputError, UserError, run_main
-from .evaluate import classification_report
-from .models import create_classifier, create_mae, create_student
+from ..device import cpu_threads, init_distributed, resolve_device, world_info
+from ..engine import TrainConfig, train
+from ..errors import InputError, MissingInputError, UserError, run_main
+from ..evaluate import classification_report
+from ..models import create_classifier, create_mae, create_student
 from .schema import NUM_CLASSES
 
 CLASSIFICATION_KINDS = ("mae", "gd", "sd", "finetune", "kd")
@@ -159,7 +160,7 @@ def run_stage(cfg: dict) -> list[dict]:
     rank, world = world_info()
     torch.manual_seed(train_cfg.seed)  # model initialisation
     if kind in DENSE_TASKS:
-        from .dense.stages import dense_run
+        from .dense_stages import dense_run
         task, loader, evaluate = dense_run(cfg, train_cfg.batch_size, train_cfg.seed, rank, world)
     else:
         task, loader, evaluate = _classification_run(cfg, train_cfg.batch_size, rank, world)
@@ -170,7 +171,7 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     """Run a stage in this process (``nproc`` 1) or under ``torchrun`` with ``nproc`` processes.
 
     torchrun cannot start workers from a notebook kernel (functions defined there do not pickle), so
-    several processes run ``python -m g2sd_lib.stages`` as a subprocess on a JSON copy of the
+    several processes run ``python -m g2sd_lib.pipeline.stages`` as a subprocess on a JSON copy of the
     configuration; the history is then read back from the run directory.
     """
     if nproc <= 1:
@@ -178,7 +179,7 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     schema.validate_stage(cfg)  # a configuration mistake is reported here, not under torchrun's traceback
     cfg_path = _write_config(cfg)
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.stages", str(cfg_path)]
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "g2sd_lib.pipeline.stages", str(cfg_path)]
     if (code := subprocess.run(cmd).returncode) != 0:
         raise UserError(f"torchrun of the run {cfg['out_dir']} failed (exit status {code}); its workers' "
                         "error is printed above")
@@ -186,7 +187,7 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
 
 
 def _write_config(cfg: dict) -> Path:
-    """``<out_dir>/config.json``: the configuration a ``python -m g2sd_lib.stages`` process runs."""
+    """``<out_dir>/config.json``: the configuration a ``python -m g2sd_lib.pipeline.stages`` process runs."""
     out_dir = Path(cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "config.json"
@@ -198,7 +199,7 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
     """Run several stage configurations (a stage's seeds); returns their histories in order.
 
     ``concurrent`` 1: one after the other through :func:`launch`. More: up to ``concurrent`` runs at
-    once, each a ``python -m g2sd_lib.stages`` process (several small runs share one GPU better
+    once, each a ``python -m g2sd_lib.pipeline.stages`` process (several small runs share one GPU better
     than one run uses it alone). Each process writes its output to ``<out_dir>/log.txt``; their
     lines are echoed here, prefixed by the run's name. A failed run stops the others (they resume
     from their ``last.pt`` next time) and its log's last lines are shown.
@@ -233,7 +234,7 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
 def _run_env(concurrent: int) -> dict:
     """The environment of a run trained next to ``concurrent - 1`` others: its CPU threads
     (``OMP_NUM_THREADS``) are its share of the cores among every run at once, these and, under
-    ``python -m g2sd_lib.repro``, those of the other stages (:func:`g2sd_lib.device.cpu_threads`)."""
+    ``python -m g2sd_lib.pipeline.repro``, those of the other stages (:func:`g2sd_lib.device.cpu_threads`)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     threads = cpu_threads(env, concurrent)
     if threads is not None:
@@ -242,11 +243,11 @@ def _run_env(concurrent: int) -> dict:
 
 
 def _start(cfg: dict, env: dict):
-    """A ``python -m g2sd_lib.stages`` process of one configuration, its output going to log.txt."""
+    """A ``python -m g2sd_lib.pipeline.stages`` process of one configuration, its output going to log.txt."""
     cfg_path = _write_config(cfg)
     log = cfg_path.parent / "log.txt"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.stages", str(cfg_path)], stdout=f,
+        proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.pipeline.stages", str(cfg_path)], stdout=f,
                                 stderr=subprocess.STDOUT, env=env)
     return proc, log, 0
 
@@ -263,12 +264,12 @@ def _echo(log: Path, pos: int, name: str, final: bool = False) -> int:
 
 
 def load_config(path) -> dict:
-    """A stage configuration from a JSON or YAML file (what :func:`g2sd_lib.config.stage_config` returns)."""
+    """A stage configuration from a JSON or YAML file (what :func:`g2sd_lib.pipeline.config.stage_config` returns)."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise MissingInputError(f"{path}: no such file; give a stage configuration (JSON or YAML), such as the "
-                                "config.json a run directory holds or g2sd_lib.config.stage_config returns") from None
+                                "config.json a run directory holds or g2sd_lib.pipeline.config.stage_config returns") from None
     except IsADirectoryError:
         raise InputError(f"{path} is a directory; give a stage configuration file (JSON or YAML)") from None
     try:
@@ -278,7 +279,7 @@ def load_config(path) -> dict:
                          f"{' '.join(str(e).split())}") from None
 
 
-USAGE = ("usage: python -m g2sd_lib.stages [--debug] CONFIG.{json,yaml}\n"
+USAGE = ("usage: python -m g2sd_lib.pipeline.stages [--debug] CONFIG.{json,yaml}\n"
          "Train one stage (run) from its configuration file, as the pipeline's notebooks and torchrun do.")
 
 

@@ -1,4 +1,4 @@
-"""Tables, rendered from the pipeline's result files only (:mod:`g2sd_lib.results` reads and
+"""Tables, rendered from the pipeline's result files only (:mod:`g2sd_lib.pipeline.results` reads and
 summarises those files; its helpers are re-exported here, as the stage notebooks call them
 ``report.write_json``, ``report.summarize``, ...).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .device import machine
+from ..device import machine
 from .results import (DENSE_METRICS, machines_text, mean_std, metrics_per_model, read_json,  # noqa: F401 (re-exported)
                       summarize, summarize_dense, summarize_task, trained_on, write_history, write_json)
 
@@ -306,7 +306,7 @@ def _latex_escape(text: str) -> str:
 def provenance(params_path, seeds=None, trained_on: str | None = None) -> dict:
     """Commit, parameters (the profile file and its sha256), machine and seeds of a table.
 
-    ``trained_on`` (:func:`g2sd_lib.results.machines_text` of the evaluated runs) names the machines
+    ``trained_on`` (:func:`g2sd_lib.pipeline.results.machines_text` of the evaluated runs) names the machines
     that trained the runs; without it, the machine rendering the table is named (``hardware``). A
     report rerun elsewhere (e.g. on a CPU after a GPU run) thus still names where the results came from."""
     try:

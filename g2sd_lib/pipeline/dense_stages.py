@@ -17,8 +17,8 @@ The profiles' section ``dense`` (every profile has it, with the same keys)::
 
 Outputs live under ``<root>/dense`` (``root``: the profile's run directory, ``runs/<profile>``): ``canvases/{train,val,test}.pt`` and
 ``<task>/teacher``, ``<task>/<run>/seed<k>`` (each a training run directory of
-:func:`g2sd_lib.engine.train`). The configurations come from :func:`g2sd_lib.config.dense_stage_config`
-(kinds ``segmentation`` / ``detection``) and run through :func:`g2sd_lib.stages.run_stage`, the
+:func:`g2sd_lib.engine.train`). The configurations come from :func:`g2sd_lib.pipeline.config.dense_stage_config`
+(kinds ``segmentation`` / ``detection``) and run through :func:`g2sd_lib.pipeline.stages.run_stage`, the
 one runner of every stage; this module holds what is dense-specific: canvases, models, tasks,
 metrics.
 """
@@ -28,35 +28,15 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_training_state
-from ..config import run_dir
 from ..data import load_fashion_mnist, train_val_split
+from ..dense import load_dense_model
+from ..dense.backbone import load_backbone
+from ..dense.canvases import DenseLoader, load_dense, make_canvases, save_dense
+from ..dense.detection import DetectionDistillation, DetectionTraining, build_detector, evaluate_detection
+from ..dense.paper import ADE20K_SEGMENTATION, COCO_DETECTION
+from ..dense.segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
 from ..errors import InputError
-from . import load_dense_model
-from .backbone import load_backbone
-from .data import DenseLoader, load_dense, make_canvases, save_dense
-from .detection import DetectionDistillation, DetectionTraining, build_detector, evaluate_detection
-from .paper import ADE20K_SEGMENTATION, COCO_DETECTION
-from .segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
-
-SPLITS = ("train", "val", "test")
-NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
-METRIC = {"segmentation": "miou", "detection": "box_ap"}  # the headline metric of each task (a fraction)
-
-
-def canvas_paths(root="runs") -> dict[str, Path]:
-    canvases = Path(root) / "dense" / "canvases"
-    return {split: canvases / f"{split}.pt" for split in SPLITS}
-
-
-def check_canvases(params: dict) -> None:
-    """Refuse the profiles whose dense tasks do not run here (``external``), with where they run."""
-    dataset = params["dense"]["dataset"]
-    if dataset == "external":
-        raise RuntimeError("this profile's dense tasks run outside the pipeline, in detectron2 (COCO) and "
-                           "mmsegmentation (ADE20K): see g2sd_lib.dense.paper for the recipes and hook points")
-    if dataset != "canvases":
-        raise InputError(f"dense.dataset must be 'canvases' or 'external', got {dataset!r}")
-
+from .config import SPLITS, canvas_paths, check_canvases, run_dir  # noqa: F401 (SPLITS, canvas_paths: the notebooks')
 
 def external_recipes() -> dict:
     """What the ``external`` profiles record in place of dense runs: the paper-scale recipes."""
@@ -127,7 +107,7 @@ def evaluate_dense(model, loader, task: str) -> dict:
 
 
 def dense_run(cfg: dict, batch_size: int, seed: int, rank: int, world: int):
-    """What :func:`g2sd_lib.stages.run_stage` trains for a dense kind: ``(task, train loader, evaluate)``.
+    """What :func:`g2sd_lib.pipeline.stages.run_stage` trains for a dense kind: ``(task, train loader, evaluate)``.
 
     Validation is mIoU / box AP on the val canvases. A detection distillation resumed from
     ``last.pt`` continues its warm-up where it stopped (its counter counts training loss calls).

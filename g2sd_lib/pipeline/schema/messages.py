@@ -12,10 +12,12 @@ from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_ori
 from annotated_types import Len
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from ...errors import UserError
+
 MISSING = object()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration broke the schema; ``problems`` holds one line per failure."""
 
     def __init__(self, header: str, problems: list[str]):

@@ -26,38 +26,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-_MAE = "https://dl.fbaipublicfiles.com/mae"
-
-OFFICIAL_CHECKPOINTS: dict[str, dict] = {
-    "mae_pretrain_vit_base.pth": dict(
-        url=f"{_MAE}/pretrain/mae_pretrain_vit_base.pth", md5_prefix="8cad7c",
-        description="ViT-B/16 MAE pre-trained, encoder only: NOT usable as a GD teacher"),
-    "mae_pretrain_vit_base_full.pth": dict(
-        url=f"{_MAE}/pretrain/mae_pretrain_vit_base_full.pth", md5_prefix=None,
-        description="ViT-B/16 MAE pre-trained, encoder + decoder (norm_pix_loss): the GD teacher"),
-    "mae_pretrain_vit_large_full.pth": dict(
-        url=f"{_MAE}/pretrain/mae_pretrain_vit_large_full.pth", md5_prefix=None,
-        description="ViT-L/16 MAE pre-trained, encoder + decoder (norm_pix_loss)"),
-    "mae_pretrain_vit_huge_full.pth": dict(
-        url=f"{_MAE}/pretrain/mae_pretrain_vit_huge_full.pth", md5_prefix=None,
-        description="ViT-H/14 MAE pre-trained, encoder + decoder (norm_pix_loss)"),
-    "mae_finetuned_vit_base.pth": dict(
-        url=f"{_MAE}/finetune/mae_finetuned_vit_base.pth", md5_prefix="1b25e9",
-        description="ViT-B/16 MAE fine-tuned on ImageNet-1k (83.6 top-1): the SD teacher"),
-    "mae_finetuned_vit_large.pth": dict(
-        url=f"{_MAE}/finetune/mae_finetuned_vit_large.pth", md5_prefix="51f550",
-        description="ViT-L/16 MAE fine-tuned on ImageNet-1k"),
-    "mae_finetuned_vit_huge.pth": dict(
-        url=f"{_MAE}/finetune/mae_finetuned_vit_huge.pth", md5_prefix="2541f2",
-        description="ViT-H/14 MAE fine-tuned on ImageNet-1k"),
-}
+from ..checkpoints.official import OFFICIAL_CHECKPOINTS
+from ..errors import UserError
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError, ValueError):
     """The fetched (or cached) bytes do not match the expected sha256 or md5 prefix."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """The source could not be reached or the transfer broke off."""
 
 

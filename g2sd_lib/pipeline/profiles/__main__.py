@@ -1,4 +1,4 @@
-from ..errors import run_main
+from ...errors import run_main
 from . import main
 
 run_main(main)

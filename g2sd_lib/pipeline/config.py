@@ -1,23 +1,43 @@
 """From a profile's sections to the stage configurations ``stages.run_stage`` takes.
 
-A profile (``g2sd_lib/profiles/<name>.yaml``) groups runs: ``pretrain`` (GD and the MAE-student baseline), ``students`` (the
+A profile (``g2sd_lib/pipeline/profiles/<name>.yaml``) groups runs: ``pretrain`` (GD and the MAE-student baseline), ``students`` (the
 G2SD student and the baselines) and ``dense`` (the dense teachers and students). Inside a group,
 ``common`` holds the shared settings and each run overrides them (deep merge). Run outputs live
 under ``<root>/<group>/<run>[/seed<k>]`` (dense: group ``dense/<task>``), ``root`` being the
-profile's run directory: ``runs/<profile>`` in the pipeline (:func:`g2sd_lib.profiles.output_dirs`),
+profile's run directory: ``runs/<profile>`` in the pipeline (:func:`g2sd_lib.pipeline.profiles.output_dirs`),
 so that every profile's runs and reports live side by side.
 """
 
 import copy
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 # The paper's comparison: every student and what initialises it.
 PRETRAIN_RUNS = ("gd", "mae_student")
 STUDENT_RUNS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 DENSE_TASKS = ("segmentation", "detection")
 EVAL_BATCH_SIZE = 256  # validation / evaluation batch when a profile does not set one
+SPLITS = ("train", "val", "test")  # the dense canvases' splits
+
+
+NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
+METRIC = {"segmentation": "miou", "detection": "box_ap"}  # the headline metric of each task (a fraction)
+
+
+def canvas_paths(root="runs") -> dict[str, Path]:
+    canvases = Path(root) / "dense" / "canvases"
+    return {split: canvases / f"{split}.pt" for split in SPLITS}
+
+
+def check_canvases(params: dict) -> None:
+    """Refuse the profiles whose dense tasks do not run here (``external``), with where they run."""
+    dataset = params["dense"]["dataset"]
+    if dataset == "external":
+        raise RuntimeError("this profile's dense tasks run outside the pipeline, in detectron2 (COCO) and "
+                           "mmsegmentation (ADE20K): see g2sd_lib.dense.paper for the recipes and hook points")
+    if dataset != "canvases":
+        raise InputError(f"dense.dataset must be 'canvases' or 'external', got {dataset!r}")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -89,7 +109,6 @@ def dense_stage_config(params: dict, task: str, run: str, root="runs", seed: int
     start from MAE ViT-B); a student's from the pretrain run its ``init`` names, or at random.
     A distilled student learns from ``<root>/dense/<task>/teacher``.
     """
-    from .dense.stages import canvas_paths, check_canvases
     if task not in DENSE_TASKS:
         raise InputError(f"unknown dense task {task!r}; choose one of {', '.join(DENSE_TASKS)}")
     check_canvases(params)

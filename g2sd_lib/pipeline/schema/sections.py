@@ -1,4 +1,4 @@
-"""The sections of a profile (``g2sd_lib/profiles/<name>.yaml``) around the stage configurations: ``dense``, ``teacher``,
+"""The sections of a profile (``g2sd_lib/pipeline/profiles/<name>.yaml``) around the stage configurations: ``dense``, ``teacher``,
 ``evaluate``, and :data:`SECTIONS`, the type of every top-level key. Run groups (``pretrain``,
 ``students``) and train overrides stay plain mappings here: they are checked after merging, as the
 stage configuration they become (:mod:`.rules`)."""
@@ -8,8 +8,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Len
 from pydantic import Strict, StringConstraints
 
-from .stages import (Bool, Count, Data, DetDistill, DetHead, DetOptions, Int, Section, SegDistill, SegHead,
-                     SegOptions, Str)
+from .stage_models import (Bool, Count, Data, DetDistill, DetHead, DetOptions, Int, Section, SegDistill, SegHead, SegOptions, Str)
 
 Seeds = Annotated[list[Int], Len(1)]
 Sha256 = Annotated[str, Strict(), StringConstraints(pattern=r"^[0-9a-f]{64}$")]

@@ -1,4 +1,4 @@
-"""``dvc repro`` with independent stages at once: ``python -m g2sd_lib.repro PROFILE [--jobs N]``.
+"""``dvc repro`` with independent stages at once: ``python -m g2sd_lib.pipeline.repro PROFILE [--jobs N]``.
 
 DVC runs a pipeline's stages one after the other. That leaves a GPU mostly idle (each of the `gpu`
 profile's small runs is bound by launching kernels, not by the GPU) and a 2-core CPU partly so (one
@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 LOCK_BUSY = "Unable to acquire lock"  # DVC's message when another process holds the repository lock
 # profiles sized for GPUs: on a CPU, their stages would train for hours (gpu) or days (paper)
@@ -126,7 +126,7 @@ def refuse_a_gpu_profile_on_cpu(profile: str, targets: list[str], force: bool = 
         raise UserError(f"the {profile!r} profile is sized for GPUs and no CUDA GPU is visible here: its "
                         f"{len(stale)} stage{'s' * (len(stale) > 1)} to run ({shown}) would train on this CPU for "
                         "hours. Run it on a machine "
-                        f"with a GPU, or add --allow-cpu (`python -m g2sd_lib.repro {profile} --allow-cpu`) to train "
+                        f"with a GPU, or add --allow-cpu (`python -m g2sd_lib.pipeline.repro {profile} --allow-cpu`) to train "
                         "here anyway")
 
 
@@ -215,7 +215,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
         return {"targets": targets, "jobs": jobs, "seconds": time.time() - t0, "stages": timings,
                 "failed": failed[0] if failed else None, "complete": complete}
 
-    print(f"g2sd_lib.repro: {len(upstream)} stages, up to {jobs} at once", flush=True)
+    print(f"g2sd_lib.pipeline.repro: {len(upstream)} stages, up to {jobs} at once", flush=True)
     try:
         while running or (todo and failed is None):
             ready = sorted((s for s in todo if upstream[s] <= done), key=lambda s: (-priority[s], s))
@@ -261,7 +261,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
                         + "\nthe stages that finished are recorded; fix the cause and run the same command again")
     if todo:
         raise UserError(f"stages never became ready (a cycle?): {', '.join(sorted(todo))}")
-    print(f"g2sd_lib.repro: {len(done)} stages up to date in {result['seconds'] / 60:.1f} min "
+    print(f"g2sd_lib.pipeline.repro: {len(done)} stages up to date in {result['seconds'] / 60:.1f} min "
           f"({sum(t['ran'] for t in timings.values())} ran)", flush=True)
     return result
 
@@ -279,7 +279,7 @@ def _interrupted(signum, frame):
 def main(argv=None) -> int:
     from .profiles import PIPELINE_PARAMS, PROFILES, enabled_profiles, load_profile
 
-    p = argparse.ArgumentParser(prog="python -m g2sd_lib.repro", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m g2sd_lib.pipeline.repro", description=__doc__.split("\n\n")[0])
     p.add_argument("profile", choices=PROFILES, help="whose stages (it must be listed in params.yaml)")
     p.add_argument("--jobs", type=int, help="stages at once (default: the profile's concurrent_stages)")
     p.add_argument("--targets", nargs="+", help="stages to reproduce (default: report@P explore@P entry)")
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     listed = enabled_profiles() if Path(PIPELINE_PARAMS).is_file() else []
     if not args.targets and args.profile not in listed:  # dvc.yaml has its stages only when listed
         raise UserError(f"profile {args.profile!r} is not listed in {PIPELINE_PARAMS} (profiles: "
-                        f"[{', '.join(listed)}]): run `python -m g2sd_lib.profiles enable {args.profile}` or "
+                        f"[{', '.join(listed)}]): run `python -m g2sd_lib.pipeline.profiles enable {args.profile}` or "
                         f"`make repro P={args.profile}`")
     jobs = args.jobs if args.jobs is not None else load_profile(args.profile).get("concurrent_stages") or 1
     targets = args.targets or profile_targets(args.profile)
@@ -304,5 +304,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import run_main
+    from ..errors import run_main
     run_main(main)

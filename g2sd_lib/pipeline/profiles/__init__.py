@@ -2,12 +2,12 @@
 laptop CPU in under 40 minutes), ``gpu`` (Fashion-MNIST on one GPU, every run trained to
 convergence), ``paper`` (ImageNet, official MAE checkpoints, GPUs).
 
-Each preset ``g2sd_lib/profiles/<name>.yaml`` is the configuration of its own copy of the pipeline:
+Each preset ``g2sd_lib/pipeline/profiles/<name>.yaml`` is the configuration of its own copy of the pipeline:
 ``dvc.yaml`` runs every stage once per profile that ``params.yaml`` lists under ``profiles``, reading
 that profile's file, writing under ``runs/<name>/`` and ``reports/<name>/`` (:func:`output_dirs`), so
 the committed profiles' results live side by side and ``dvc status`` speaks for each.
-``python -m g2sd_lib.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list;
-``python -m g2sd_lib.profiles run NAME NOTEBOOK OUTPUT [-p NAME VALUE]`` (every stage's command) executes a
+``python -m g2sd_lib.pipeline.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list;
+``python -m g2sd_lib.pipeline.profiles run NAME NOTEBOOK OUTPUT [-p NAME VALUE]`` (every stage's command) executes a
 notebook with the profile's sections it declares (:func:`run_notebook`); ``NAME`` ``none`` passes no profile
 (the entry notebook).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import InputError
+from ...errors import InputError
 
 PROFILES = ("smoke", "fmnist", "gpu", "paper")
 HERE = Path(__file__).parent
@@ -66,12 +66,12 @@ def complete(profile: str = "smoke", **sections) -> dict:
     ``dvc repro`` injects the sections the notebook declares from the profile's file
     (:func:`run_notebook`); opened by hand or run by the tests, a notebook falls back to the smoke
     profile and runs in seconds. A typo or an out-of-range value stops the stage here, before any
-    work (:func:`g2sd_lib.schema.validate_params`).
+    work (:func:`g2sd_lib.pipeline.schema.validate_params`).
     """
     from ..schema import validate_params
     preset = load_profile(profile)
     params = {name: (preset[name] if value is None else value) for name, value in sections.items()}
-    return validate_params(params, source=f"g2sd_lib/profiles/{profile}.yaml", partial=True)
+    return validate_params(params, source=f"g2sd_lib/pipeline/profiles/{profile}.yaml", partial=True)
 
 
 def enabled_profiles(path=PIPELINE_PARAMS) -> list[str]:
@@ -141,7 +141,7 @@ def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=
 
     import papermill
 
-    from ..errors import MissingInputError
+    from ...errors import MissingInputError
     # an unknown name stops here, before papermill starts
     sections = {} if profile == NO_PROFILE else load_profile(profile)
     if not Path(notebook).is_file():
@@ -169,8 +169,8 @@ def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=
                                kernel_manager_class=_kernel_manager())
 
 
-USAGE = (f"usage: python -m g2sd_lib.profiles enable {{{'|'.join(PROFILES)}}}\n"
-         "       python -m g2sd_lib.profiles run {PROFILE|none} NOTEBOOK OUTPUT [-p NAME VALUE]... [--cwd DIR] "
+USAGE = (f"usage: python -m g2sd_lib.pipeline.profiles enable {{{'|'.join(PROFILES)}}}\n"
+         "       python -m g2sd_lib.pipeline.profiles run {PROFILE|none} NOTEBOOK OUTPUT [-p NAME VALUE]... [--cwd DIR] "
          "[--prepare-only]")
 
 
@@ -179,9 +179,9 @@ def _run_command(argv) -> int:
     import logging
 
     from papermill.exceptions import PapermillExecutionError
-    parser = argparse.ArgumentParser(prog="python -m g2sd_lib.profiles run",
+    parser = argparse.ArgumentParser(prog="python -m g2sd_lib.pipeline.profiles run",
                                      description="Execute a notebook with the sections of a profile it declares.")
-    parser.add_argument("profile", help=f"one of {', '.join(PROFILES)} (g2sd_lib/profiles/<profile>.yaml), or "
+    parser.add_argument("profile", help=f"one of {', '.join(PROFILES)} (g2sd_lib/pipeline/profiles/<profile>.yaml), or "
                         f"{NO_PROFILE} for a notebook that takes no profile")
     parser.add_argument("notebook")
     parser.add_argument("output")
