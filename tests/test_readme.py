@@ -44,6 +44,17 @@ def test_the_results_block_is_what_the_committed_summaries_give():
     assert block == expected, "README.md's results block is stale: run python -m g2sd_lib.pipeline.compare"
 
 
+def test_compare_rewrites_only_the_block(tmp_path):
+    from g2sd_lib.pipeline.compare import README_BEGIN, README_END, write_readme_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\nrest\n")
+    assert write_readme_block(readme, f"{README_BEGIN}\nnew table\n{README_END}")
+    assert readme.read_text() == f"intro\n{README_BEGIN}\nnew table\n{README_END}\nrest\n"
+    readme.write_text("no markers\n")
+    assert not write_readme_block(readme, "anything") and readme.read_text() == "no markers\n"
+
+
 def test_the_results_block_says_which_profiles_have_no_results():
     block, _ = _block_and_rest()
     assert "| `gpu` | no results yet (`make repro P=gpu`) |" in block
@@ -179,14 +190,17 @@ def _check_python(command: str, args: list[str]) -> None:
     if args[:1] == ["-m"]:
         module, rest = args[1], args[2:]
         assert _is_module(module), f"`{command}`: no module {module}"
-        run_with = lambda argv: _run_in_process(lambda: runpy.run_module(module, run_name="__main__",  # noqa: E731
-                                                                         alter_sys=True), argv)
+
+        def main():
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
         script, rest = REPO / args[0], args[1:]
         assert script.is_file(), f"`{command}`: {args[0]} does not exist"
-        run_with = lambda argv: _run_in_process(lambda: runpy.run_path(str(script), run_name="__main__"), argv)  # noqa: E731
+
+        def main():
+            runpy.run_path(str(script), run_name="__main__")
     _check_paths(command, rest)
-    _check_flags(command, rest, _help(run_with, rest))
+    _check_flags(command, rest, _help(lambda argv: _run_in_process(main, argv), rest))
 
 
 def _check_dvc(command: str, args: list[str]) -> None:
