@@ -15,7 +15,8 @@ from pathlib import Path
 from .config import budget_text, dense_budget_text
 from ..errors import UserError
 from .profiles import PROFILES, enabled_profiles
-from .report import gain_span, metric_text, share_text, write_table
+from .report import metric_text, share_text, write_table
+from .results import gain_span
 
 STUDENTS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 
