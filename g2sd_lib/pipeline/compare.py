@@ -16,8 +16,8 @@ from pathlib import Path
 from .config import budget_text, dense_budget_text
 from ..errors import UserError
 from .profiles import PROFILES, enabled_profiles
-from .report import (METHODS, PAPER, STILL_LEARNING, claims_rows, dense_claims_rows, gain_span, metric_text,
-                     share_text, write_table)
+from .report import METHODS, PAPER, claims_rows, dense_claims_rows, metric_text, share_text, write_table
+from .results import STILL_LEARNING, gain_span
 
 STUDENTS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 
@@ -89,14 +89,14 @@ README_END = "<!-- results:end -->"
 
 
 def _still_learning(classification: dict) -> bool:
-    """Whether any student's validation top-1 rose by :data:`report.STILL_LEARNING` or more in its last epoch."""
+    """Whether any student's validation top-1 rose by :data:`results.STILL_LEARNING` or more in its last epoch."""
     return any(g is not None and g >= STILL_LEARNING for g in classification.get("last_epoch_gain", {}).values())
 
 
 def headline_row(profile: str, s: dict) -> dict:
     """The README's row of one profile: budget, teacher, G2SD, the best baseline (test top-1 %, mean ±
     std over seeds), G2SD's share of its teacher, whether the students were still learning when they
-    stopped (a last-epoch validation gain of :data:`report.STILL_LEARNING` or more) and so whether the
+    stopped (a last-epoch validation gain of :data:`results.STILL_LEARNING` or more) and so whether the
     comparison tests the paper's claims about converged students or measures a head start."""
     c = s["classification"]
     students = c["students"]

@@ -20,8 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..device import machine
-from .results import (DENSE_METRICS, machines_text, mean_std, metrics_per_model, read_json,  # noqa: F401 (re-exported)
-                      summarize, summarize_dense, summarize_task, trained_on, write_history, write_json)
+from .results import (DENSE_METRICS, STILL_LEARNING, gain_span, learning_text, machines_text,  # noqa: F401 (re-exported)
+                      mean_std, metrics_per_model, read_json, summarize, summarize_dense, summarize_task, trained_on,
+                      write_history, write_json)
 
 # What the paper and its reference READMEs publish, with where each value comes from.
 PAPER = {
@@ -201,38 +202,6 @@ def dense_claims_rows(summary: dict) -> list[dict]:
             rows.append(_comparison_row(f"{task}: dense specific distillation helps after GD (G2SD > GD only)",
                                         students["g2sd"], students["gd_only"], spec["metric"]))
     return rows
-
-
-# A run whose validation metric still rose by this much (0.3 points) between its last two validations had
-# not converged: the project's test of convergence is that doubling the whole schedule moves it by less.
-STILL_LEARNING = 0.003
-
-
-def gain_span(gains: dict[str, float | None]) -> str | None:
-    """``+3.83 to +7.36 points``: the range of :func:`results.last_epoch_gains`, or None if none is known."""
-    known = [g for g in gains.values() if g is not None]
-    if not known:
-        return None
-    lo, hi = min(known), max(known)
-    return f"{100 * lo:+.2f}" + (f" to {100 * hi:+.2f}" if hi != lo else "") + " points"
-
-
-def learning_text(gains: dict[str, float | None], runs: str, metric: str) -> str:
-    """One sentence on what the last-epoch gains of a group of runs say about their convergence: runs
-    that still gained :data:`STILL_LEARNING` or more had not converged; smaller gains, under a learning
-    rate decayed to nearly 0, show nothing either way."""
-    span = gain_span(gains)
-    if span is None:
-        return f"No run among the {runs} was validated twice, so none shows whether it was still learning."
-    text = f"Between their last two validations the {runs}' {metric} changed by {span} (mean over seeds per run)"
-    known = [k for k, g in gains.items() if g is not None]
-    still = [k for k in known if gains[k] >= STILL_LEARNING]
-    if still:
-        who = "all" if len(still) == len(known) else ", ".join(still)
-        return (f"{text}: {who} still learning when stopped, so these comparisons are between runs that had "
-                "not converged.")
-    return (f"{text}: less than {100 * STILL_LEARNING:.1f} points, which a decayed learning rate gives anyway; "
-            "only doubling the schedule would show convergence.")
 
 
 def _card(bundled_file: str) -> str:

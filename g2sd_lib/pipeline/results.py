@@ -5,7 +5,7 @@ Three kinds of files carry the stages' numbers (declared in dvc.yaml), all writt
 * ``reports/<profile>/metrics/``: the few numbers per run a person compares between runs and
   experiments (``dvc metrics show``, ``dvc exp show``): :func:`metrics_per_model`;
 * ``reports/<profile>/plots/``: every training run's per-epoch history as CSV (``dvc plots show``):
-  :func:`write_history` (the run directory's own ``history.{json,csv}``: :func:`write_run_history`);
+  :func:`write_history` (the run directory's own ``history.{json,csv}``: :func:`g2sd_lib.history.write_run_history`);
 * ``reports/<profile>/results/``: the detailed per-seed results the report stage renders its tables
   from, and ``summary.json``: :func:`summarize` (means and stds over seeds, shares of the teacher).
 
@@ -95,6 +95,38 @@ def last_epoch_gains(plots, metric: str) -> dict[str, float | None]:
                 per_seed.append(float(values.iloc[-1] - values.iloc[-2]))
         gains[run.name] = statistics.fmean(per_seed) if per_seed else None
     return gains
+
+
+# A run whose validation metric still rose by this much (0.3 points) between its last two validations had
+# not converged: the project's test of convergence is that doubling the whole schedule moves it by less.
+STILL_LEARNING = 0.003
+
+
+def gain_span(gains: dict[str, float | None]) -> str | None:
+    """``+3.83 to +7.36 points``: the range of :func:`last_epoch_gains`, or None if none is known."""
+    known = [g for g in gains.values() if g is not None]
+    if not known:
+        return None
+    lo, hi = min(known), max(known)
+    return f"{100 * lo:+.2f}" + (f" to {100 * hi:+.2f}" if hi != lo else "") + " points"
+
+
+def learning_text(gains: dict[str, float | None], runs: str, metric: str) -> str:
+    """One sentence on what the last-epoch gains of a group of runs say about their convergence: runs
+    that still gained :data:`STILL_LEARNING` or more had not converged; smaller gains, under a learning
+    rate decayed to nearly 0, show nothing either way."""
+    span = gain_span(gains)
+    if span is None:
+        return f"No run among the {runs} was validated twice, so none shows whether it was still learning."
+    text = f"Between their last two validations the {runs}' {metric} changed by {span} (mean over seeds per run)"
+    known = [k for k, g in gains.items() if g is not None]
+    still = [k for k in known if gains[k] >= STILL_LEARNING]
+    if still:
+        who = "all" if len(still) == len(known) else ", ".join(still)
+        return (f"{text}: {who} still learning when stopped, so these comparisons are between runs that had "
+                "not converged.")
+    return (f"{text}: less than {100 * STILL_LEARNING:.1f} points, which a decayed learning rate gives anyway; "
+            "only doubling the schedule would show convergence.")
 
 
 def trained_on(model_path) -> str:
