@@ -7,11 +7,11 @@
    were *visible* to the teacher, so the "generic knowledge about removed patches" becomes a copy of
    seen ones for them; one shared noise tensor makes the two masks identical.
 3. Masked patches only vs all tokens (``supervise_all``), on the trained GD student of the pipeline
-   (``stage_runs``) against its own teacher: its loss on the masked patches is *lower* than on all
-   tokens and than on the visible patches. The masked patches are not the hard half: a masked token's
-   target is the shared mask token and its position, mixed with the context by the first decoder
-   blocks, while a visible token's target carries that patch's detail from the teacher's wide
-   encoder. Masked-only supervision would drop the tokens the student predicts worst.
+   (``stage_runs``) against its own teacher: the loss on the masked patches is about that on all
+   tokens, and *lower* than on the visible patches. The masked patches are not the hard half: a
+   masked token's target is the shared mask token and its position, mixed with the context by the
+   first decoder blocks, while a visible token's target carries that patch's detail from the
+   teacher's wide encoder. Masked-only supervision would drop the tokens the student predicts worst.
 """
 
 import torch
@@ -69,7 +69,7 @@ def main():
     r = analysis.alignment_correlation(al["pred"], al["target"], mask)
     print(f"3. trained GD student ({root}), loss on the masked patches {loss['masked']:.3f}, visible patches "
           f"{loss['visible']:.3f}, all tokens {loss['all']:.3f}; r masked {r['masked']:.3f}, visible {r['visible']:.3f}")
-    assert loss["masked"] < loss["all"] and loss["masked"] < loss["visible"]
+    assert loss["masked"] < loss["visible"]
     print("stage 02 solutions: OK")
 
 
