@@ -4,9 +4,10 @@
    has zero soft-KD loss but a positive hard loss, which keeps pushing it to be *more* confident
    than the teacher, towards the teacher's decision; and on a mixup batch (images mixed 60/40) the
    teacher's argmax is, for most pairs, its class for the dominant image.
-2. ``loss_type: nkd`` (normalised KD): with the teacher's own logits as student, NKD is the
-   teacher's (negative) target-class confidence plus the entropy of its non-target classes, not 0:
-   it weighs the target class by the teacher's confidence, and the non-target classes separately.
+2. ``loss_type: nkd`` (normalised KD): with the teacher's own logits as student, NKD is
+   ``-mean(p_y log p_y)`` (p_y the teacher's target-class confidence) plus the entropy of its
+   renormalised non-target classes, not 0: it weighs the target class by the teacher's confidence,
+   and matches the non-target classes separately.
 3. The distillation token of the trained G2SD student (``stage_runs``): appended *last*, after the
    position embeddings (which cover cls + L patches only); the features have 1 + L + 1 tokens, the
    training forward returns two logits, the eval forward their average.
@@ -38,8 +39,14 @@ def main():
 
     nkd = losses.nkd_loss(z, z, y).item()
     conf = F.softmax(z, -1).gather(1, y[:, None]).squeeze(1)
-    print(f"2. NKD of the teacher with itself: {nkd:.4f}; its mean target-class confidence {conf.mean():.3f}")
-    assert nkd != 0.0
+    p = F.softmax(z, -1)
+    others = p.masked_fill(F.one_hot(y, 10).bool(), 0.0)
+    others = others / others.sum(1, keepdim=True)  # the non-target classes, renormalised
+    entropy = -(others * others.clamp_min(1e-30).log()).sum(1).mean()
+    expected = -(conf * conf.log()).mean() + entropy  # gamma = tau = 1
+    print(f"2. NKD of the teacher with itself: {nkd:.4f} = its target-class term {-(conf * conf.log()).mean():.4f} "
+          f"+ the entropy of its non-target classes {entropy:.4f}; mean target-class confidence {conf.mean():.3f}")
+    assert nkd > 0.1 and abs(nkd - expected.item()) < 1e-3
 
     student = trained_student("g2sd")
     with torch.no_grad():
