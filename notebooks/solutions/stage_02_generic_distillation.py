@@ -54,7 +54,8 @@ def main():
     assert 0.2 < seen < 0.3 and torch.equal(same_mask, mask)
 
     root = runs_dir()
-    task = checkpoints.read_state_dict(root / "pretrain" / "gd" / "model.safetensors")[1]["train_config"]["run_config"]["task"]
+    sidecar = checkpoints.read_state_dict(root / "pretrain" / "gd" / "model.safetensors")[1]
+    task = sidecar["train_config"]["run_config"]["task"]  # the run's own target block and mask ratio
     gd_teacher, student = run_teacher("gd-teacher"), gd_student()
     noise = gd_teacher.random_noise(len(x), generator=torch.Generator().manual_seed(0))
     al = analysis.gd_alignment(gd_teacher, student, x, task["target_block"], task["mask_ratio"], noise)
@@ -68,7 +69,8 @@ def main():
             "all": losses.gd_loss(al["pred"], h_t, beta=beta).item()}
     r = analysis.alignment_correlation(al["pred"], al["target"], mask)
     print(f"3. trained GD student ({root}), loss on the masked patches {loss['masked']:.3f}, visible patches "
-          f"{loss['visible']:.3f}, all tokens {loss['all']:.3f}; r masked {r['masked']:.3f}, visible {r['visible']:.3f}")
+          f"{loss['visible']:.3f}, all tokens {loss['all']:.3f}; r masked {r['masked']:.3f}, "
+          f"visible {r['visible']:.3f}")
     assert loss["masked"] < loss["visible"]
     print("stage 02 solutions: OK")
 
