@@ -43,6 +43,19 @@ def gd_alignment(teacher, student, x: torch.Tensor, target_block: int, mask_rati
     return {"pred": out["decoder"], "target": target, "mask": out["mask"]}
 
 
+def alignment_correlation(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Pearson r of predicted and target features over every element of a token group.
+
+    pred, target (B, 1 + L, D), as from ``gd_alignment``; mask (B, L), 1 = removed. Groups:
+    ``visible`` and ``masked`` patch tokens, and ``all`` tokens (cls included), pooled over the batch.
+    """
+    m = mask.bool()
+    groups = {"visible": (pred[:, 1:][~m], target[:, 1:][~m]), "masked": (pred[:, 1:][m], target[:, 1:][m]),
+              "all": (pred, target)}
+    return {name: torch.corrcoef(torch.stack([p.flatten().double(), t.flatten().double()]))[0, 1].item()
+            if p.numel() > 1 else float("nan") for name, (p, t) in groups.items()}
+
+
 @torch.no_grad()
 def capture_outputs(model: nn.Module, modules, x: torch.Tensor, keep=lambda output: output) -> list:
     """``keep(output)`` of each of ``modules`` (in call order) during one ``model(x)`` in eval mode.
@@ -118,3 +131,33 @@ def attention_similarity(teacher: torch.Tensor, student: torch.Tensor) -> list[f
     t, s = t - t.mean(-1, keepdim=True), s - s.mean(-1, keepdim=True)
     return [nn.functional.cosine_similarity(t[round((b + 1) * depth_t / depth_s) - 1], s[b], dim=-1).mean().item()
             for b in range(depth_s)]
+
+
+def background_patches(images: torch.Tensor, patch_size: int, threshold: float = 0.05) -> torch.Tensor:
+    """Which patches are background: (B, gh, gw) bool, True where the patch's mean intensity is below
+    ``threshold``. ``images`` (B, C, H, W) in [0, 1], before normalisation (Fashion-MNIST's
+    background is 0)."""
+    p = patch_size
+    return images.float().mean(1).unfold(1, p, p).unfold(2, p, p).mean((-1, -2)) < threshold
+
+
+def attention_on_background(attention: torch.Tensor, background: torch.Tensor) -> list[dict]:
+    """Per block, where a head-mean attention map puts its weight: ``mass`` the share of the map's
+    patch attention on background patches, ``brightest`` the share of images whose brightest patch
+    is background, ``corner`` the share whose brightest patch is a grid corner, ``chance`` the
+    background's share of the patches (what ``mass`` and ``brightest`` are for a map blind to the image).
+
+    attention (depth, B, heads, gh, gw) from ``figures.cls_attention``; background (B, gh, gw) bool.
+    """
+    gh, gw = background.shape[-2:]
+    corner = torch.zeros(gh, gw, dtype=torch.bool)
+    corner[0, 0] = corner[0, -1] = corner[-1, 0] = corner[-1, -1] = True
+    bg = background.flatten(1)
+    out = []
+    for maps in attention.double().mean(2).flatten(2):  # (B, L) per block
+        top = maps.argmax(1)
+        out.append({"mass": ((maps * bg).sum(1) / maps.sum(1)).mean().item(),
+                    "brightest": bg.gather(1, top[:, None]).double().mean().item(),
+                    "corner": corner.flatten()[top].double().mean().item(),
+                    "chance": bg.double().mean().item()})
+    return out

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from .analysis import capture_outputs
+from .analysis import alignment_correlation, capture_outputs
 
 
 @torch.no_grad()
@@ -70,21 +70,30 @@ def _overlay_row(fig, axes, image: torch.Tensor, maps: list[torch.Tensor], title
     fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.02).ax.tick_params(labelsize=6)
 
 
-def plot_attention_comparison(images: torch.Tensor, attentions: dict[str, torch.Tensor], block: int = -1,
+def middle_block(depth: int) -> int:
+    """The 0-based index of a model's middle block: block ``(depth + 1) // 2`` of ``depth``, 1-based."""
+    return (depth - 1) // 2
+
+
+def plot_attention_comparison(images: torch.Tensor, attentions: dict[str, torch.Tensor], block: int | str = -1,
                               token: str = "CLS"):
     """One row per image: the image, then per model the head-mean attention of ``block`` over the image.
 
-    ``attentions``: model name -> (depth, B, heads, gh, gw) from ``cls_attention``. Each row has one
-    colour scale, shared by the models (so a brighter map is a more peaked one), and a colorbar.
+    ``attentions``: model name -> (depth, B, heads, gh, gw) from ``cls_attention``. ``block``: an index
+    into every model's blocks, or ``"middle"`` for each model's ``middle_block`` (models of different
+    depths). Each row has one colour scale, shared by the models (so a brighter map is a more peaked
+    one), and a colorbar.
     """
     names = list(attentions)
+    index = {n: middle_block(len(attentions[n])) if block == "middle" else block for n in names}
+    titles = [f"{n} (block {index[n] + 1})" if block == "middle" else n for n in names]
     fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(1.7 * (1 + len(names)) + 0.6, 1.6 * len(images)),
                              squeeze=False, layout="constrained")
     for i, img in enumerate(images):
         _show(axes[i, 0], _gray(img), "image" if i == 0 else None)
-        _overlay_row(fig, axes[i, 1:], img, [attentions[n][block, i].mean(0) for n in names],
-                     names if i == 0 else [None] * len(names))
-    which = "last block" if block == -1 else f"block {block + 1 if block >= 0 else block}"
+        _overlay_row(fig, axes[i, 1:], img, [attentions[n][index[n], i].mean(0) for n in names],
+                     titles if i == 0 else [None] * len(names))
+    which = {-1: "last block", "middle": "middle block"}.get(block) or f"block {block + 1 if block >= 0 else block}"
     fig.suptitle(f"{token}-to-patch attention, {which}, mean over heads (one colour scale per row)", fontsize=9)
     return fig
 
@@ -117,30 +126,56 @@ def plot_reconstructions(images: torch.Tensor, masked: torch.Tensor, recon: torc
     return fig
 
 
+FEW_POINTS = 5  # a curve with fewer epochs than this is drawn as marked, labelled points
+
+
+def _draw_series(ax, pts, colour, label, style: int = 0):
+    """One run's series of (epoch, value): a line when it has ``FEW_POINTS`` or more, else points
+    with their values written beside them (a line through two points suggests a trend it cannot show)."""
+    xs, ys = zip(*pts)
+    if len(pts) >= FEW_POINTS:
+        ax.plot(xs, ys, ls=("-", "--", ":", "-.")[style % 4], lw=1.5 if style == 0 else 1, color=colour,
+                marker="o" if style == 0 else None, ms=3, label=label)
+        return
+    ax.plot(xs, ys, ls="none", marker="osD^v"[style % 5], ms=5 if style == 0 else 4, color=colour,
+            mfc=colour if style == 0 else "none", label=label)
+    for x, y in pts:
+        ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
+
+
 def plot_curves(histories: dict[str, list[dict]], keys: list[str], title: str = "", components: bool = True):
     """One panel per metric key, one colour per run, so several runs overlay; ``histories`` as
     written by the engine. With ``components``, the ``train_loss`` panel also draws each run's loss
-    terms (the other ``train_*`` keys, e.g. ``train_label`` and ``train_distill``) dashed."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    terms (the other ``train_*`` keys, e.g. ``train_label`` and ``train_distill``) in a lighter style.
+
+    A series of fewer than ``FEW_POINTS`` epochs is drawn as points labelled with their values; the
+    legends sit below the panels, outside the data.
+    """
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         for i, (name, hist) in enumerate(histories.items()):
             colour = f"C{i % 10}"
             pts = [(r["epoch"], r[key]) for r in hist if key in r]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, color=colour, label=name)
+                _draw_series(ax, pts, colour, name)
             parts = sorted({k for r in hist for k in r if k.startswith("train_") and k != "train_loss"})
             for j, part in enumerate(parts if components and key == "train_loss" else []):
-                pts = [(r["epoch"], r[part]) for r in hist if part in r]
-                ax.plot(*zip(*pts), ls=("--", ":", "-.")[j % 3], color=colour, lw=1,
-                        label=f"{name}: {part.removeprefix('train_')}")
+                _draw_series(ax, [(r["epoch"], r[part]) for r in hist if part in r], colour,
+                             f"{name}: {part.removeprefix('train_')}", style=j + 1)
+        epochs = sorted({r["epoch"] for hist in histories.values() for r in hist})
+        if 0 < len(epochs) < FEW_POINTS:
+            ax.set_xticks(epochs)
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+            ax.margins(y=0.2)
         ax.set_xlabel("epoch")
         ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(handles, labels, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                      ncol=min(3, len(handles)), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -157,10 +192,10 @@ def plot_feature_alignment(pred: torch.Tensor, target: torch.Tensor, mask: torch
                              layout="constrained")
     ax = axes[0, 0]
     m = mask.bool()
+    r = alignment_correlation(pred[None], target[None], mask[None])
     for sel, label, colour in ((~m, "visible", "C0"), (m, "masked", "C3")):
         t, p = target[1:][sel].flatten(), pred[1:][sel].flatten()
-        r = torch.corrcoef(torch.stack([t, p]))[0, 1].item() if t.numel() > 1 else float("nan")
-        ax.scatter(t, p, s=1, alpha=0.3, color=colour, label=f"{label} (r = {r:.2f})")
+        ax.scatter(t, p, s=1, alpha=0.3, color=colour, label=f"{label} (r = {r[label]:.2f})")
     lo = float(min(target[1:].min(), pred[1:].min()))
     hi = float(max(target[1:].max(), pred[1:].max()))
     ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--", label="y = x")

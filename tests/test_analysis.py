@@ -90,3 +90,53 @@ def test_detection_labels_do_not_overlap():
         extents = [t.get_window_extent() for t in ax.texts]
         assert len(extents) == 3
         assert not any(a.overlaps(b) for i, a in enumerate(extents) for b in extents[i + 1:])
+
+
+def test_curves_of_few_epochs_are_labelled_points_with_the_legend_outside_the_data():
+    import matplotlib
+    matplotlib.use("Agg")
+    short = [{"epoch": e, "train_loss": 1 / e, "train_label": 0.6 / e, "val_top1": 0.5 + e / 10} for e in (1, 2)]
+    fig = figures.plot_curves({"seed 0": short}, ["train_loss", "val_top1"])
+    loss_ax, top1_ax = fig.axes[:2]
+    assert all(line.get_linestyle() == "None" and line.get_marker() not in (None, "None") for line in loss_ax.lines)
+    assert sorted(t.get_text() for t in top1_ax.texts) == ["0.6", "0.7"]  # each point's value written beside it
+    assert len(loss_ax.texts) == 4  # the loss and its label term, two epochs each
+    fig.canvas.draw()
+    for ax in (loss_ax, top1_ax):
+        assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0  # below the panel
+    long = [{"epoch": e, "train_loss": 1 / e} for e in range(1, figures.FEW_POINTS + 1)]
+    ax = figures.plot_curves({"run": long}, ["train_loss"]).axes[0]
+    assert ax.lines[0].get_linestyle() == "-" and not ax.texts
+
+
+def test_alignment_correlation_per_token_group():
+    torch.manual_seed(0)
+    target = torch.randn(2, 17, 8)
+    mask = torch.zeros(2, 16)
+    mask[:, :12] = 1
+    pred = target.clone()
+    pred[:, 1:][~mask.bool()] = torch.randn(8, 8)  # visible patches unrelated, masked ones exact
+    r = analysis.alignment_correlation(pred, target, mask)
+    assert r["masked"] == pytest.approx(1.0) and abs(r["visible"]) < 0.5 and r["visible"] < r["all"] < 1
+
+
+def test_attention_on_background_and_the_middle_block():
+    import matplotlib
+    matplotlib.use("Agg")
+    images = torch.zeros(2, 1, 28, 28)
+    images[:, :, 7:21, 7:21] = 1.0  # the item: the 2 x 2 centre patches of a 4 x 4 grid
+    background = analysis.background_patches(images, 7)
+    assert background.shape == (2, 4, 4) and int((~background).sum()) == 2 * 4
+    corner_peak = torch.full((2, 2, 1, 4, 4), 0.01)  # depth 2, B 2, one head
+    corner_peak[:, :, :, 0, 0] = 0.5
+    where = analysis.attention_on_background(corner_peak, background)
+    assert len(where) == 2 and where[0]["brightest"] == 1.0 and where[0]["corner"] == 1.0
+    assert where[0]["chance"] == pytest.approx(12 / 16) and where[0]["mass"] > where[0]["chance"]
+    item_peak = torch.full((2, 2, 1, 4, 4), 0.01)
+    item_peak[..., 1:3, 1:3] = 0.2
+    assert analysis.attention_on_background(item_peak, background)[0]["brightest"] == 0.0
+    assert figures.middle_block(6) == 2 and figures.middle_block(2) == 0 and figures.middle_block(12) == 5
+    model = create_classifier("vit_smokesmall_patch7", "distilled", 10)
+    att = {"a": figures.cls_attention(model, images)}
+    fig = figures.plot_attention_comparison(images, att, block="middle")
+    assert "middle block" in fig._suptitle.get_text() and fig.axes[1].get_title() == "a (block 1)"
