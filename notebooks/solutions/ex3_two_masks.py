@@ -5,10 +5,12 @@ G2SD gives both models one noise tensor, hence one mask. Here a subclass of
 for the same budget and are then measured on the same held-out images, each under the masking it
 was trained with, and the two-mask student also under a shared mask.
 
-What to expect: with two masks the loss stays clearly higher (the teacher's features for a
-removed patch come from patches the student may not have seen: part of the target is
-unpredictable), and that student is also worse than the shared-mask one when both see the same
-mask, since it learnt to hedge.
+What to expect, and what it asserts: with two masks the held-out loss stays higher than with one
+shared mask (the teacher's features for a removed patch come from patches the student may not have
+seen: part of the target is unpredictable), and that student is also worse than the shared-mask
+one when both see the same mask, since it learnt to hedge. The gap needs some training to show:
+measured at 2048 images and one epoch, 0.2465 and 0.2438 against 0.2376 (about 3 % apart); after
+the 8 steps of 256 images the three are equal to 0.001.
 """
 
 import torch
@@ -56,7 +58,9 @@ def main():
     print("\nheld-out GD loss:")
     for name, value in results.items():
         print(f"  {name:40s} {value:.4f}")
-    return results
+    one = results["one shared mask, tested with one mask"]
+    assert results["two masks, tested with two masks"] > 1.01 * one, results
+    assert results["two masks, tested with one mask"] > one, results
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def main():
     pixel_acc = float((masks == 0).double().mean())
     miou = mean_iou(torch.zeros_like(masks), masks, 11)
     print(f"1. all-background prediction: pixel accuracy {pixel_acc:.3f}, mIoU {miou:.3f}")
-    assert pixel_acc > 0.5 and miou < 0.2
+    assert 0.7 < pixel_acc < 0.85 and miou < 0.1  # the text's "about 0.76" and "about 0.07"
 
     targets = [{"boxes": b, "labels": l} for b, l in zip(c["boxes"], c["labels"])]
     exact = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.full((len(t["boxes"]),), 0.9)}
@@ -41,7 +41,8 @@ def main():
                                                           ("shifted by half a width", shifted))}
     for name, a in ap.items():
         print(f"2. {name}: AP {a['AP']:.3f}, AP50 {a['AP50']:.3f}")
-    assert ap["exact"]["AP"] == ap["scores x 0.1"]["AP"] and ap["shifted by half a width"]["AP50"] < ap["exact"]["AP50"]
+    assert ap["exact"]["AP"] == ap["scores x 0.1"]["AP"] and max(float(p["scores"].max()) for p in timid) < 0.5
+    assert ap["shifted by half a width"]["AP50"] < 0.02 and ap["shifted by half a width"]["AP"] < 0.02  # "about 0"
     print("stage 08 solutions: OK")
 
 
