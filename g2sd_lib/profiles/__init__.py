@@ -6,6 +6,8 @@ Each preset ``g2sd_lib/profiles/<name>.yaml`` is the configuration of its own co
 ``dvc.yaml`` runs every stage once per profile that ``params.yaml`` lists under ``profiles``, reading
 that profile's file, writing under ``runs/<name>/`` and ``reports/<name>/`` (:func:`output_dirs`), so
 the committed profiles' results live side by side and ``dvc status`` speaks for each.
+The profiles are the files: a name ``params.yaml`` lists without its file is refused
+(:func:`enabled_profiles`; ``python -m g2sd_lib.profiles check``, run by ``make repro`` first).
 ``python -m g2sd_lib.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list;
 ``python -m g2sd_lib.profiles run NAME NOTEBOOK OUTPUT [-p NAME VALUE]`` (every stage's command) executes a
 notebook with the profile's sections it declares (:func:`run_notebook`); ``NAME`` ``none`` passes no profile
