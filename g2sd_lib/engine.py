@@ -203,6 +203,7 @@ def _resume(run: _Run, cfg: "TrainConfig") -> None:
     # states saved before machines were recorded: their epochs' machine is unknown
     run.machines = state.get("machines") or ([["unknown", 1, run.start_epoch]] if run.start_epoch else [])
     if run.rank == 0:
+        note_saved(f"{run.state_path} (epoch {run.start_epoch}/{cfg.epochs})")
         print(f"resuming from {run.state_path} at epoch {run.start_epoch}/{cfg.epochs}")
 
 

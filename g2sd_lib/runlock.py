@@ -3,8 +3,8 @@
 Two runs writing into one directory (two ``make repro``, a notebook beside a pipeline stage) would
 both finish and leave one run's model with the other's history. :func:`locked` takes an exclusive
 ``fcntl.flock`` on ``<out_dir>/.lock`` and writes the holder into it (``{"pid", "command",
-"started"}``); a second run stops at once with a message naming them. The kernel releases a flock
-when its process dies, however it dies, so a lock left by a killed run (SIGKILL, a crash) is taken
+"started"}``); a second run stops at once with a message naming them. The operating system releases a
+flock when its process dies, however it dies, so a lock left by a killed run (SIGKILL, a crash) is taken
 over by the next run without a word from the user. The file is removed on release: a run directory
 is often a DVC output, which must hold only the run's files.
 """
@@ -12,12 +12,13 @@ is often a DVC output, which must hold only the run's files.
 import fcntl
 import json
 import os
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+import psutil
+
+from .errors import UserError, writing
 
 LOCK_NAME = ".lock"
 
@@ -68,10 +69,11 @@ def locked(out_dir):
         print(f"{path}: taking over the lock of process {before['pid']} ({before.get('command', '?')}), which "
               "is no longer running", flush=True)
     try:
-        body = {"pid": os.getpid(), "command": " ".join(sys.argv) or sys.executable,
+        body = {"pid": os.getpid(), "command": " ".join(psutil.Process().cmdline()),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(body).encode())
+        with writing(path):
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(body).encode())
         yield path
     finally:
         path.unlink(missing_ok=True)  # before the flock goes: a waiting run then locks a new file
