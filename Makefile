@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 # dvc runs the stages' `papermill` from the virtualenv
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data test repro benchmark clean-runs
+.PHONY: setup data test repro check-profiles benchmark clean-runs
 
 setup: $(STAMP)
 
@@ -48,7 +48,11 @@ ifneq ($(words $(P)) $(filter $(P),$(PROFILES)),1 $(P))
 $(error unknown profile '$(P)' (make repro P=...): choose one of $(PROFILES))
 endif
 endif
-repro: data
+# params.yaml's profiles too, by the library (whose list is the same files), before the data set-up
+check-profiles: setup
+	$(BIN)/python -m g2sd_lib.pipeline.profiles check $(P)
+
+repro: check-profiles data
 	$(BIN)/python -m g2sd_lib.fmnist verify --dest $(DATA)
 	$(BIN)/python -m g2sd_lib.pipeline.profiles enable $(P)
 	$(BIN)/python -m g2sd_lib.pipeline.repro $(P) $(if $(JOBS),--jobs $(JOBS)) --json runs/$(P)/repro_times.json

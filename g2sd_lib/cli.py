@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from .checkpoints import KINDS, ROLES, CheckpointError, CheckpointInfo, describe, read_state_dict, role_problem
+from .errors import run_main
 
 
 def format_count(n: int) -> str:
@@ -87,10 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``g2sd`` console script; returns the exit status."""
+    """The ``g2sd`` command on ``argv``; returns the exit status."""
     args = build_parser().parse_args(argv)
     return args.run(args)
 
 
+def console() -> None:
+    """Entry point of the ``g2sd`` console script: :func:`main` under :func:`g2sd_lib.errors.run_main`
+    (Ctrl-C ends with one line, exit 130)."""
+    run_main(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -8,7 +8,8 @@ and metrics in ``history.json`` / ``history.csv``. On CUDA the optimiser is fuse
 losses are read back every 25 steps; ``compile`` runs the step through ``torch.compile``
 (:mod:`g2sd_lib.device` holds these and their CPU fallbacks).
 
-``train`` = ``_setup`` (device, optimiser, output check, resume) + ``train_one_epoch`` per epoch
+``train`` = the run directory's lock (:mod:`g2sd_lib.runlock`: one run per ``out_dir``) around
+``_setup`` (device, optimiser, resume) + ``train_one_epoch`` per epoch
 (MAE's shape) + ``_end_epoch`` (validation, history, ``last.pt``).
 
 Randomness (masking noise, mixup, drop path, data order) is re-seeded at every epoch start from
@@ -33,9 +34,10 @@ from tqdm.auto import tqdm
 from .checkpoints import load_training_state, save_model, save_training_state
 from .device import (AMP_MODES, COMPILE_MODES, TEACHER_AMP_MODES, all_reduce_mean, autocast_dtype, compiled_loss,
                      host_sync_every, machine, read_back, resolve_device, world_info)
-from .errors import ResumeMismatchError, UserError, check_writable
+from .errors import ResumeMismatchError, UserError, check_writable, note_saved
 from .optim import lr_at, scaled_lr, set_lr
 from .history import write_run_history
+from .runlock import locked
 
 
 @dataclass
@@ -150,14 +152,12 @@ class _Run:
 
 
 def _setup(task, loader, cfg: "TrainConfig") -> _Run:
-    """Device, optimiser, scaler and DDP wrapper of a run; the output directory is checked writable
-    here, before the first epoch, and a ``last.pt`` there is resumed from."""
+    """Device, optimiser, scaler and DDP wrapper of a run; a ``last.pt`` in the output directory is
+    resumed from."""
     rank, world = world_info()
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
     amp_dtype = autocast_dtype(cfg.amp, device)
     out_dir = Path(cfg.out_dir)
-    if rank == 0:
-        check_writable(out_dir)
     model = task.model.to(device)
     if getattr(task, "teacher", None) is not None:
         task.teacher.to(device)
@@ -203,6 +203,7 @@ def _resume(run: _Run, cfg: "TrainConfig") -> None:
     # states saved before machines were recorded: their epochs' machine is unknown
     run.machines = state.get("machines") or ([["unknown", 1, run.start_epoch]] if run.start_epoch else [])
     if run.rank == 0:
+        note_saved(f"{run.state_path} (epoch {run.start_epoch}/{cfg.epochs})")
         print(f"resuming from {run.state_path} at epoch {run.start_epoch}/{cfg.epochs}")
 
 
@@ -287,6 +288,7 @@ def _end_epoch(run: _Run, row: dict, cfg: "TrainConfig", evaluate) -> None:
                                 scaler=run.scaler.state_dict() if run.scaler is not None else {},
                                 epoch=epoch, history=run.history, config=_plain(asdict(cfg)),
                                 run_config=_plain(cfg.run_config), world_size=run.world, machines=run.machines)
+            note_saved(f"{run.state_path} (epoch {epoch}/{cfg.epochs})")
         summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
         print(f"epoch {epoch}/{cfg.epochs}: {summary}", flush=True)
     if run.world > 1:
@@ -299,18 +301,20 @@ def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
     ``loader`` yields batches (tuples of tensors) and may have ``set_epoch``; ``evaluate(model)``
     returns a dict of metrics (rank 0). Writes to ``cfg.out_dir``: ``last.pt`` (training state,
     every ``save_every`` epochs; resumed from when present and made by the same configuration),
-    ``history.{json,csv}`` and, at the end, ``model.safetensors`` + sidecar.
+    ``history.{json,csv}`` and, at the end, ``model.safetensors`` + sidecar. The directory is checked
+    writable and locked (rank 0) before anything else: a second run into it stops at once.
     """
     cfg.validate()
-    run = _setup(task, loader, cfg)
-    for epoch in range(run.start_epoch, cfg.epochs):
-        _end_epoch(run, train_one_epoch(task, run, loader, cfg, epoch), cfg, evaluate)
-    if run.rank == 0:
-        save_model(run.model, run.out_dir / "model.safetensors",
-                   extra={"history": run.history[-1] if run.history else {}, "train_config": _plain(asdict(cfg)),
-                          "machine": _machines_text(run.machines) or machine()})
-    if run.world > 1:
-        dist.barrier()
+    with locked(check_writable(cfg.out_dir)) if world_info()[0] == 0 else nullcontext():
+        run = _setup(task, loader, cfg)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            _end_epoch(run, train_one_epoch(task, run, loader, cfg, epoch), cfg, evaluate)
+        if run.rank == 0:
+            save_model(run.model, run.out_dir / "model.safetensors",
+                       extra={"history": run.history[-1] if run.history else {}, "train_config": _plain(asdict(cfg)),
+                              "machine": _machines_text(run.machines) or machine()})
+        if run.world > 1:
+            dist.barrier()
     return run.history
 
 

@@ -6,11 +6,18 @@ already says what is wrong and the fix, so the command-line entry points print i
 and exit with status 2 instead of dumping a traceback, and in a notebook (IPython kernel,
 papermill included) the failing cell shows that paragraph alone; the cell still fails. ``--debug``
 or ``G2SD_DEBUG=1`` shows the traceback too.
+
+Ctrl-C (SIGINT) and SIGTERM are not errors either: :func:`run_main` ends the command with one line
+saying what was saved (:func:`note_saved`) and that running it again resumes, ends the command's
+child processes, and exits 130 / 143 as a shell does for those signals.
 """
 
+import difflib
 import errno
 import os
+import signal
 import sys
+import threading
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,15 +54,66 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UserError,)
 
 
+def close_match(word, choices) -> str | None:
+    """The choice closest to a misspelt ``word`` (difflib, ratio >= 0.6), for a did-you-mean; None if none is."""
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
 def debug_enabled(argv=()) -> bool:
     return "--debug" in argv or os.environ.get("G2SD_DEBUG", "") not in ("", "0")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a time limit, ``kill``), raised where the program is so that it unwinds as for Ctrl-C."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+_saved: list[str] = []  # what the command has saved so far, for the line an interrupt prints
+
+
+def note_saved(what: str) -> None:
+    """Record that ``what`` (e.g. ``runs/x/last.pt (epoch 2/5)``) is saved: an interrupt's line names it."""
+    _saved[:] = [what]
+
+
+def _end_children(timeout: float = 10.0) -> None:
+    """SIGTERM to every process this one started (a notebook kernel, training runs), SIGKILL to those
+    still alive after ``timeout`` seconds."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    for child in psutil.wait_procs(children, timeout=timeout)[1]:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def interrupted_line(err: KeyboardInterrupt) -> tuple[str, int]:
+    """``(the line, exit status)`` of a command stopped by Ctrl-C (130) or SIGTERM (143)."""
+    how, code = ("SIGTERM", 143) if isinstance(err, Terminated) else ("Ctrl-C", 130)
+    saved = (f"the last save, {_saved[-1]}, is kept" if _saved else
+             "every completed epoch (each run's last.pt) and finished stage is kept")
+    return f"stopped by {how}: {saved}; run the same command again to resume from there", code
+
+
 def run_main(main, argv=None) -> None:
-    """Call ``main(argv)``; print a user error as one paragraph and exit 2 (traceback with ``--debug``)."""
+    """Call ``main(argv)``; print a user error as one paragraph and exit 2 (traceback with ``--debug``);
+    Ctrl-C or SIGTERM: end the child processes, one line (:func:`interrupted_line`), exit 130 / 143."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(argv)
     argv = [a for a in argv if a != "--debug"]
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = (signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _terminated)) if main_thread else None
     try:
         code = main(argv)
     except user_errors() as e:
@@ -65,6 +123,20 @@ def run_main(main, argv=None) -> None:
         if not debug:
             print("(run with --debug or G2SD_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        if main_thread:  # a second Ctrl-C or SIGTERM must not cut the clean-up short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _end_children()
+        if debug:
+            traceback.print_exc()
+        line, code = interrupted_line(e)
+        print(line, file=sys.stderr)
+        sys.exit(code)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
     sys.exit(code or 0)
 
 

@@ -227,13 +227,51 @@ def test_unreadable_files(tmp_path, damage):
     with pytest.raises(ck.CheckpointError, match="bad") as err:
         ck.read_state_dict(path)
     assert "\n" not in str(err.value)
-    # only a real pickle with a disallowed class is called unsafe; damaged bytes are called corrupt
-    assert ("weights_only=False" in str(err.value)) == (damage == "unsafe")
+    # only a real pickle with a disallowed class is refused as code; damaged bytes are called corrupt; no
+    # message advises turning the safe loader off
+    assert ("refused: it would run code (GLOBAL fractions.Fraction)" in str(err.value)) == (damage == "unsafe")
+    assert "weights_only=False" not in str(err.value)
     if damage in ("truncated", "random-pickle-bytes"):
         assert "corrupt" in str(err.value)
     if damage != "missing":
         assert err.value.__cause__ is not None or damage in ("empty", "text", "truncated", "directory", "no-tensors")
 
+
+class _Bomb:
+    """Unpickling it would create ``marker``: a checkpoint that runs code when loaded unsafely."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("layout", ["torch.save", "plain pickle"])
+def test_a_pickle_bomb_is_refused_as_code_and_runs_nothing(tmp_path, layout, capsys):
+    """Read as teacher, init or by `g2sd inspect-checkpoint`, a file whose unpickling would call a
+    function is named as such (the function's GLOBAL), never with advice to turn the safe loader off."""
+    import pickle
+
+    from g2sd_lib.cli import main
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "bomb.pth"
+    if layout == "torch.save":
+        torch.save({"model": LAYOUTS["mae-full"][1], "extra": _Bomb(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps({"model": _Bomb(marker)}, protocol=2))
+    assert not marker.exists()
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.read_state_dict(path)
+    model = create_classifier("vit_smokesmall_patch7", "avg", 10)
+    with pytest.raises(ck.CheckpointError, match="refused: it would run code"):
+        ck.load_encoder(model, path)
+    assert main(["inspect-checkpoint", str(path)]) == 2
+    shown = capsys.readouterr().err
+    for message in (str(err.value), shown):
+        assert f"{path} refused: it would run code (GLOBAL {os.mkdir.__module__}.mkdir)" in message
+        assert "weights_only" not in message and "corrupt" not in message
+    assert not marker.exists()  # no code ran
 
 
 def test_save_and_load_saved_model(tmp_path):
@@ -256,8 +294,9 @@ def test_save_and_load_saved_model(tmp_path):
 def test_sha256_mismatch_refused(tmp_path):
     path = tmp_path / "m.safetensors"
     ck.save_model(LAYOUTS["mae-full"][0], path)
-    with pytest.raises(ck.CheckpointError, match="sha256"):
+    with pytest.raises(ck.CheckpointError, match="sha256") as err:
         ck.load_saved_model(path, expected_sha256="0" * 64)
+    assert f"`dvc checkout {path}` for a pipeline output, `git checkout -- {path}`" in str(err.value)  # restores it
     sidecar = path.with_suffix(".json")
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "sha256": "f" * 64}))
     with pytest.raises(ck.CheckpointError, match="sidecar"):
@@ -265,6 +304,16 @@ def test_sha256_mismatch_refused(tmp_path):
     sidecar.unlink()
     with pytest.raises(ck.CheckpointError, match="no sidecar"):
         ck.load_saved_model(path)
+
+
+def test_a_missing_sidecar_is_a_warning_naming_what_is_skipped(tmp_path):
+    path = tmp_path / "m.safetensors"
+    ck.save_model(LAYOUTS["mae-full"][0], path)
+    path.with_suffix(".json").unlink()
+    with pytest.warns(UserWarning, match=rf"{path} has no sidecar m.json: its sha256 is not checked and its "
+                      "architecture is from its header"):
+        model, _ = ck.load_model(path, "gd-teacher")
+    _assert_same_outputs(model, LAYOUTS["mae-full"][0])
 
 
 def test_save_model_argument_checks(tmp_path):

@@ -278,8 +278,12 @@ def test_disk_full_is_named_and_leaves_no_partial_history(tmp_path, monkeypatch,
 
     from g2sd_lib import engine
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    dumps = engine.json.dumps
+
+    def full(obj, *args, **kwargs):
+        if isinstance(obj, list):  # the history's rows (the run directory's lock is written before them)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return dumps(obj, *args, **kwargs)
 
     monkeypatch.setattr(engine.json, "dumps", full)
     with pytest.raises(OSError, match="disk full.*history.json"):

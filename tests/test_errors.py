@@ -64,3 +64,68 @@ def test_notebooks_show_the_message_alone_and_the_cell_fails(capsys):
     assert "Traceback" not in text and "----> " not in text
     result = shell.run_cell("1 / 0")  # not a user error: the usual traceback
     assert not result.success and "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_ctrl_c_and_sigterm_end_the_children_with_one_line_and_the_shells_status(capsys):
+    """Ctrl-C: exit 130, SIGTERM: 143 (as a shell reports them), one line saying that rerunning resumes,
+    and no process the command started is left running."""
+    import signal
+    import time
+
+    children = []
+
+    def interrupted(argv):
+        children.append(subprocess.Popen(["sleep", "60"]))
+        raise KeyboardInterrupt
+
+    def terminated(argv):
+        children.append(subprocess.Popen(["sleep", "60"]))
+        os.kill(os.getpid(), signal.SIGTERM)  # run_main's handler turns it into an exception here
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    for main, code, how in ((interrupted, 130, "Ctrl-C"), (terminated, 143, "SIGTERM")):
+        with pytest.raises(SystemExit) as e:
+            run_main(main, [])
+        err = capsys.readouterr().err
+        assert e.value.code == code and err.startswith(f"stopped by {how}: ") and err.count("\n") == 1, err
+        assert "run the same command again to resume" in err and "Traceback" not in err
+        assert children[-1].wait(timeout=15) is not None  # ended by run_main, not after its 60 s
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are given back
+
+
+def test_a_stopped_notebook_run_ends_its_kernel_quietly(tmp_path):
+    """`python -m g2sd_lib.pipeline.profiles run` (every stage's command) stopped mid-cell: one line and exit 130,
+    no ZMQError of a kernel shut down while busy, the kernel ended, its connection file removed."""
+    import signal
+    import time
+
+    import nbformat
+    import psutil
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    params = nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]})
+    nb.cells = [params, nbformat.v4.new_code_cell("import time\nprint('working', flush=True)\ntime.sleep(120)")]
+    nbformat.write(nb, tmp_path / "slow.ipynb")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)}
+    env.pop("G2SD_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.pipeline.profiles", "run", "none", "slow.ipynb", "out.ipynb"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    for line in proc.stdout:  # the cell is running once it prints
+        lines.append(line)
+        if "working" in line:
+            break
+    kernels = psutil.Process(proc.pid).children(recursive=True)
+    assert kernels, "".join(lines)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    out = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    assert out.splitlines()[-1].startswith("stopped by Ctrl-C: ") and "Traceback" not in out and "ZMQError" not in out
+    assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kernels)
+    assert not list(tmp.glob("*.json"))  # the kernel's connection file

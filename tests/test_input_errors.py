@@ -104,3 +104,52 @@ def test_bundling_before_the_teacher_was_trained_says_how_to_train_it(tmp_path):
     with pytest.raises(MissingInputError, match=r"dvc repro teacher@smoke"):
         bundle_teacher(profiles.load_profile("smoke"), tmp_path / "runs", tmp_path / "teachers")
     assert issubclass(MissingInputError, UserError) and issubclass(MissingInputError, FileNotFoundError)
+
+
+def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path, monkeypatch):
+    """YAML keeps the last of two equal keys without a word: a second out_dir trained into the other
+    directory. Every configuration loader (stage configurations, profiles, params.yaml) refuses it."""
+    cfg = tmp_path / "stage.yaml"
+    cfg.write_text(f"kind: finetune\nout_dir: {tmp_path / 'a'}\nmodel: vit_smokesmall_patch7\nout_dir: {tmp_path / 'b'}\n")
+    p = subprocess.run([sys.executable, "-m", "g2sd_lib.pipeline.stages", str(cfg)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"{cfg}: the key 'out_dir' is given twice in one mapping, on line 2 and line 4" in p.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # a profile: the nested key and its lines
+    lines = (profiles.HERE / "smoke.yaml").read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("    augment:"))
+    (tmp_path / "smoke.yaml").write_text("".join(lines[:at + 1] + lines[at:]))
+    monkeypatch.setattr(profiles, "HERE", tmp_path)
+    with pytest.raises(InputError, match=rf"smoke.yaml: the key 'augment' is given twice in one mapping, on line "
+                                         rf"{at + 1} and line {at + 2}; YAML would keep the second silently"):
+        profiles.load_profile("smoke")
+    params = tmp_path / "params.yaml"
+    params.write_text("profiles: [fmnist]\nprofiles: [gpu]\n")
+    with pytest.raises(InputError, match="the key 'profiles' is given twice in one mapping, on line 1 and line 2"):
+        profiles.enabled_profiles(params)
+
+
+def test_a_misspelt_model_name_gets_a_did_you_mean():
+    with pytest.raises(InputError, match="did you mean 'fmsmall'"):
+        create_mae("mae_vit_fmsmal_patch7_dec48d2b")
+    with pytest.raises(InputError, match="did you mean 'mae_vit_fmsmall_patch7_dec48d2b'"):
+        create_mae("mea_vit_fmsmall_patch7_dec48d2b")
+    params = profiles.load_profile("smoke")
+    params["students"]["scratch"]["model"] = "vit_smokesmal_patch7"
+    with pytest.raises(schema.ConfigError, match="students.scratch.model: not a model name .*did you mean "
+                                                 "'vit_smokesmall_patch7'"):
+        schema.validate_params(params)
+
+
+def test_a_missing_pipeline_output_or_sidecar_names_the_command_that_restores_it(tmp_path):
+    teacher = tmp_path / "runs" / "smoke" / "teacher" / "classifier.safetensors"
+    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}}
+    with pytest.raises(MissingInputError, match=rf"`dvc checkout {teacher}` restores it if its stage ran here before; "
+                                                "else the teacher stage writes it: `dvc repro teacher@smoke`"):
+        stages.build_task(cfg)
+    checkpoints.save_model(create_classifier("vit_smokesmall_patch7", num_classes=10), teacher)
+    teacher.with_suffix(".json").unlink()  # a pipeline stage refuses what a library call only warns about
+    with pytest.raises(MissingInputError, match=rf"has no sidecar {teacher.with_suffix('.json')} .*`dvc checkout "
+                                                rf"{teacher.with_suffix('.json')}` restores it"):
+        stages.build_task(cfg)

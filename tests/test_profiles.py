@@ -90,8 +90,8 @@ def test_a_misspelt_profile_is_named_with_the_choices_before_any_work(tmp_path, 
         profile_path("huge")
     with pytest.raises(SystemExit) as e:
         run_main(main, ["enable", "fmnst"])
-    assert e.value.code == 2 and ("unknown profile 'fmnst' (make repro P=...): choose one of smoke, fmnist, gpu, "
-                                  "paper") in capsys.readouterr().err
+    assert e.value.code == 2 and ("unknown profile 'fmnst' (make repro P=...): choose one of fmnist, gpu, paper, "
+                                  "smoke") in capsys.readouterr().err
     if shutil.which("make"):
         # a top-level make, also under `make test` (whose MAKEFLAGS / MAKELEVEL would add directory lines)
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
@@ -133,3 +133,47 @@ def test_the_pinned_sha256_of_every_bundled_file_is_the_committed_files(name):
         path = REPO / bundled[role]
         if path.exists():
             assert sha256_file(path) == bundled[f"{role}_sha256"], f"{name}.yaml pins a stale sha256 for {path.name}"
+
+
+def test_the_profiles_are_the_files_and_an_unknown_one_in_params_yaml_is_refused(tmp_path, monkeypatch, capsys):
+    """One list (the yaml files) for the library, the Makefile and params.yaml: a name params.yaml lists
+    without its file is refused by the library, `python -m g2sd_lib.pipeline.repro` and `make repro` (through
+    `python -m g2sd_lib.pipeline.profiles check`, before the data set-up), naming the known profiles."""
+    from g2sd_lib.pipeline import repro
+    from g2sd_lib.errors import InputError, run_main
+    from g2sd_lib.pipeline.profiles import HERE, main
+    assert PROFILES == tuple(sorted(p.stem for p in HERE.glob("*.yaml")))
+    params = tmp_path / "params.yaml"
+    params.write_text("profiles: [fmnist, fmnst]\n")
+    with pytest.raises(InputError, match=r"params.yaml lists the unknown profile 'fmnst' \(profiles: \[fmnist, fmnst\]\); "
+                                         "the known profiles are the files g2sd_lib/pipeline/profiles/<name>.yaml: fmnist, gpu, "
+                                         "paper, smoke"):
+        enabled_profiles(params)
+    monkeypatch.chdir(tmp_path)
+    for command, argv in ((repro.main, ["fmnist"]), (main, ["check", "fmnist"])):
+        with pytest.raises(SystemExit) as e:
+            run_main(command, argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "unknown profile 'fmnst'" in err and "Traceback" not in err
+    if shutil.which("make"):
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        made = subprocess.run(["make", "-n", "repro", "P=fmnist"], cwd=REPO, capture_output=True, text=True, env=env)
+        lines = made.stdout.splitlines()
+        check = lines.index(".venv/bin/python -m g2sd_lib.pipeline.profiles check fmnist")
+        assert check < next(i for i, line in enumerate(lines) if "g2sd_lib.fmnist fetch" in line)
+
+
+def test_prepare_only_validates_the_profile_sections_it_injects(tmp_path, monkeypatch):
+    """`--prepare-only` runs no cell, so nothing else would see a typo in the profile."""
+    from g2sd_lib.pipeline import profiles
+    from g2sd_lib.pipeline.schema import ConfigError
+    broken = load_profile("smoke")
+    broken["teacher"]["finetune"]["train"]["epochz"] = 3
+    monkeypatch.setattr(profiles, "load_profile", lambda name: broken)
+    out = tmp_path / "01.ipynb"
+    with pytest.raises(ConfigError, match=r"teacher.finetune.train.epochz: unknown key.* did you mean 'epochs'"):
+        profiles.run_notebook("smoke", REPO / "notebooks" / "01_teacher.ipynb", out, prepare_only=True)
+    assert not out.exists()
+    monkeypatch.undo()
+    profiles.run_notebook("smoke", REPO / "notebooks" / "01_teacher.ipynb", out, prepare_only=True)
+    assert out.exists()

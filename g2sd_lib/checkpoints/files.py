@@ -14,7 +14,7 @@ import io
 import json
 import os
 import pickle
-import re
+import pickletools
 import uuid
 import zipfile
 from collections.abc import Mapping
@@ -63,17 +63,60 @@ def torch_load(path: Path, redo: str = _REDO):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for damaged files
-        # only a well-formed pickle naming a class outside the allow-list is "unsafe"; damaged bytes
-        # fail in the same UnpicklingError with other words ("Unsupported operand", "invalid load key")
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if isinstance(err, pickle.UnpicklingError) and found:
-            raise CheckpointError(f"{path} is refused by torch.load(weights_only=True): it references "
-                                  f"{found[1]}, and unpickling it could run arbitrary code; if you trust its "
-                                  f"source, load it once with weights_only=False and re-save only its state "
-                                  f"dict") from err
+        # the safe loader's refusal is told from damage by the file's own opcodes, not by torch's wording
+        code = _code_globals(path) if isinstance(err, pickle.UnpicklingError) else []
+        if code:
+            raise CheckpointError(f"{path} refused: it would run code (GLOBAL {code[0]}) when unpickled, which a "
+                                  "checkpoint of weights never needs, so nothing of it was loaded. Use a safetensors "
+                                  "file or a plain state dict from a source you trust") from err
         reason = _first_line(err)
         raise CheckpointError(f"{path} is corrupt or truncated: it could not be read as a PyTorch checkpoint "
                               f"({reason}); {redo}") from err
+
+
+# what torch.save writes for tensors, state dicts and training states, beside torch.* itself
+_DATA_GLOBALS = {"collections.OrderedDict", "argparse.Namespace", "_codecs.encode", "builtins.set",
+                 "builtins.frozenset", "builtins.bytearray", "builtins.slice", "builtins.complex"}
+
+
+def _code_globals(path: Path) -> list[str]:
+    """The names the pickles of ``path`` import (GLOBAL / STACK_GLOBAL) that are no tensor or plain
+    data, in order: callables unpickling would run. Read with :mod:`pickletools`, which runs nothing."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            streams = [archive.read(name) for name in archive.namelist() if name.endswith(".pkl")]
+    else:
+        streams = [path.read_bytes()]  # a legacy file: several pickles one after the other, then storages
+    allowed = _DATA_GLOBALS | {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals()
+                               if hasattr(g, "__qualname__")}
+    names = []
+    for data in streams:
+        stream = io.BytesIO(data)
+        while stream.tell() < len(data):
+            try:
+                names += _globals(stream)
+            except Exception:  # the storages after a legacy file's pickles, or damaged bytes: scanned enough
+                break
+    return [n for n in names if not n.startswith("torch.") and n not in allowed]
+
+
+def _globals(stream) -> list[str]:
+    """The ``module.name`` of every GLOBAL / STACK_GLOBAL of the next pickle in ``stream``."""
+    names, pushed, memo = [], [], {}  # pushed: the string each opcode pushed (None: something else)
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            names.append(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            names.append(".".join(str(s) for s in pushed[-2:]))
+        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            pushed.append(arg)
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+            memo[len(memo) if arg is None else arg] = pushed[-1] if pushed else None
+        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+            pushed.append(memo.get(arg))
+        else:
+            pushed.append(None)
+    return names
 
 
 def _first_line(err: Exception) -> str:
@@ -140,7 +183,9 @@ def verify_sha256(path: Path, wanted: dict) -> None:
     for label, want in wanted.items():
         if want != actual:
             raise CheckpointError(f"{path} has sha256 {actual}, but {label} says {want}: the file changed "
-                                  f"after it was saved, or it is not the file meant")
+                                  f"after it was saved, or it is not the file meant. Restore the saved bytes: "
+                                  f"`dvc checkout {path}` for a pipeline output, `git checkout -- {path}` for a "
+                                  "committed file; or save it again")
 
 
 # ------------------------------------------------------------------------------------ writing

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def _read(path: Path, expected_sha256: str | None = None) -> tuple[dict, dict, d
     sidecar = read_sidecar(path)
     verify_sha256(path, {"its sidecar": sidecar.get("sha256"), "the expected hash": expected_sha256})
     state_dict, recorded = read_safetensors(path)
+    if not path.with_suffix(".json").exists():
+        arch = "from its header" if recorded is not None else "guessed from its tensors' shapes"
+        warnings.warn(f"{path} has no sidecar {path.with_suffix('.json').name}: its sha256 is not checked and its "
+                      f"architecture is {arch}; save it with g2sd_lib.checkpoints.save_model (or restore the "
+                      "sidecar) to have both", stacklevel=3)
     if "arch" in sidecar:
         check_arch(sidecar["arch"], state_dict, path, recorded, label=f"its sidecar {path.with_suffix('.json').name}")
     elif recorded is not None:

@@ -18,7 +18,7 @@ form :mod:`g2sd_lib.checkpoints` gives a checkpoint of a size the table lacks. N
 
 import re
 
-from ..errors import InputError
+from ..errors import InputError, close_match
 from .classifier import DistilledViT, teacher_classifier
 from .mae import MaskedAutoencoderViT, random_masking
 from .student import G2SDStudent
@@ -50,14 +50,29 @@ def size_name(embed_dim: int, depth: int, num_heads: int) -> str:
     return f"w{embed_dim}d{depth}h{num_heads}"
 
 
+def close_model_name(name: str) -> str | None:
+    """The well-formed model name closest to a misspelt ``name`` (for a did-you-mean): its numbers in
+    the ``vit_`` and ``mae_vit_`` forms with every named size; None when none is close."""
+    numbers = re.findall(r"\d+", str(name))
+    candidates = [f"vit_{size}_patch{numbers[0]}" for size in ENCODER_SIZES if numbers]
+    candidates += [f"mae_vit_{size}_patch{numbers[0]}_dec{numbers[1]}d{numbers[2]}b"
+                   for size in ENCODER_SIZES if len(numbers) >= 3]
+    return close_match(name, candidates)
+
+
+def _did_you_mean(name: str) -> str:
+    return f"; did you mean {close!r}?" if (close := close_model_name(name)) and close != name else ""
+
+
 def encoder_size(size: str) -> tuple:
     """``(embed_dim, depth, num_heads, img_size, in_chans)`` of a named or ``w{W}d{D}h{H}`` size."""
     if size in ENCODER_SIZES:
         return ENCODER_SIZES[size]
     explicit = _EXPLICIT_SIZE.match(size)
     if explicit is None:
-        raise InputError(f"unknown encoder size {size!r}; known sizes: {', '.join(ENCODER_SIZES)}, "
-                         f"or w<width>d<depth>h<heads>")
+        near = close_match(size, ENCODER_SIZES)
+        raise InputError(f"unknown encoder size {size!r}{f' (did you mean {near!r}?)' if near else ''}; known "
+                         f"sizes: {', '.join(ENCODER_SIZES)}, or w<width>d<depth>h<heads>")
     width, depth, heads = map(int, explicit.groups())
     return width, depth, heads, 224, 3
 
@@ -102,7 +117,8 @@ def mae_kwargs(name: str, **overrides) -> dict:
     """Constructor arguments of ``MaskedAutoencoderViT`` for a model name, with overrides applied."""
     m = _MAE_NAME.match(name)
     if not m:
-        raise InputError(f"not an MAE model name: {name!r} (expected mae_vit_<size>_patch<p>_dec<D>d<N>b)")
+        raise InputError(f"not an MAE model name: {name!r} (expected mae_vit_<size>_patch<p>_dec<D>d<N>b)"
+                         + _did_you_mean(name))
     kw = _encoder_kwargs(m["size"], m["patch"])
     dec = int(m["dec"])
     kw.update(decoder_embed_dim=dec, decoder_depth=int(m["depth"]), decoder_num_heads=max(1, dec // 32))
@@ -114,7 +130,7 @@ def vit_kwargs(name: str, **overrides) -> dict:
     """Constructor arguments of a timm ``VisionTransformer`` for ``vit_<size>_patch<p>``."""
     m = _VIT_NAME.match(name)
     if not m:
-        raise InputError(f"not a classifier model name: {name!r} (expected vit_<size>_patch<p>)")
+        raise InputError(f"not a classifier model name: {name!r} (expected vit_<size>_patch<p>)" + _did_you_mean(name))
     kw = _encoder_kwargs(m["size"], m["patch"])
     kw.update(overrides)
     return kw

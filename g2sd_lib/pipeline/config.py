@@ -11,6 +11,8 @@ so that every profile's runs and reports live side by side.
 import copy
 from pathlib import Path
 
+import yaml
+
 from ..errors import InputError
 
 # The paper's comparison: every student and what initialises it.
@@ -38,6 +40,34 @@ def check_canvases(params: dict) -> None:
                            "mmsegmentation (ADE20K): see g2sd_lib.dense.paper for the recipes and hook points")
     if dataset != "canvases":
         raise InputError(f"dense.dataset must be 'canvases' or 'external', got {dataset!r}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges keys the mapping may override
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise InputError(f"{self.source}: the key {key!r} is given twice in one mapping, on line {seen[key]} "
+                                 f"and line {line}; YAML would keep the second silently. Delete one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, source) -> object:
+    """Parse ``text`` (the contents of ``source``, named in errors) as YAML, refusing duplicate keys:
+    every configuration and profile file is read here."""
+    loader = _StrictLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -243,7 +243,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
                 elif failed is None:
                     failed = (name, stage.proc.returncode, stage.lines[-20:])
                 _write(json_path, record(complete=False))  # kept if the run is stopped
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through main()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through g2sd_lib.errors.run_main
         for stage in running.values():
             stage.stop()
         for stage in running.values():
@@ -272,10 +272,6 @@ def _write(path, result):
         Path(path).write_text(json.dumps(result, indent=1))
 
 
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv=None) -> int:
     from .profiles import PIPELINE_PARAMS, PROFILES, enabled_profiles, load_profile
 
@@ -298,7 +294,6 @@ def main(argv=None) -> int:
     targets = args.targets or profile_targets(args.profile)
     if not args.allow_cpu:
         refuse_a_gpu_profile_on_cpu(args.profile, targets, args.force)
-    signal.signal(signal.SIGTERM, _interrupted)  # a time limit's SIGTERM stops the stages as Ctrl-C does
     run(targets, jobs, json_path=args.json, force=args.force, fallback_seconds=committed_seconds(args.profile))
     return 0
 

@@ -34,13 +34,13 @@ import torch
 import yaml
 
 from .. import checkpoints, data, tasks
-from . import schema
-from .config import DENSE_TASKS, EVAL_BATCH_SIZE
 from ..device import cpu_threads, init_distributed, resolve_device, world_info
 from ..engine import TrainConfig, train
 from ..errors import InputError, MissingInputError, UserError, run_main
 from ..evaluate import classification_report
 from ..models import create_classifier, create_mae, create_student
+from . import schema
+from .config import DENSE_TASKS, EVAL_BATCH_SIZE, load_yaml
 from .schema import NUM_CLASSES
 
 CLASSIFICATION_KINDS = ("mae", "gd", "sd", "finetune", "kd")
@@ -89,10 +89,9 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
 
 
 def _upstream(path) -> str:
-    """``path``, a checkpoint an earlier stage writes; refused, naming that stage, when it is missing."""
+    """``path``, a checkpoint an earlier stage writes; refused, naming what restores it (``dvc checkout``,
+    or the stage to run), when it or its sidecar (the sha256 and architecture every load checks) is missing."""
     p = Path(path)
-    if p.exists():
-        return str(path)
     parts = p.parts
     if len(parts) >= 3 and parts[-2] == "teacher":
         how = f"the teacher stage writes it: `dvc repro teacher@{parts[-3]}` (or notebook 01)"
@@ -100,7 +99,14 @@ def _upstream(path) -> str:
         how = f"the pretrain run {parts[-2]} writes it: `dvc repro pretrain@{parts[-4]}-{parts[-2]}` (or notebook 02)"
     else:
         how = "the stage that writes it has not run; run it first"
-    raise MissingInputError(f"{path} does not exist: {how}")
+    sidecar = p.with_suffix(".json")
+    if p.exists() and p.suffix == ".safetensors" and not sidecar.exists():
+        raise MissingInputError(f"{path} has no sidecar {sidecar} (its sha256 and architecture, which a stage "
+                                f"checks before loading): `dvc checkout {sidecar}` restores it; else {how}")
+    if p.exists():
+        return str(path)
+    raise MissingInputError(f"{path} does not exist: `dvc checkout {path}` restores it if its stage ran here "
+                            f"before; else {how}")
 
 
 def build_task(cfg: dict):
@@ -273,7 +279,7 @@ def load_config(path) -> dict:
     except IsADirectoryError:
         raise InputError(f"{path} is a directory; give a stage configuration file (JSON or YAML)") from None
     try:
-        return json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        return json.loads(text) if str(path).endswith(".json") else load_yaml(text, path)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise InputError(f"{path} is not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: "
                          f"{' '.join(str(e).split())}") from None

@@ -6,6 +6,8 @@ Each preset ``g2sd_lib/pipeline/profiles/<name>.yaml`` is the configuration of i
 ``dvc.yaml`` runs every stage once per profile that ``params.yaml`` lists under ``profiles``, reading
 that profile's file, writing under ``runs/<name>/`` and ``reports/<name>/`` (:func:`output_dirs`), so
 the committed profiles' results live side by side and ``dvc status`` speaks for each.
+The profiles are the files: a name ``params.yaml`` lists without its file is refused
+(:func:`enabled_profiles`; ``python -m g2sd_lib.pipeline.profiles check``, run by ``make repro`` first).
 ``python -m g2sd_lib.pipeline.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list;
 ``python -m g2sd_lib.pipeline.profiles run NAME NOTEBOOK OUTPUT [-p NAME VALUE]`` (every stage's command) executes a
 notebook with the profile's sections it declares (:func:`run_notebook`); ``NAME`` ``none`` passes no profile
@@ -16,12 +18,12 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 from ...errors import InputError
+from ..config import load_yaml
 
-PROFILES = ("smoke", "fmnist", "gpu", "paper")
 HERE = Path(__file__).parent
+# the one list of profiles: the files here (the Makefile's check globs the same files)
+PROFILES = tuple(sorted(path.stem for path in HERE.glob("*.yaml")))
 PIPELINE_PARAMS = "params.yaml"  # lists the profiles dvc.yaml runs (`profiles: [...]`)
 
 
@@ -32,7 +34,8 @@ def profile_path(name: str) -> Path:
 
 
 def load_profile(name: str) -> dict:
-    return yaml.safe_load(profile_path(name).read_text())
+    path = profile_path(name)
+    return load_yaml(path.read_text(), path)
 
 
 def output_dirs(profile: str) -> tuple[Path, Path]:
@@ -75,7 +78,16 @@ def complete(profile: str = "smoke", **sections) -> dict:
 
 
 def enabled_profiles(path=PIPELINE_PARAMS) -> list[str]:
-    return list(yaml.safe_load(Path(path).read_text()).get("profiles") or [])
+    """The profiles ``params.yaml`` lists; a name without its file is refused (DVC would report only
+    "Parameters ... are missing" of a file that does not exist, or nothing at all)."""
+    params = load_yaml(Path(path).read_text(), path)
+    names = list((params if isinstance(params, dict) else {}).get("profiles") or [])
+    unknown = [name for name in names if name not in PROFILES]
+    if unknown:
+        raise InputError(f"{path} lists the unknown profile{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
+                         f"(profiles: [{', '.join(map(str, names))}]); the known profiles are the files "
+                         f"g2sd_lib/pipeline/profiles/<name>.yaml: {', '.join(PROFILES)}. Fix the list")
+    return names
 
 
 def set_profiles(names, path=PIPELINE_PARAMS) -> Path:
@@ -163,13 +175,20 @@ def run_notebook(profile: str, notebook, output, extra: dict | None = None, cwd=
     if unknown:
         raise InputError(f"{notebook} declares no parameter {', '.join(map(repr, unknown))}; its parameters cell "
                          f"declares {', '.join(declared) or 'none'}")
+    if prepare_only and sections:  # executed, the notebook validates them (complete); prepared, nothing would
+        from ..schema import validate_params
+        validate_params({name: sections[name] for name in declared if name in sections},
+                        source=f"g2sd_lib/pipeline/profiles/{profile}.yaml", partial=True)
     parameters = {name: value for name, value in {**sections, **extra}.items() if name in declared}
+    # shutdown_kernel immediate: the kernel is ended at once, not asked to shut down; asked while a cell
+    # still runs (Ctrl-C, SIGTERM), it prints a ZMQError traceback of its closed sockets into the log
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
                                progress_bar=False, log_output=True, cwd=cwd, prepare_only=prepare_only,
-                               kernel_manager_class=_kernel_manager())
+                               kernel_manager_class=_kernel_manager(), shutdown_kernel="immediate")
 
 
 USAGE = (f"usage: python -m g2sd_lib.pipeline.profiles enable {{{'|'.join(PROFILES)}}}\n"
+         f"       python -m g2sd_lib.pipeline.profiles check [{'|'.join(PROFILES)}]\n"
          "       python -m g2sd_lib.pipeline.profiles run {PROFILE|none} NOTEBOOK OUTPUT [-p NAME VALUE]... [--cwd DIR] "
          "[--prepare-only]")
 
@@ -203,14 +222,30 @@ def _run_command(argv) -> int:
     return 0
 
 
+def _check_name(name: str) -> None:
+    if name not in PROFILES:
+        raise InputError(f"unknown profile {name!r} (make repro P=...): choose one of {', '.join(PROFILES)}")
+
+
+def _check(names) -> int:
+    """``check [NAME]`` (``make repro`` runs it before the data set-up): ``NAME`` and every profile
+    ``params.yaml`` lists are files of g2sd_lib/pipeline/profiles/."""
+    for name in names:
+        _check_name(name)
+    listed = enabled_profiles() if Path(PIPELINE_PARAMS).is_file() else []
+    print(f"profiles known: {', '.join(dict.fromkeys([*names, *listed]))} (g2sd_lib/pipeline/profiles/<name>.yaml)")
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
         return _run_command(argv[1:])
+    if argv[:1] == ["check"] and len(argv) <= 2:
+        return _check(argv[1:])
     if len(argv) != 2 or argv[0] != "enable":
         sys.exit(USAGE)
-    if argv[1] not in PROFILES:
-        raise InputError(f"unknown profile {argv[1]!r} (make repro P=...): choose one of {', '.join(PROFILES)}")
+    _check_name(argv[1])
     added = enable(argv[1])
     state = "now lists" if added else "already lists"
     print(f"{PIPELINE_PARAMS} {state} the {argv[1]!r} profile: {', '.join(enabled_profiles())}; its stages are "

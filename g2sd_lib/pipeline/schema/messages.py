@@ -4,7 +4,6 @@ configuration are raised together as one :class:`ConfigError`. Pydantic's errors
 here, including the plain-words description of what a field accepts; :func:`_relocate` moves a
 problem of a merged configuration to the profile key that wrote the value."""
 
-import difflib
 import functools
 from types import NoneType, UnionType
 from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
@@ -13,6 +12,7 @@ from annotated_types import Len
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ...errors import UserError
+from ...errors import close_match as _close  # the did-you-mean of keys and choices, shared with model names
 
 MISSING = object()
 
@@ -43,11 +43,6 @@ class Problem(NamedTuple):
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _close(word, choices) -> str | None:
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return match[0] if match else None
 
 
 def _raise(problems: list[Problem], header: str) -> None:

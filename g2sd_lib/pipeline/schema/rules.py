@@ -26,7 +26,7 @@ def _arch(name: str) -> dict | None:
 
 
 def _name_problems(name, loc, mae: bool = False) -> list[Problem]:
-    from ...models import ENCODER_SIZES, shape_problem
+    from ...models import ENCODER_SIZES, close_model_name, shape_problem
 
     if (arch := _arch(name)) is not None and (name.startswith("mae_") or not mae):
         if problem := shape_problem(arch):
@@ -34,7 +34,8 @@ def _name_problems(name, loc, mae: bool = False) -> list[Problem]:
                             "sizes of at least 1 and widths their heads divide (an MAE's: multiples of 4)", name)]
         return []
     pattern = "mae_vit_<size>_patch<p>_dec<D>d<N>b" if mae else "vit_<size>_patch<p> (or an mae_vit_ name)"
-    return [Problem(loc, "not a model name", f"{pattern}, size one of {', '.join(ENCODER_SIZES)}", name)]
+    return [Problem(loc, "not a model name", f"{pattern}, size one of {', '.join(ENCODER_SIZES)}", name,
+                    close_model_name(name))]
 
 
 def _model_problems(name, loc, *, mae: bool, size: int, chans: int, exact: bool, multiple: int = 1,
