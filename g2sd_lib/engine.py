@@ -16,7 +16,6 @@ Randomness (masking noise, mixup, drop path, data order) is re-seeded at every e
 (seed, epoch, rank), so a run resumed at an epoch boundary repeats an uninterrupted one exactly.
 """
 
-import json
 import os
 import random
 import sys
@@ -32,62 +31,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoints import load_training_state, save_model, save_training_state
-from .device import (AMP_MODES, COMPILE_MODES, TEACHER_AMP_MODES, all_reduce_mean, autocast_dtype, compiled_loss,
-                     host_sync_every, machine, read_back, resolve_device, world_info)
+from .device import (all_reduce_mean, autocast_dtype, compiled_loss, host_sync_every, machine, read_back,
+                     resolve_device, world_info)
 from .errors import ResumeMismatchError, UserError, check_writable, note_saved
-from .optim import lr_at, scaled_lr, set_lr
 from .history import write_run_history
+from .optim import lr_at, scaled_lr, set_lr
 from .runlock import locked
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one training run; ``validate`` rejects bad values before any work."""
-
-    epochs: int
-    batch_size: int  # per process, as the official ``--batch_size`` (per GPU)
-    blr: float  # base lr; lr = blr * batch_size * accum_steps * world_size / 256
-    out_dir: str
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0
-    weight_decay: float = 0.05
-    betas: tuple = (0.9, 0.999)
-    accum_steps: int = 1
-    amp: str = "auto"
-    teacher_amp: str = "same"  # the frozen teacher's forward: same (the run's amp) | auto | bf16 | fp16 | none
-    device: str = "auto"
-    seed: int = 0
-    save_every: int = 1
-    eval_every: int = 1
-    progress: bool | str = "auto"  # per-iteration bar: auto = on a terminal only (see show_progress)
-    compile: str = "none"  # torch.compile of the step's forward + loss: none | default | reduce-overhead
-    extra: dict = field(default_factory=dict)  # recorded in the model sidecar (e.g. the stage name)
-    run_config: dict = field(default_factory=dict)  # the stage configuration; a resumed run must match it
-
-    def validate(self):
-        errors = []
-        for name in ("epochs", "batch_size", "accum_steps", "save_every", "eval_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                errors.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.blr > 0:
-            errors.append(f"blr must be > 0, got {self.blr!r}")
-        if not 0 <= self.min_lr:
-            errors.append(f"min_lr must be >= 0, got {self.min_lr!r}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            errors.append(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
-        if self.weight_decay < 0:
-            errors.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            errors.append(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.amp not in AMP_MODES:
-            errors.append(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.teacher_amp not in TEACHER_AMP_MODES:
-            errors.append(f"teacher_amp must be one of {TEACHER_AMP_MODES}, got {self.teacher_amp!r}")
-        if self.compile not in COMPILE_MODES:
-            errors.append(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
-        if errors:
-            raise ValueError("invalid training configuration: " + "; ".join(errors))
-        return self
+from .train_config import TrainConfig, config_changes, plain
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -187,8 +137,8 @@ def _resume(run: _Run, cfg: "TrainConfig") -> None:
     # a field added since the state was saved counts as its default (the value that run computed with)
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     saved = {"train": {**defaults, **state.get("config", {})}, "world_size": state.get("world_size", run.world),
-             "stage": state.get("run_config", _plain(cfg.run_config))}
-    now = {"train": _plain(asdict(cfg)), "world_size": run.world, "stage": _plain(cfg.run_config)}
+             "stage": state.get("run_config", plain(cfg.run_config))}
+    now = {"train": plain(asdict(cfg)), "world_size": run.world, "stage": plain(cfg.run_config)}
     changes = config_changes(saved, now)
     if changes:
         raise ResumeMismatchError(
@@ -205,24 +155,6 @@ def _resume(run: _Run, cfg: "TrainConfig") -> None:
     if run.rank == 0:
         note_saved(f"{run.state_path} (epoch {run.start_epoch}/{cfg.epochs})")
         print(f"resuming from {run.state_path} at epoch {run.start_epoch}/{cfg.epochs}")
-
-
-# TrainConfig fields that change how a run is watched or saved, never what it computes.
-_UNCHECKED_ON_RESUME = ("device", "save_every", "eval_every", "progress", "out_dir", "extra", "run_config")
-
-
-def config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    """``key.path old -> new`` for every value that differs between two nested configurations."""
-    out = []
-    for key in sorted(set(saved) | set(now), key=str):
-        if key in _UNCHECKED_ON_RESUME and prefix == "train.":
-            continue
-        a, b, path = saved.get(key), now.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_changes(a, b, f"{path}.")
-        elif a != b:
-            out.append(f"{path} {a!r} -> {b!r}")
-    return out
 
 
 def train_one_epoch(task, run: _Run, loader, cfg: "TrainConfig", epoch: int) -> dict:
@@ -286,8 +218,8 @@ def _end_epoch(run: _Run, row: dict, cfg: "TrainConfig", evaluate) -> None:
         if epoch % cfg.save_every == 0 or last:
             save_training_state(run.state_path, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                                 scaler=run.scaler.state_dict() if run.scaler is not None else {},
-                                epoch=epoch, history=run.history, config=_plain(asdict(cfg)),
-                                run_config=_plain(cfg.run_config), world_size=run.world, machines=run.machines)
+                                epoch=epoch, history=run.history, config=plain(asdict(cfg)),
+                                run_config=plain(cfg.run_config), world_size=run.world, machines=run.machines)
             note_saved(f"{run.state_path} (epoch {epoch}/{cfg.epochs})")
         summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
         print(f"epoch {epoch}/{cfg.epochs}: {summary}", flush=True)
@@ -311,7 +243,7 @@ def train(task, loader, cfg: TrainConfig, evaluate=None) -> list[dict]:
             _end_epoch(run, train_one_epoch(task, run, loader, cfg, epoch), cfg, evaluate)
         if run.rank == 0:
             save_model(run.model, run.out_dir / "model.safetensors",
-                       extra={"history": run.history[-1] if run.history else {}, "train_config": _plain(asdict(cfg)),
+                       extra={"history": run.history[-1] if run.history else {}, "train_config": plain(asdict(cfg)),
                               "machine": _machines_text(run.machines) or machine()})
         if run.world > 1:
             dist.barrier()
@@ -324,11 +256,6 @@ def _machines_text(machines: list) -> str | None:
     if len({m for m, _, _ in machines}) <= 1:
         return machines[0][0] if machines else None
     return " + ".join(f"{m} (epoch {a})" if a == b else f"{m} (epochs {a}-{b})" for m, a, b in machines)
-
-
-def _plain(obj):
-    """JSON-able copy of a config (tuples -> lists) for sidecars and training states."""
-    return json.loads(json.dumps(obj, default=str))
 
 
 __all__ = ["TrainConfig", "config_changes", "seed_epoch", "show_progress", "train", "train_one_epoch"]

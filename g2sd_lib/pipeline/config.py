@@ -23,10 +23,6 @@ EVAL_BATCH_SIZE = 256  # validation / evaluation batch when a profile does not s
 SPLITS = ("train", "val", "test")  # the dense canvases' splits
 
 
-NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
-METRIC = {"segmentation": "miou", "detection": "box_ap"}  # the headline metric of each task (a fraction)
-
-
 def canvas_paths(root="runs") -> dict[str, Path]:
     canvases = Path(root) / "dense" / "canvases"
     return {split: canvases / f"{split}.pt" for split in SPLITS}

@@ -35,8 +35,11 @@ from ..dense.canvases import DenseLoader, load_dense, make_canvases, save_dense
 from ..dense.detection import DetectionDistillation, DetectionTraining, build_detector, evaluate_detection
 from ..dense.paper import ADE20K_SEGMENTATION, COCO_DETECTION
 from ..dense.segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
-from ..errors import InputError
 from .config import SPLITS, canvas_paths, check_canvases, run_dir  # noqa: F401 (SPLITS, canvas_paths: the notebooks')
+
+NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
+METRIC = {"segmentation": "miou", "detection": "box_ap"}  # the headline metric of each task (a fraction)
+
 
 def external_recipes() -> dict:
     """What the ``external`` profiles record in place of dense runs: the paper-scale recipes."""
