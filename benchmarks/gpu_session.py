@@ -362,7 +362,7 @@ def adopt_bundle(src: Path, prefix: str, profile: str, finetune_override: dict, 
         if digest != sidecar["sha256"]:
             raise SystemExit(f"adopt: {weights} has sha256 {digest}, its sidecar says {sidecar['sha256']}")
         bundled[role], bundled[f"{role}_sha256"] = f"teachers/{weights.name}", digest
-    path = repo / "g2sd_lib" / "profiles" / f"{profile}.yaml"
+    path = repo / "g2sd_lib" / "pipeline" / "profiles" / f"{profile}.yaml"
     text = path.read_text()
     lines = text.splitlines(keepends=True)
     _set(lines, ("teacher", "mode"), "bundled")
@@ -433,7 +433,7 @@ def choose(out: Path, dry: bool, concurrent: int, choice: str) -> dict:
     import yaml
 
     repo = _target_repo(out, dry)
-    params = yaml.safe_load((repo / "g2sd_lib" / "profiles" / "gpu.yaml").read_text())
+    params = yaml.safe_load((repo / "g2sd_lib" / "pipeline" / "profiles" / "gpu.yaml").read_text())
     probes = setting_probes(params, repo / "runs" / "gpu", out / choice, choice)
     missing = sorted({p["cfg"]["init"] for p in probes if p["cfg"].get("init") and not Path(p["cfg"]["init"]).exists()})
     if missing:
@@ -507,7 +507,7 @@ def repro(out: Path, dry: bool) -> None:
 
     repo = _target_repo(out, dry)
     if dry:  # the profile the adopt step wrote, shrunk; comments are lost in the scratch copy only
-        profile = repo / "g2sd_lib" / "profiles" / "gpu.yaml"
+        profile = repo / "g2sd_lib" / "pipeline" / "profiles" / "gpu.yaml"
         shrunk = shrink(yaml.safe_load(profile.read_text()), canvases=(64, 16, 16))  # one full dense batch of 64
         profile.write_text(yaml.safe_dump(shrunk, sort_keys=False))
     here = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
