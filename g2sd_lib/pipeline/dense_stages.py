@@ -36,7 +36,7 @@ from ..dense.detection import DetectionDistillation, DetectionTraining, build_de
 from ..dense.paper import ADE20K_SEGMENTATION, COCO_DETECTION
 from ..dense.segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
 from ..errors import InputError
-from .config import SPLITS, canvas_paths, check_canvases, run_dir  # noqa: F401 (SPLITS, canvas_paths: the notebooks')
+from .config import METRIC, NUM_CLASSES, SPLITS, canvas_paths, check_canvases, run_dir  # noqa: F401 (METRIC, SPLITS, canvas_paths: the notebooks')
 
 def external_recipes() -> dict:
     """What the ``external`` profiles record in place of dense runs: the paper-scale recipes."""
