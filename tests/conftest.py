@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,13 @@ def fmnist_available():
 
 
 def load_benchmark(name: str):
-    """``benchmarks/<name>.py`` (a script, not a package module) loaded as a module, for its tests."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    """``benchmarks/<name>.py`` (a script, not a package module) loaded as a module, for its tests;
+    ``benchmarks/`` goes on the path, as when the script runs, for the modules it imports from there
+    (the GPU session's steps)."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(benchmarks) not in sys.path:
+        sys.path.append(str(benchmarks))
+    script = benchmarks / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

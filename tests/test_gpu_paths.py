@@ -141,9 +141,9 @@ def test_the_gpu_profiles_teacher_pair_fits_the_10_mb_float16_bundle(tmp_path):
 
 
 def test_the_gpu_session_sweep_is_made_of_valid_stage_configurations(tmp_path):
-    """benchmarks/gpu_session.py runs on a GPU only; its configurations are checked here."""
+    """benchmarks/gpu_session.py runs on a GPU only; its sweep's configurations are checked here."""
     from g2sd_lib.pipeline import schema
-    session = load_benchmark("gpu_session")
+    session = load_benchmark("gpu_sweep")
     for params in (load_profile("gpu"), shrink(load_profile("gpu"))):
         names, cfgs = session.sweep_configs(params, tmp_path)
         assert len({c["out_dir"] for c in cfgs}) == len(cfgs) == len(session.TEACHER_VARIANTS) + 2
@@ -205,10 +205,10 @@ def test_the_gpu_session_adopts_the_chosen_teacher_into_the_profile_keeping_its_
     import shutil
     from pathlib import Path
     import yaml
-    session = load_benchmark("gpu_session")
+    session = load_benchmark("gpu_adopt")
     root = Path(__file__).resolve().parents[1]
     original = (root / "g2sd_lib/pipeline/profiles/gpu.yaml").read_text()
-    for variant, override in session.TEACHER_VARIANTS.items():
+    for variant, override in load_benchmark("gpu_sweep").TEACHER_VARIANTS.items():
         repo = tmp_path / variant
         (repo / "g2sd_lib/pipeline/profiles").mkdir(parents=True)
         (repo / "teachers").mkdir()
@@ -233,9 +233,87 @@ def test_the_gpu_session_adopts_the_chosen_teacher_into_the_profile_keeping_its_
         session.adopt_bundle(tmp_path / "src", "gpu", "gpu", {}, tmp_path / "profile")
 
 
+def test_the_gpu_session_adopts_a_partial_sweep_only_if_its_chosen_variant_finished(tmp_path):
+    """A session stopped mid-sweep: no sweep.json (stopped before the variants finished) or a chosen
+    variant whose history falls short of its epochs is refused before anything is touched; so is a
+    bundle with a file missing; a finished variant is named."""
+    adopt = load_benchmark("gpu_adopt")
+    out = tmp_path / "D"
+    out.mkdir()
+    with pytest.raises(SystemExit, match="stopped before its teacher variants finished"):
+        adopt.adopt(out, False)
+    history = out / "sweep/teacher_finetune/blr5e-4/history.json"
+    history.parent.mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps({"best_teacher_variant": "teacher blr5e-4",
+                                                "runs": {"teacher blr5e-4": {"epochs": 3}}}))
+    with pytest.raises(SystemExit, match="did not finish.*0 of 3"):  # its history is not there
+        adopt.adopt(out, False)
+    history.write_text(json.dumps([{"val_top1": 0.5}] * 2))
+    with pytest.raises(SystemExit, match="did not finish.*2 of 3"):
+        adopt.adopt(out, False)
+    history.write_text(json.dumps([{"val_top1": 0.5}] * 3))
+    assert adopt.finished_variant(out) == "blr5e-4"
+    _fake_bundle(out / "teachers", "gpu")
+    (out / "teachers/gpu_classifier.json").unlink()
+    with pytest.raises(SystemExit, match="gpu_classifier.json missing.*teachers_gpu.tar.gz"):
+        adopt.adopt_bundle(out / "teachers", "gpu", "gpu", {}, tmp_path / "repo")
+
+
+STOPPED_SESSION = """
+import subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+import gpu_common, gpu_session
+
+def sweep(out, dry, concurrent):  # a sweep half done: a result written, a training process running
+    (out / "sweep").mkdir()
+    (out / "sweep/history.json").write_text("[]")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    gpu_common.children.append(child)
+    print("child", child.pid, flush=True)
+    time.sleep(120)
+
+gpu_session.sweep = sweep
+gpu_session.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("stop", ["deadline", "SIGTERM"])
+def test_a_gpu_session_stopped_mid_sweep_returns_its_archives_and_ends_its_runs(tmp_path, stop):
+    """The deadline (--deadline-min) or the device's SIGTERM in the middle of the sweep: the session
+    stops with a message, ends the training processes it started, and packs what was done."""
+    import signal
+    import tarfile
+    import time
+    from pathlib import Path
+    import psutil
+    script = tmp_path / "stopped.py"
+    script.write_text(STOPPED_SESSION)
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    args = [sys.executable, str(script), str(bench_dir), "--out", str(tmp_path / "work"),
+            "--pack-to", str(tmp_path / "OUT"), "sweep", *(["--deadline-min", "0.1"] if stop == "deadline" else [])]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = None
+    for line in proc.stdout:
+        if line.startswith("child "):
+            child = int(line.split()[1])
+            break
+    if stop == "SIGTERM":
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "stopped by SIGTERM" in err, err
+    with tarfile.open(tmp_path / "OUT/gpu_session.tar.gz") as tar:
+        assert "sweep/history.json" in tar.getnames()
+    assert child is not None
+    try:
+        assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass
+
+
 def test_the_gpu_session_brings_back_what_a_stopped_repro_made(tmp_path):
     """repro's results come back without checkpoints, also from a pipeline stopped halfway."""
-    session = load_benchmark("gpu_session")
+    session = load_benchmark("gpu_repro")
     repo, dest = tmp_path / "repo", tmp_path / "out"
     for rel in ("dvc.lock", "reports/gpu/summary.json", "runs/gpu/students/g2sd/seed0/history.json",
                 "runs/gpu/students/g2sd/seed0/model.safetensors", "teachers/gpu.md"):
@@ -255,11 +333,11 @@ def test_the_gpu_session_chooses_the_students_settings_on_validation(tmp_path, m
     import shutil
     from pathlib import Path
     from g2sd_lib.pipeline import schema
-    session = load_benchmark("gpu_session")
+    session = load_benchmark("gpu_choose")
     repo, out = tmp_path / "repo", tmp_path / "out"
     (repo / "g2sd_lib/pipeline/profiles").mkdir(parents=True)
     shutil.copyfile(Path(__file__).resolve().parents[1] / "g2sd_lib/pipeline/profiles/gpu.yaml", repo / "g2sd_lib/pipeline/profiles/gpu.yaml")
-    monkeypatch.setattr(session, "_target_repo", lambda out, dry: repo)
+    monkeypatch.setattr(session, "target_repo", lambda out, dry: repo)
     with pytest.raises(SystemExit, match="run the repro step first"):
         session.choose(out, False, 6, "layer_decay")
     runs = repo / "runs/gpu"
