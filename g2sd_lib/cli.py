@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
-def console() -> None:
+def console(argv: list[str] | None = None) -> None:
     """Entry point of the ``g2sd`` console script: :func:`main` under :func:`g2sd_lib.errors.run_main`
     (Ctrl-C ends with one line, exit 130)."""
-    run_main(main)
+    run_main(main, argv)
 
 
 if __name__ == "__main__":
