@@ -7,6 +7,7 @@ import pytest
 from conftest import load_benchmark
 
 from g2sd_lib.errors import InputError, run_main
+from g2sd_lib.pipeline.profiles import PROFILES
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,8 @@ def test_the_profile_benchmarks_refuse_an_unknown_profile(name, argv, capsys):
     with pytest.raises(SystemExit) as e:
         run_main(load_benchmark(name).main, ["--profile", "fmnst", *argv])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "invalid choice: 'fmnst' (choose from 'smoke', 'fmnist', 'gpu', 'paper')" in err
+    known = ", ".join(f"'{p}'" for p in PROFILES)
+    assert e.value.code == 2 and f"invalid choice: 'fmnst' (choose from {known})" in err
 
 
 def test_the_frs_sweep_refuses_an_unknown_variant_instead_of_running_none(capsys):
