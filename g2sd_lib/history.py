@@ -42,11 +42,15 @@ def write_run_history(out_dir: Path, history: list[dict]):
     for name in ("history.json", "history.csv"):
         tmp = out_dir / f"{name}.tmp"
         with writing(out_dir / name):
-            with open(tmp, "w", newline="") as f:
-                if name.endswith(".json"):
-                    f.write(json.dumps(history, indent=1))
-                else:
-                    w = csv.DictWriter(f, fieldnames=keys)
-                    w.writeheader()
-                    w.writerows(history)
-            os.replace(tmp, out_dir / name)
+            try:
+                with open(tmp, "w", newline="") as f:
+                    if name.endswith(".json"):
+                        f.write(json.dumps(history, indent=1))
+                    else:
+                        w = csv.DictWriter(f, fieldnames=keys)
+                        w.writeheader()
+                        w.writerows(history)
+                os.replace(tmp, out_dir / name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # the previous epoch's complete file stays; no half-written copy
+                raise

@@ -276,20 +276,21 @@ def test_an_unwritable_output_directory_fails_before_the_first_step(tmp_path, no
 def test_disk_full_is_named_and_leaves_no_partial_history(tmp_path, monkeypatch, no_model_file):
     import errno
 
-    from g2sd_lib import engine
+    from g2sd_lib import history  # the engine writes its history through this module
 
-    dumps = engine.json.dumps
+    dumps = history.json.dumps
 
     def full(obj, *args, **kwargs):
         if isinstance(obj, list):  # the history's rows (the run directory's lock is written before them)
             raise OSError(errno.ENOSPC, "No space left on device")
         return dumps(obj, *args, **kwargs)
 
-    monkeypatch.setattr(engine.json, "dumps", full)
+    monkeypatch.setattr(history.json, "dumps", full)
     with pytest.raises(OSError, match="disk full.*history.json"):
         train(_LinearTask(), _linear_loader(), TrainConfig(epochs=1, batch_size=8, blr=1e-3, out_dir=str(tmp_path),
                                                            amp="none", progress=False))
     assert not (tmp_path / "history.json").exists()
+    assert not (tmp_path / "history.json.tmp").exists()
 
 
 @pytest.mark.parametrize("ratio, says", [(0.0, "no masked patch"), (1.0, "no visible patch"),
