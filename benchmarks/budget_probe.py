@@ -80,7 +80,7 @@ def with_settings(params: dict, settings: list[str]) -> dict:
 def _value(text: str):
     """A ``--set`` value as YAML, with ``2e-3`` a number (YAML 1.1 reads it as a string)."""
     try:
-        value = yaml.safe_load(text)
+        value = config.load_yaml(text, "--set")
     except yaml.YAMLError as e:
         raise InputError(f"--set KEY=VALUE: {text!r} is not valid YAML ({getattr(e, 'problem', None) or e}); "
                          "write VALUE as in params.yaml, e.g. [1, 2], null, 2e-3 or 'a string'") from None

@@ -56,10 +56,9 @@ def choose(out: Path, dry: bool, concurrent: int, choice: str) -> dict:
     (in a dry run, the scratch copy's shrunk one), trained at once; their validation top-1 and, per
     setting, the mean over the runs, in ``<choice>.json``. It reads the validation split only and changes
     no profile."""
-    import yaml
-
     repo = target_repo(out, dry)
-    params = yaml.safe_load(profile_path(repo, "gpu").read_text())
+    path = profile_path(repo, "gpu")
+    params = config.load_yaml(path.read_text(), path)
     probes = setting_probes(params, repo / "runs" / "gpu", out / choice, choice)
     missing = sorted({p["cfg"]["init"] for p in probes if p["cfg"].get("init") and not Path(p["cfg"]["init"]).exists()})
     if missing:

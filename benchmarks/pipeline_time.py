@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import psutil
-import yaml
 
 from g2sd_lib.device import hardware
 from g2sd_lib.pipeline.profiles import PROFILES, enabled_profiles
@@ -126,8 +125,7 @@ def main(argv=None):
         record, cmd = None, [str(Path(sys.executable).with_name("dvc")), "repro", *dvc_args]
         shown = " ".join(["dvc repro", *dvc_args])
     result = measure(cmd, record)
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    result.update(profile=args.profile or ", ".join(params.get("profiles", [])), jobs=args.jobs,
+    result.update(profile=args.profile or ", ".join(enabled_profiles()), jobs=args.jobs,
                   machine=f"{hardware()}, {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
                   date=time.strftime("%Y-%m-%d"), command=shown)
     print("\n| stage | wall time | peak RSS (process tree) |\n|---|---|---|")

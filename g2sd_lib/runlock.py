@@ -34,6 +34,33 @@ def _holder(path: Path) -> dict:
         return {}
 
 
+def _in_use(path: Path) -> RunDirectoryLocked:
+    who = _holder(path)
+    holder = (f"process {who.get('pid', '?')} ({who.get('command', 'command unknown')}, started "
+              f"{who.get('started', '?')})" if who else "another process")
+    return RunDirectoryLocked(
+        f"{path.parent} is in use: {holder} is training into it (it holds {path}). Two runs into one "
+        "directory would overwrite each other's model and history: wait for that run to end (or stop "
+        "it), or give this run another out_dir")
+
+
+def check_free(out_dir) -> None:
+    """Raise :class:`RunDirectoryLocked` when a live process holds ``<out_dir>/.lock``; take nothing.
+    For a launcher that writes into the directory (its configuration, its log) before the run itself
+    takes the lock."""
+    path = Path(out_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(path) from None
+    finally:
+        os.close(fd)  # closing releases a flock this probe took
+
+
 def _acquire(path: Path) -> int:
     """A descriptor of ``path`` holding its exclusive flock; the file is the one ``path`` names when it returns."""
     while True:
@@ -42,13 +69,7 @@ def _acquire(path: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            who = _holder(path)
-            holder = (f"process {who.get('pid', '?')} ({who.get('command', 'command unknown')}, started "
-                      f"{who.get('started', '?')})" if who else "another process")
-            raise RunDirectoryLocked(
-                f"{path.parent} is in use: {holder} is training into it (it holds {path}). Two runs into one "
-                "directory would overwrite each other's model and history: wait for that run to end (or stop "
-                "it), or give this run another out_dir") from None
+            raise _in_use(path) from None
         try:  # the holder may have removed the file between our open and our flock: lock the new one
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return fd

@@ -141,6 +141,7 @@ def test_budget_probe_set_changes_an_existing_setting_and_refuses_an_unknown_one
     (["--runs", "scrach"], "argument --runs: invalid choice: 'scrach' (choose from 'g2sd'"),
     (["--set", "students.common.train.blr=abc"], "students.common.train.blr: wrong type (got 'abc')"),
     (["--set", "students.common.train=[1"], "--set KEY=VALUE: '[1' is not valid YAML (expected ',' or ']'"),
+    (["--set", "students.common.train={blr: 1, blr: 2}"], "--set: the key 'blr' is given twice"),
 ])
 def test_budget_probe_refuses_a_bad_profile_run_or_setting_before_any_run(argv, message, tmp_path, capsys):
     probe = load_benchmark("budget_probe")

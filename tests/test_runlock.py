@@ -94,6 +94,25 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     assert not (run_dir / ".lock").exists()
 
 
+def test_a_launcher_leaves_a_busy_directory_untouched(tmp_path):
+    """launch_all's processes (and torchrun) get their config.json and log.txt in the run directory before
+    the run takes the lock: the launcher checks the lock first, so the running run's files stay its own."""
+    from g2sd_lib.pipeline import stages
+    from g2sd_lib.runlock import RunDirectoryLocked, check_free
+
+    run_dir = tmp_path / "run"
+    first = _start(tmp_path, run_dir, steps=40)
+    _wait_for((run_dir / ".lock").exists, first)
+    (run_dir / "config.json").write_text("the first run's")
+    with pytest.raises(RunDirectoryLocked, match=f"{run_dir} is in use: process {first.pid} "):
+        stages._start({"out_dir": str(run_dir)}, dict(os.environ))
+    assert (run_dir / "config.json").read_text() == "the first run's" and not (run_dir / "log.txt").exists()
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    check_free(run_dir)  # a dead holder's lock file blocks nothing
+    check_free(tmp_path / "never-made")
+
+
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_stopped_run_says_what_was_saved_and_the_rerun_resumes(tmp_path, sig, code, name):
     run_dir = tmp_path / "run"

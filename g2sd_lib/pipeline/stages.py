@@ -39,6 +39,7 @@ from ..engine import TrainConfig, train
 from ..errors import InputError, MissingInputError, UserError, run_main
 from ..evaluate import classification_report
 from ..models import create_classifier, create_mae, create_student
+from ..runlock import check_free
 from . import schema
 from .config import DENSE_TASKS, EVAL_BATCH_SIZE, load_yaml
 from .schema import NUM_CLASSES
@@ -195,6 +196,7 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
 def _write_config(cfg: dict) -> Path:
     """``<out_dir>/config.json``: the configuration a ``python -m g2sd_lib.pipeline.stages`` process runs."""
     out_dir = Path(cfg["out_dir"])
+    check_free(out_dir)  # a run training there keeps its config.json and log.txt
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "config.json"
     path.write_text(json.dumps(cfg, indent=1))
