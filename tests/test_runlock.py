@@ -63,10 +63,21 @@ def _wait_for(predicate, proc, timeout=120):
     assert proc.poll() is None, proc.communicate()[0]
 
 
+def _holds_lock(run_dir):
+    """A predicate: the run has taken ``run_dir``'s lock and written itself into it (the file exists a moment
+    before its holder's JSON does)."""
+    def holds():
+        try:
+            return "pid" in json.loads((run_dir / ".lock").read_text())
+        except (OSError, ValueError):
+            return False
+    return holds
+
+
 def test_a_second_run_into_a_busy_directory_stops_at_once_naming_the_first(tmp_path):
     run_dir = tmp_path / "run"
     first = _start(tmp_path, run_dir, steps=40)
-    _wait_for((run_dir / ".lock").exists, first)
+    _wait_for(_holds_lock(run_dir), first)
     second = _start(tmp_path, run_dir, steps=2, pause=0)
     out, _ = second.communicate(timeout=120)
     assert first.poll() is None, "the first run ended before the second met it"
@@ -83,7 +94,7 @@ def test_a_second_run_into_a_busy_directory_stops_at_once_naming_the_first(tmp_p
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     run_dir = tmp_path / "run"
     first = _start(tmp_path, run_dir, steps=40)
-    _wait_for((run_dir / ".lock").exists, first)
+    _wait_for(_holds_lock(run_dir), first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert json.loads((run_dir / ".lock").read_text())["pid"] == first.pid  # left behind, its flock gone
@@ -102,7 +113,7 @@ def test_a_launcher_leaves_a_busy_directory_untouched(tmp_path):
 
     run_dir = tmp_path / "run"
     first = _start(tmp_path, run_dir, steps=40)
-    _wait_for((run_dir / ".lock").exists, first)
+    _wait_for(_holds_lock(run_dir), first)
     (run_dir / "config.json").write_text("the first run's")
     with pytest.raises(RunDirectoryLocked, match=f"{run_dir} is in use: process {first.pid} "):
         stages._start({"out_dir": str(run_dir)}, dict(os.environ))
