@@ -184,6 +184,17 @@ class _Stage:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
+    def end_group(self, timeout: float = 10.0) -> None:
+        """Once ``dvc`` has exited, give what is left of its group ``timeout`` seconds to end, then SIGKILL."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.1)
+        self.stop(signal.SIGKILL)
+
     def lock_busy(self) -> bool:
         return self.proc.returncode != 0 and any(LOCK_BUSY in line for line in self.lines)
 
@@ -251,6 +262,7 @@ def run(targets: list[str], jobs: int, cwd=".", json_path=None, lock_retries: in
                 stage.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 stage.stop(signal.SIGKILL)
+            stage.end_group()  # the kernel and training runs below dvc, not only dvc itself
         _write(json_path, {**record(complete=False), "stopped": sorted(running)})
         raise
     result = record(complete=True)
