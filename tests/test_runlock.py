@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # a training run of a few seconds per epoch: each step sleeps, so that another process can meet it
 SLOW_RUN = """
-import sys, time
+import os, sys, time
 import torch, torch.nn as nn
 import g2sd_lib.engine as engine
 from g2sd_lib.errors import run_main
@@ -31,7 +31,8 @@ class Slow:
         return [{"params": list(self.model.parameters()), "weight_decay": wd}]
 
     def loss(self, model, batch):
-        time.sleep(float(sys.argv[3]))
+        saved = os.path.exists(os.path.join(sys.argv[1], "last.pt"))  # an epoch is done and saved
+        time.sleep(float(sys.argv[4] if saved else sys.argv[3]))
         out = model(batch[0]).pow(2).mean()
         return out, {"mse": out.detach()}
 
@@ -47,12 +48,17 @@ run_main(main)
 """
 
 
-def _start(tmp_path, out_dir, steps=20, pause=0.25):
+def _start(tmp_path, out_dir, steps=20, pause=0.25, pause_after_save=None):
+    """A run of two epochs of ``steps`` steps into ``out_dir``; each step sleeps ``pause`` s, or
+    ``pause_after_save`` s once the first epoch is saved (a long second epoch: a signal sent after the
+    first save surely meets the run, however late a loaded machine lets the test send it)."""
+    pause_after_save = pause if pause_after_save is None else pause_after_save
     script = tmp_path / "slow_run.py"
     script.write_text(SLOW_RUN)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("G2SD_DEBUG", None)
-    return subprocess.Popen([sys.executable, str(script), str(out_dir), str(steps), str(pause)], cwd=tmp_path,
+    return subprocess.Popen([sys.executable, str(script), str(out_dir), str(steps), str(pause),
+                             str(pause_after_save)], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -127,7 +133,7 @@ def test_a_launcher_leaves_a_busy_directory_untouched(tmp_path):
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_stopped_run_says_what_was_saved_and_the_rerun_resumes(tmp_path, sig, code, name):
     run_dir = tmp_path / "run"
-    proc = _start(tmp_path, run_dir, steps=12)
+    proc = _start(tmp_path, run_dir, steps=12, pause_after_save=10)  # epoch 2 would take 2 min
     _wait_for((run_dir / "last.pt").exists, proc)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
