@@ -57,9 +57,12 @@ def _start(tmp_path, out_dir, steps=20, pause=0.25, pause_after_save=None):
     script.write_text(SLOW_RUN)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("G2SD_DEBUG", None)
+    # Ctrl-C reaches the run as in a terminal even when the tests themselves run in the background
+    # (`make test &`, nohup), where the shell starts them, and so the run, with SIGINT ignored
     return subprocess.Popen([sys.executable, str(script), str(out_dir), str(steps), str(pause),
                              str(pause_after_save)], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, proc, timeout=120):
