@@ -22,7 +22,7 @@ children, helpers, stopping = [], [], threading.Event()
 
 
 def track_children() -> None:
-    start = stages._start
+    start = stages.start_run
 
     def tracked(*args, **kwargs):
         if stopping.is_set():
@@ -30,7 +30,7 @@ def track_children() -> None:
         started = start(*args, **kwargs)
         children.append(started[0])
         return started
-    stages._start = tracked
+    stages.start_run = tracked
 
 
 def log(msg: str) -> None:

@@ -28,6 +28,49 @@ def train_val_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, tor
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+def labelled_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted int64 positions into ``labels`` (int64 (M,)) of a stratified, seeded draw of ``n`` images:
+    ``n / k`` of each of the k classes present, each class's images permuted by one generator seeded
+    ``seed`` (classes in increasing order). The label-scarce regime trains every supervised stage on
+    these images only, while pretraining sees all M."""
+    classes = labels.unique()
+    k = len(classes)
+    if n % k or not 0 < n <= len(labels):
+        raise InputError(f"data.labels must be a multiple of the {k} classes between {k} and {len(labels)} "
+                         f"(the training split), got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in classes.tolist():
+        members = (labels == c).nonzero().flatten()
+        if len(members) < n // k:
+            raise InputError(f"data.labels {n} needs {n // k} images of class {c}, the training split has "
+                             f"{len(members)}: choose a smaller data.labels")
+        picked.append(members[torch.randperm(len(members), generator=gen)[: n // k]])
+    return torch.cat(picked).sort().values
+
+
+def label_draw_digest(indices: torch.Tensor) -> str:
+    """sha256 of a label draw (int64 positions into the 60 000-image training file, little-endian
+    bytes, sorted): names the draw in the teacher's card and every summary."""
+    import hashlib
+    return hashlib.sha256(indices.to(torch.int64).sort().values.numpy().astype("<i8").tobytes()).hexdigest()
+
+
+def label_draw(d: dict) -> dict | None:
+    """The label-scarce draw of a profile's ``data`` section: ``{"labels", "labels_seed", "per_class",
+    "sha256"}`` (:func:`label_draw_digest` of the drawn positions in the training file), or
+    None when every training image carries its label."""
+    if not d.get("labels") or d.get("dataset", "fmnist") != "fmnist":
+        return None
+    images, labels = load_fashion_mnist("train", d.get("root"))
+    tr_idx, _ = train_val_split(len(images), d.get("val_size", 5000), d.get("split_seed", 0))
+    if d.get("train_subset"):
+        tr_idx = tr_idx[: d["train_subset"]]
+    drawn = tr_idx[labelled_subset(labels[tr_idx], d["labels"], d.get("labels_seed", 0))]
+    return {"labels": d["labels"], "labels_seed": d.get("labels_seed", 0),
+            "per_class": d["labels"] // len(labels.unique()), "sha256": label_draw_digest(drawn)}
+
+
 class TensorLoader:
     """Batches of an in-memory uint8 dataset, sharded like `DistributedSampler`.
 

@@ -90,14 +90,14 @@ def test_a_misspelt_profile_is_named_with_the_choices_before_any_work(tmp_path, 
         profile_path("huge")
     with pytest.raises(SystemExit) as e:
         run_main(main, ["enable", "fmnst"])
-    assert e.value.code == 2 and ("unknown profile 'fmnst' (make repro P=...): choose one of fmnist, gpu, paper, "
-                                  "smoke") in capsys.readouterr().err
+    assert e.value.code == 2 and (f"unknown profile 'fmnst' (make repro P=...): choose one of {', '.join(PROFILES)}"
+                                  in capsys.readouterr().err)
     if shutil.which("make"):
         # a top-level make, also under `make test` (whose MAKEFLAGS / MAKELEVEL would add directory lines)
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
         made = subprocess.run(["make", "-n", "repro", "P=fmnst"], cwd=REPO, capture_output=True, text=True, env=env)
         assert made.returncode != 0 and not made.stdout  # nothing, not even `make data`, would run
-        assert "unknown profile 'fmnst' (make repro P=...): choose one of fmnist gpu paper smoke" in made.stderr
+        assert f"unknown profile 'fmnst' (make repro P=...): choose one of {' '.join(PROFILES)}" in made.stderr
         assert "g2sd_lib.pipeline.repro gpu" in subprocess.run(["make", "-n", "repro", "P=gpu"], cwd=REPO, env=env,
                                                       capture_output=True, text=True).stdout
 
@@ -146,8 +146,8 @@ def test_the_profiles_are_the_files_and_an_unknown_one_in_params_yaml_is_refused
     params = tmp_path / "params.yaml"
     params.write_text("profiles: [fmnist, fmnst]\n")
     with pytest.raises(InputError, match=r"params.yaml lists the unknown profile 'fmnst' \(profiles: \[fmnist, fmnst\]\); "
-                                         "the known profiles are the files g2sd_lib/pipeline/profiles/<name>.yaml: fmnist, gpu, "
-                                         "paper, smoke"):
+                                         "the known profiles are the files g2sd_lib/pipeline/profiles/<name>.yaml: "
+                                         + ", ".join(PROFILES)):
         enabled_profiles(params)
     monkeypatch.chdir(tmp_path)
     for command, argv in ((repro.main, ["fmnist"]), (main, ["check", "fmnist"])):

@@ -125,7 +125,7 @@ def test_a_launcher_leaves_a_busy_directory_untouched(tmp_path):
     _wait_for(_holds_lock(run_dir), first)
     (run_dir / "config.json").write_text("the first run's")
     with pytest.raises(RunDirectoryLocked, match=f"{run_dir} is in use: process {first.pid} "):
-        stages._start({"out_dir": str(run_dir)}, dict(os.environ))
+        stages.start_run({"out_dir": str(run_dir)}, dict(os.environ))
     assert (run_dir / "config.json").read_text() == "the first run's" and not (run_dir / "log.txt").exists()
     first.send_signal(signal.SIGKILL)
     first.wait()

@@ -108,8 +108,20 @@ def headline_row(profile: str, s: dict) -> dict:
             "G2SD / teacher": share_text(students["g2sd"]["ratio_to_teacher"]),
             "still learning?": (f"yes, {span} in the last epoch" if still else
                                 f"no ({span} in the last epoch)" if span else "not recorded"),
-            "valid test?": ("no: a head start" if still else
+            "valid test?": _validity_text(s.get("validity")) if s.get("validity") else
+                           ("no: a head start" if still else
                             "not ruled out (doubling the schedule decides)" if span else "unknown")}
+
+
+def _validity_text(valid: dict) -> str:
+    """``yes: V1-V5 pass`` or which pre-registered criteria failed or were not measured (``summary.json`` validity)."""
+    names = sorted(k for k in valid if k.startswith("V"))
+    failed = [n for n in names if valid[n]["pass"] is False]
+    untested = [n for n in names if valid[n]["pass"] is None]
+    if not failed and not untested:
+        return f"yes: {names[0]}-{names[-1]} pass"
+    return "no: " + "; ".join(p for p in (f"{', '.join(failed)} failed" if failed else "",
+                                           f"{', '.join(untested)} not measured" if untested else "") if p)
 
 
 def verdict(profile: str, s: dict) -> str:

@@ -118,12 +118,14 @@ def stage_config(params: dict, group: str, run: str, root="runs", seed: int | No
 
 def teacher_stage_config(params: dict, step: str, root="runs") -> dict:
     """``run_stage`` configuration of the teacher recipe (``train`` mode): step ``pretrain`` (MAE)
-    or ``finetune`` (classifier initialised from the pretrained encoder)."""
+    or ``finetune`` (classifier initialised from the pretrained encoder: in ``finetune`` mode the bundled
+    MAE the teacher stage copied to ``<root>/teacher/mae.safetensors``)."""
     cfg = copy.deepcopy(params["teacher"][step])
     cfg["data"] = deep_merge(params.get("data", {}), cfg.get("data", {}))
     cfg["out_dir"] = str(run_dir(root, "teacher", step))
     if step == "finetune":
-        cfg["init"] = str(run_dir(root, "teacher", "pretrain") / "model.safetensors")
+        cfg["init"] = str(teacher_paths(root)["gd"] if params["teacher"].get("mode") == "finetune"
+                          else run_dir(root, "teacher", "pretrain") / "model.safetensors")
     return cfg
 
 
@@ -167,12 +169,14 @@ def dense_stage_config(params: dict, task: str, run: str, root="runs", seed: int
     return cfg
 
 
-def train_images(params: dict) -> int:
-    """Training images per epoch of a Fashion-MNIST profile (60 000 minus validation, or the subset)."""
+def train_images(params: dict, labelled: bool = False) -> int:
+    """Training images per epoch of a Fashion-MNIST profile (60 000 minus validation, or the subset);
+    ``labelled``: of a supervised run, which sees only the ``data.labels`` drawn images when that is set."""
     d = params["data"]
     if d.get("dataset", "fmnist") != "fmnist":
         return 1_281_167 if d.get("dataset") == "imagenet" else 0  # ImageNet-1k train
-    return d.get("train_subset") or 60_000 - d.get("val_size", 5000)
+    n = d.get("train_subset") or 60_000 - d.get("val_size", 5000)
+    return min(n, d["labels"]) if labelled and d.get("labels") else n
 
 
 def budget(params: dict) -> dict:
@@ -191,11 +195,12 @@ def budget(params: dict) -> dict:
                 cfg = deep_merge(section.get("common", {}), section[run])
                 epochs = cfg.get("train", {}).get("epochs")
                 # a run's own data section (e.g. students.common.data.train_subset) sets its images per epoch
-                per_epoch = train_images({"data": deep_merge(params["data"], cfg.get("data", {}))})
+                per_epoch = train_images({"data": deep_merge(params["data"], cfg.get("data", {}))},
+                                         labelled=cfg.get("kind") in ("sd", "finetune", "kd"))
                 out[run] = {"epochs": epochs, "images_seen": epochs * per_epoch}
         return out
 
-    out = {"train_images_per_epoch": n, "seeds": list(params["seeds"]), "teacher_mode": params["teacher"]["mode"],
+    out = {"train_images_per_epoch": n, "labels": params["data"].get("labels"), "seeds": list(params["seeds"]), "teacher_mode": params["teacher"]["mode"],
            "pretrain": runs("pretrain"), "students": runs("students")}
     if params["teacher"]["mode"] == "train":
         out["teacher"] = {step: params["teacher"][step]["train"]["epochs"] for step in ("pretrain", "finetune")}

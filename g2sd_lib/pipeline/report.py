@@ -21,8 +21,8 @@ import pandas as pd
 
 from ..device import machine
 from .results import (DENSE_METRICS, STILL_LEARNING, gain_span, learning_text, machines_text,  # noqa: F401 (re-exported)
-                      mean_std, metrics_per_model, read_json, summarize, summarize_dense, summarize_task, trained_on,
-                      write_history, write_json)
+                      mean_std, metrics_per_model, paper_claims, read_json, regime, summarize, summarize_dense,
+                      summarize_task, trained_on, validity, write_history, write_json)
 
 # What the paper and its reference READMEs publish, with where each value comes from.
 PAPER = {

@@ -157,3 +157,89 @@ def metrics_per_model(section: dict) -> dict[str, dict]:
         files[name] = {metric: s[f"{metric}_mean"], f"{metric}_std": s[f"{metric}_std"],
                        "of_teacher": s["ratio_to_teacher"]}
     return files
+
+
+# The paper's classification claims this regime can test: (claim, student that should win, student it should
+# beat, the criteria it needs beyond V1-V3, a note). Scratch, KD and SD only never see the unlabelled images.
+PAPER_CLAIMS = [
+    ("G2SD beats the student's own MAE pretraining (same images, same labels: generic distillation)", "g2sd", "mae", (), ""),
+    ("specific distillation adds to generic distillation (G2SD > GD only)", "g2sd", "gd_only", ("V4",), ""),
+    ("generic distillation beats MAE pretraining of the student (GD only > MAE student)", "gd_only", "mae", (), ""),
+    ("G2SD beats specific distillation alone (G2SD > SD only)", "g2sd", "sd_only", (), "SD only never sees the unlabelled images"),
+    ("G2SD beats single-stage KD from the task teacher", "g2sd", "kd", (), "KD never sees the unlabelled images"),
+    ("G2SD beats training the student from scratch", "g2sd", "scratch", (), "scratch never sees the unlabelled images"),
+]
+PAPER_RATIO = 0.987  # G2SD abstract: the ViT-S student reaches 98.7 % of its ViT-B teacher (ImageNet classification)
+ALWAYS_NEEDED = ("V1", "V2", "V3")  # headroom, convergence, power: every claim needs them
+
+
+def validity(calibration: dict | None, source: str) -> dict | None:
+    """``summary.json``'s ``validity``: each pre-registered criterion V1-V5 as measured by the calibration
+    (``benchmarks/label_scarce.py``, on the validation split): ``value``, ``threshold``, ``pass`` (None:
+    not measured). None for a profile without a calibration (the all-label head start)."""
+    if calibration is None:
+        return None
+    return {"source": source, "split": calibration.get("split"),
+            **{name: {k: c[k] for k in ("what", "value", "threshold", "pass")}
+               for name, c in calibration["criteria"].items()}}
+
+
+def paper_claims(classification: dict, valid: dict | None) -> list[dict]:
+    """``summary.json``'s ``claims``: each paper claim with the test top-1 numbers compared (fractions), the
+    seed spread and a verdict ``holds`` / ``fails`` / ``untestable`` with its reason.
+
+    A claim is untestable when a criterion it needs (V1-V3, and V4 for "SD adds to GD") did not pass or was
+    not measured, or when the profile has no validity record. Otherwise "a beats b" holds when the mean
+    difference exceeds the seed spread sqrt(s_a^2 + s_b^2); it fails when the difference is within the
+    spread or reversed. The teacher-ratio claim holds when G2SD's mean plus its std reaches 98.7 % of
+    the teacher."""
+    students, teacher = classification["students"], classification["teacher"]["top1"]
+
+    def blocked(needs):
+        if valid is None:
+            return "no validity criteria were measured for this profile (a head start, not a valid test)"
+        bad = [n for n in (*ALWAYS_NEEDED, *needs) if not (valid.get(n) or {}).get("pass")]
+        return (f"criteria {', '.join(bad)} did not pass or were not measured "
+                f"({'; '.join(f'{n}: ' + str((valid.get(n) or {}).get('pass')) for n in bad)})" if bad else None)
+
+    out = []
+    if "g2sd" in students:
+        g = students["g2sd"]
+        ratio = g["top1_mean"] / teacher if teacher else None
+        reason = blocked(())
+        verdict = ("untestable" if reason else "holds" if (g["top1_mean"] + g["top1_std"]) >= PAPER_RATIO * teacher
+                   else "fails")
+        out.append({"claim": f"the student reaches {100 * PAPER_RATIO:.1f} % of its teacher", "a": "g2sd", "b": "teacher",
+                    "a_top1": g["top1_mean"], "b_top1": teacher, "ratio": ratio, "spread": g["top1_std"],
+                    "verdict": verdict, "reason": reason or f"G2SD reaches {100 * ratio:.1f} % of the teacher"})
+    for claim, a, b, needs, note in PAPER_CLAIMS:
+        if a not in students or b not in students:
+            continue
+        sa, sb = students[a], students[b]
+        diff = sa["top1_mean"] - sb["top1_mean"]
+        spread = (sa["top1_std"] ** 2 + sb["top1_std"] ** 2) ** 0.5
+        reason = blocked(needs)
+        if reason:
+            verdict = "untestable"
+        elif diff > spread:
+            verdict, reason = "holds", f"{100 * diff:+.2f} points, more than the seed spread {100 * spread:.2f}"
+        else:
+            verdict = "fails"
+            reason = (f"{100 * diff:+.2f} points, " + ("reversed" if diff <= 0 else f"within the seed spread {100 * spread:.2f}"))
+        out.append({"claim": claim, "a": a, "b": b, "a_top1": sa["top1_mean"], "b_top1": sb["top1_mean"],
+                    "difference": diff, "spread": spread, "verdict": verdict,
+                    "reason": reason + (f"; {note}" if note else "")})
+    return out
+
+
+def regime(params: dict, teacher_result: dict) -> dict | None:
+    """``summary.json``'s ``regime`` of a label-scarce profile: the labelled draw (from the teacher stage's
+    ``label_draw``) and the unlabelled images pretraining sees; None when every image carries its label."""
+    from .config import train_images
+    draw = teacher_result.get("label_draw")
+    if draw is None:
+        return None
+    return {"labels": draw["labels"], "per_class": draw["per_class"], "labels_seed": draw["labels_seed"],
+            "draw_sha256": draw["sha256"], "unlabelled_images": train_images(params),
+            "labelled_stages": "teacher fine-tuning, SD, KD and every fine-tuned student",
+            "unlabelled_stages": "MAE (teacher and student) and GD pretraining"}

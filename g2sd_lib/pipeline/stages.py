@@ -13,7 +13,7 @@ take the keys of :func:`g2sd_lib.pipeline.config.dense_stage_config`)::
     init: checkpoint whose encoder initialises the classifier (sd/finetune/kd), or null
     out_dir: where the run writes last.pt, history.{json,csv}, model.safetensors
     data: {dataset: fmnist|imagenet, root, val_size, split_seed, train_subset, val_subset,
-           eval_batch_size; imagenet only: input_size (224), num_workers (8)}
+           labels, labels_seed (supervised kinds train on a stratified draw of ``labels`` images), eval_batch_size; imagenet only: input_size (224), num_workers (8)}
     augment: {crop_scale: [lo, hi], flip, reprob, mixup, cutmix, smoothing}
     task: stage options (mae: mask_ratio, norm_pix_loss; gd: mask_ratio, target_block,
           supervise_all, smooth_l1_beta, encoder_loss_weight; sd: loss_type, layer_decay;
@@ -75,6 +75,8 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
         tr_idx = tr_idx[: d["train_subset"]]
     if d.get("val_subset"):
         va_idx = va_idx[: d["val_subset"]]
+    if labelled and d.get("labels"):  # label-scarce: supervised stages see only the drawn labelled images
+        tr_idx = tr_idx[data.labelled_subset(labels[tr_idx], d["labels"], d.get("labels_seed", 0))]
     size = images.shape[-1]
     device = resolve_device(cfg.get("train", {}).get("device", "auto"), int(os.environ.get("LOCAL_RANK", 0)))
     steps = [data.RandomResizedCropFlip(size, tuple(aug.get("crop_scale", (0.2, 1.0))), flip=aug.get("flip", True)),
@@ -87,6 +89,12 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
     val_loader = data.TensorLoader(images[va_idx], labels[va_idx], eval_bs, shuffle=False, drop_last=False,
                                    transform=data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD), device=device)
     return train_loader, val_loader
+
+
+def training_loader(cfg: dict):
+    """The training loader a one-process run of ``cfg`` draws its batches from (its images, labels and
+    augmentation), for analyses of what a stage sees."""
+    return _datasets(cfg, 0, 1, cfg["train"]["batch_size"])[0]
 
 
 def _upstream(path) -> str:
@@ -223,7 +231,7 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
         while todo or running:
             while todo and len(running) < concurrent:
                 name, cfg = todo.pop(0)
-                running[name] = _start(cfg, _run_env(concurrent))
+                running[name] = start_run(cfg, _run_env(concurrent))
             time.sleep(0.5)
             for name, (proc, log, pos) in list(running.items()):
                 running[name] = (proc, log, _echo(log, pos, name))
@@ -250,8 +258,9 @@ def _run_env(concurrent: int) -> dict:
     return env
 
 
-def _start(cfg: dict, env: dict):
-    """A ``python -m g2sd_lib.pipeline.stages`` process of one configuration, its output going to log.txt."""
+def start_run(cfg: dict, env: dict):
+    """``(process, log path, 0)``: a ``python -m g2sd_lib.pipeline.stages`` process of one configuration
+    started with ``env``, its output going to ``<out_dir>/log.txt``."""
     cfg_path = _write_config(cfg)
     log = cfg_path.parent / "log.txt"
     with open(log, "w") as f:

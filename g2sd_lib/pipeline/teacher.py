@@ -9,7 +9,9 @@ fine-tuned classifier. Whatever the mode, the stage writes ``<root>/teacher/mae.
   sha256 pinned on first use (fetched, or saved by hand when offline), converted from the
   official pickle layout;
 * ``bundled`` (fmnist): the small teacher committed under ``teachers/``, sha256-checked;
-* ``train``: the project's recipe, MAE pretraining then fine-tuning, through ``run_stage``.
+* ``train``: the project's recipe, MAE pretraining then fine-tuning, through ``run_stage``;
+* ``finetune`` (label-scarce profiles): the bundled MAE as the GD teacher, and the classifier fine-tuned
+  from it here by ``teacher.finetune`` on the profile's labels only (``data.labels``).
 """
 
 import json
@@ -20,9 +22,10 @@ from .. import checkpoints
 from .config import teacher_paths, teacher_stage_config
 from .download import fetch_official
 from ..errors import InputError, MissingInputError, run_main
+from ..data import label_draw
 from .stages import launch
 
-MODES = ("bundled", "train", "download")
+MODES = ("bundled", "finetune", "train", "download")
 
 
 def _copy_saved(src: Path, dest: Path) -> None:
@@ -50,6 +53,8 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
         raise InputError(f"teacher.mode must be one of {', '.join(MODES)}, got {mode!r}")
     out = teacher_paths(root)
     summary = {"mode": mode}
+    if draw := label_draw(params.get("data", {})):
+        summary["label_draw"] = draw  # the labels the SD teacher (and every supervised stage) learns from
     if mode == "download":
         d = cfg["download"]
         cache = Path(d.get("cache_dir") or "checkpoints")
@@ -57,9 +62,9 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
         for key, role in (("gd", "gd-teacher"), ("sd", "sd-teacher")):
             src = fetch_official(d[key], cache, base_url=d.get("base_url"), hash_record=record)
             _convert(src, role, out[key])
-    elif mode == "bundled":
+    elif mode in ("bundled", "finetune"):
         b = cfg["bundled"]
-        for key, name in (("gd", "mae"), ("sd", "classifier")):
+        for key, name in (("gd", "mae"), ("sd", "classifier"))[: 1 if mode == "finetune" else 2]:
             src = Path(b[name])
             if not src.exists():
                 raise MissingInputError(f"bundled teacher {src} is missing: restore it (`git checkout -- {src}`), "
@@ -67,6 +72,10 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
                                         "one (see the model cards in teachers/)")
             checkpoints.load_saved_model(src, expected_sha256=b.get(f"{name}_sha256"))  # refuses changed bytes
             _copy_saved(src, out[key])
+        if mode == "finetune":
+            stage_cfg = teacher_stage_config(params, "finetune", root)
+            summary["histories"] = {"finetune": launch(stage_cfg, nproc)}
+            _copy_saved(Path(stage_cfg["out_dir"]) / "model.safetensors", out["sd"])
     else:
         histories = {}
         for step in ("pretrain", "finetune"):
@@ -83,12 +92,17 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
     return summary
 
 
-def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnist", notes=()) -> dict:
+def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnist", notes=(), finetune_run=None) -> dict:
     """Bundle the teachers the ``train`` mode produced: float16 safetensors (the 10 MB budget of the
     repository) under ``dest_dir`` plus a model card ``<prefix>.md`` generated from the run's own
     histories and a fresh test-set evaluation of the stored (float16-rounded) classifier. ``notes``:
     lines added to the card's results (e.g. how the recipe was chosen). Each file's sidecar keeps the
-    ``machine`` that trained it (the engine's record), which the bundled mode copies on."""
+    ``machine`` that trained it (the engine's record), which the bundled mode copies on.
+
+    In ``finetune`` mode only the classifier is bundled (the GD teacher is the already bundled MAE it was
+    fine-tuned from), and the card names the label draw it learnt from. ``finetune_run``: the run
+    directory of that fine-tuning (default ``<root>/teacher/finetune``; e.g. the calibration's run of the
+    same recipe)."""
     import torch
     import yaml
 
@@ -98,13 +112,15 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
     from .results import trained_on
 
     work, dest = Path(root), Path(dest_dir)
-    src = teacher_paths(work)
+    finetune_only = params["teacher"]["mode"] == "finetune"
+    run = Path(finetune_run) if finetune_run else work / "teacher" / "finetune"
+    src = ({"sd": run / "model.safetensors"} if finetune_only else teacher_paths(work))
     if missing := [str(p) for p in src.values() if not p.exists()]:
         raise MissingInputError(f"{', '.join(missing)} missing: bundle packs the teachers that the teacher stage "
-                                f"trains in teacher.mode: train; run `dvc repro teacher@{params['profile']}` "
+                                f"trains in teacher.mode: train or finetune; run `dvc repro teacher@{params['profile']}` "
                                 "with that mode first")
     files, trained = {}, {}
-    for key, name in (("gd", "mae"), ("sd", "classifier")):
+    for key, name in (("gd", "mae"), ("sd", "classifier"))[1 if finetune_only else 0:]:
         model = checkpoints.load_saved_model(src[key])
         path = dest / f"{prefix}_{name}.safetensors"
         trained[key] = trained_on(src[key])
@@ -118,31 +134,42 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
     loader = TensorLoader(images, labels, 1000, shuffle=False, drop_last=False,
                           transform=Normalize(FMNIST_MEAN, FMNIST_STD))
     test = classification_report(classifier, loader)
-    hist = {step: json.loads((work / "teacher" / step / "history.json").read_text())
-            for step in ("pretrain", "finetune")}
+    hist = {step: json.loads(((run if step == "finetune" else work / "teacher" / step) / "history.json").read_text())
+            for step in (("finetune",) if finetune_only else ("pretrain", "finetune"))}
     minutes = {step: sum(r["seconds"] for r in h) / 60 for step, h in hist.items()}
-    trained_text = (trained["gd"] if trained["gd"] == trained["sd"]
+    trained_text = (trained["sd"] if finetune_only or trained["gd"] == trained["sd"]
                     else f"{trained['gd']} (pretraining), {trained['sd']} (fine-tuning)")
-    recipe = {"data": params["data"], "pretrain": params["teacher"]["pretrain"],
+    recipe = {"data": params["data"], **({} if finetune_only else {"pretrain": params["teacher"]["pretrain"]}),
               "finetune": params["teacher"]["finetune"]}
+    if finetune_only:
+        b, draw = params["teacher"]["bundled"], label_draw(params["data"])
+        pretrain_line = (f"- GD teacher and starting point: the bundled MAE `{b['mae']}` (sha256 `{b.get('mae_sha256')}`), "
+                         "pretrained without labels; not bundled again")
+        labels_line = (f"- labels: {draw['labels']} training images ({draw['per_class']} per class, `data.labels_seed` "
+                       f"{draw['labels_seed']}; draw sha256 `{draw['sha256']}`), the same every supervised stage of "
+                       f"`{params['profile']}` sees" if draw else "- labels: every training image")
+    else:
+        pretrain_line = (f"- MAE pretraining: {len(hist['pretrain'])} epochs, final training loss (norm-pix MSE on masked "
+                         f"patches) {hist['pretrain'][-1]['train_loss']:.4f}, {minutes['pretrain']:.1f} min")
+        labels_line = None
     card = [
         f"# Bundled Fashion-MNIST teacher (`{prefix}`)", "",
-        "Generated by `python -m g2sd_lib.pipeline.teacher bundle` from the pipeline's `train` mode; do not edit by hand.",
+        f"Generated by `python -m g2sd_lib.pipeline.teacher bundle` from the pipeline's `{params['teacher']['mode']}` mode; "
+        "do not edit by hand.",
         "A profile loads these files in `bundled` mode and checks their sha256 (pinned in its `teacher.bundled`).", "",
         "| file | role | model | parameters | size | sha256 |", "|---|---|---|---|---|---|",
         *[f"| `{Path(f['path']).name}` | {'GD teacher (MAE with decoder)' if n == 'mae' else 'SD teacher (classifier)'} "
           f"| `{f['model']}` | {f['params']:,} | {f['bytes'] / 1e6:.2f} MB | `{f['sha256']}` |" for n, f in files.items()],
         "", "Weights are stored in float16 to fit the repository's 10 MB budget; they load into float32 models.", "",
         "## Results", "",
-        f"- MAE pretraining: {len(hist['pretrain'])} epochs, final training loss (norm-pix MSE on masked patches) "
-        f"{hist['pretrain'][-1]['train_loss']:.4f}, {minutes['pretrain']:.1f} min",
+        pretrain_line, *([labels_line] if labels_line else []),
         f"- fine-tuning: {len(hist['finetune'])} epochs, validation top-1 {100 * hist['finetune'][-1]['val_top1']:.2f} % "
         f"(5 000 images carved from the training split), {minutes['finetune']:.1f} min",
         f"- **test top-1 {100 * test['top1']:.2f} %**, top-5 {100 * test['top5']:.2f} % on the 10 000 test images "
         "(the stored float16 weights, as the pipeline uses them)",
         f"- trained on: {trained_text}; bundled and evaluated on: {machine()}", *[f"- {line}" for line in notes],
         "", "## Recipe", "",
-        f"To regenerate: with `teacher.mode: train` in the profile `{params['profile']}` "
+        f"To regenerate: with `teacher.mode: {'finetune' if finetune_only else 'train'}` in the profile `{params['profile']}` "
         f"(`g2sd_lib/pipeline/profiles/{params['profile']}.yaml`), `dvc repro teacher@{params['profile']}`, then "
         f"`python -m g2sd_lib.pipeline.teacher bundle {params['profile']} --prefix {prefix}` (seeded, so the same machine "
         "repeats the same weights).", "",
@@ -161,12 +188,14 @@ def main(argv=None):
     parser.add_argument("command", choices=["bundle"])
     parser.add_argument("profile", choices=PROFILES, help="the profile whose runs/<profile>/teacher to bundle")
     parser.add_argument("--prefix", default="fmnist", help="file name prefix under teachers/ (default: fmnist)")
+    parser.add_argument("--finetune-run", help="finetune mode: the fine-tuning's run directory (default "
+                        "runs/<profile>/teacher/finetune), e.g. the calibration's run of the same recipe")
     args = parser.parse_args(argv)
     runs, _ = output_dirs(args.profile)
-    out = bundle_teacher(load_profile(args.profile), runs, prefix=args.prefix)
+    out = bundle_teacher(load_profile(args.profile), runs, prefix=args.prefix, finetune_run=args.finetune_run)
     for name, f in out["files"].items():
         print(f"{f['path']}: sha256 {f['sha256']}")
-    print(f"test top-1 {out['test']['top1']:.4f}; model card {out['card']}; put the two sha256 in the profiles' "
+    print(f"test top-1 {out['test']['top1']:.4f}; model card {out['card']}; put the sha256 in the profiles' "
           "teacher.bundled")
 
 

@@ -46,7 +46,8 @@ def output_dirs(profile: str) -> tuple[Path, Path]:
 def shrink(params: dict, images: int = 256, batch: int = 64, canvases=(16, 8, 8), **train) -> dict:
     """A copy of a profile on a few images for one epoch, with the same models and code and no
     compilation: every train section (the teacher's recipe, pretrain, students, dense, and the dense
-    runs' own schedules) trains 1 epoch of ``images`` images at ``batch``, no warm-up; the dense
+    runs' own schedules) trains 1 epoch of ``images`` images at ``batch``, no warm-up (a label-scarce profile's
+    supervised runs on one batch of labels, rounded up to a multiple of the 10 classes); the dense
     canvases are ``canvases`` (train, val, test). ``train``: more TrainConfig fields for every run.
     For dry runs on a CPU (``benchmarks/gpu_session.py --dry``, ``benchmarks/fingerprint.py``, tests)."""
     import copy
@@ -54,6 +55,8 @@ def shrink(params: dict, images: int = 256, batch: int = 64, canvases=(16, 8, 8)
     from ..config import DENSE_TASKS
     p = copy.deepcopy(params)
     p["data"].update(train_subset=images, val_subset=images, test_subset=images, eval_batch_size=images)
+    if p["data"].get("labels"):  # a label-scarce profile: one training step's labels
+        p["data"]["labels"] = 10 * -(-batch // 10)
     for section in (p["teacher"]["pretrain"], p["teacher"]["finetune"], p["pretrain"]["common"],
                     p["students"]["common"], p["dense"]["common"]):
         section["train"].update(epochs=1, warmup_epochs=0, batch_size=batch, compile="none", **train)

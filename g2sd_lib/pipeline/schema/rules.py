@@ -126,7 +126,8 @@ def _dense_stage(cfg) -> list[Problem]:
 def _teacher_problems(params: dict, valid: dict) -> list[Problem]:
     """Teacher mode and the sections it needs; the ``train`` recipe's two stage configurations."""
     teacher, problems = valid["teacher"], []
-    needs = {"bundled": ("bundled",), "download": ("download",), "train": ("pretrain", "finetune")}[teacher.mode]
+    needs = {"bundled": ("bundled",), "download": ("download",), "train": ("pretrain", "finetune"),
+             "finetune": ("bundled", "finetune")}[teacher.mode]
     problems += [Problem(("teacher", key), "required key missing", f"a mapping (teacher.mode is {teacher.mode!r})")
                  for key in needs if getattr(teacher, key) is None]
     dataset = valid["data"].dataset if "data" in valid else None

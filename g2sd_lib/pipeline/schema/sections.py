@@ -78,12 +78,12 @@ class Download(Section):
 
 
 class Teacher(Section):
-    mode: Literal["bundled", "train", "download"]
-    bundled: Bundled | None = None  # required by mode bundled
+    mode: Literal["bundled", "finetune", "train", "download"]
+    bundled: Bundled | None = None  # required by modes bundled and finetune (its mae)
     download: Download | None = None  # required by mode download
     reconstruction_images: Count = 8
     pretrain: dict[str, Any] | None = None  # mode train: stage configurations, checked as such
-    finetune: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None  # modes train and finetune
 
 
 class Evaluate(Section):

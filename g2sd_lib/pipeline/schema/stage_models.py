@@ -36,6 +36,8 @@ class Data(Section):
     split_seed: Int = 0
     train_subset: Count | None = None
     val_subset: Count | None = None
+    labels: Count | None = None  # label-scarce: a stratified draw of this many labelled images for supervised stages
+    labels_seed: Int = 0
     test_subset: Count | None = None
     eval_batch_size: Count = 256
     input_size: Count = 224  # imagenet only

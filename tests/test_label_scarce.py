@@ -1,0 +1,188 @@
+"""The label-scarce regime: the stratified label draw, supervised stages on the drawn labels only,
+the teacher's ``finetune`` mode, the calibration's criteria and the claims' verdicts."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import load_benchmark
+from g2sd_lib import data
+from g2sd_lib.errors import InputError
+from g2sd_lib.pipeline import config, results
+from g2sd_lib.pipeline.profiles import load_profile, shrink
+from g2sd_lib.pipeline.schema import validate_params
+from g2sd_lib.data import label_draw
+from g2sd_lib.pipeline.stages import training_loader
+
+PROFILE = "fmnist_1k_labels"
+
+
+def test_the_draw_is_stratified_seeded_and_named_by_its_digest():
+    labels = torch.arange(10).repeat_interleave(50)[torch.randperm(500, generator=torch.Generator().manual_seed(1))]
+    a, b = data.labelled_subset(labels, 100, 0), data.labelled_subset(labels, 100, 0)
+    assert torch.equal(a, b) and torch.equal(a, a.sort().values) and len(a.unique()) == 100
+    assert torch.bincount(labels[a], minlength=10).tolist() == [10] * 10
+    other = data.labelled_subset(labels, 100, 1)
+    assert not torch.equal(a, other)
+    assert data.label_draw_digest(a) == data.label_draw_digest(a.flip(0)) != data.label_draw_digest(other)
+    for bad in (95, 0, 510):
+        with pytest.raises(InputError, match="multiple of the 10 classes"):
+            data.labelled_subset(labels, bad, 0)
+    with pytest.raises(InputError, match="needs 60 images of class 1, the training split has 50"):
+        data.labelled_subset(torch.cat([labels, torch.zeros(100, dtype=torch.long)]), 600, 0)
+
+
+def test_supervised_runs_see_only_the_drawn_labels_and_pretraining_sees_every_image(fmnist_available):
+    params = shrink(load_profile(PROFILE), images=256, batch=64)
+    assert params["data"]["labels"] == 70
+    student = config.stage_config(params, "students", "scratch", "runs-unused", seed=0)
+    pre = config.stage_config(params, "pretrain", "mae_student", "runs-unused")
+    labelled, unlabelled = training_loader(student), training_loader(pre)
+    assert len(labelled.images) == 70 and len(unlabelled.images) == 256
+    assert torch.bincount(labelled.labels, minlength=10).tolist() == [7] * 10
+    draw = label_draw(params["data"])
+    assert draw["labels"] == 70 and draw["per_class"] == 7 and len(draw["sha256"]) == 64
+    assert label_draw({**params["data"], "labels": None}) is None
+    # what every claim names: students see epochs x labels, pretraining epochs x every image
+    full = validate_params(load_profile(PROFILE), source=PROFILE)
+    b = config.budget(full)
+    assert b["labels"] == 1000 and b["students"]["g2sd"]["images_seen"] == 100 * 1000
+    assert b["pretrain"]["gd"]["images_seen"] == 16 * 55_000
+
+
+def test_the_finetune_teacher_mode_fine_tunes_the_bundled_mae_on_the_labels(fmnist_available, tmp_path):
+    from g2sd_lib import checkpoints
+    from g2sd_lib.pipeline.teacher import obtain_teacher
+    params = shrink(load_profile(PROFILE), images=256, batch=64, progress=False)
+    params["teacher"]["mode"] = "finetune"  # how the profile's bundled classifier was made
+    summary = obtain_teacher(params, tmp_path)
+    assert summary["mode"] == "finetune" and len(summary["histories"]["finetune"]) == 1
+    assert summary["label_draw"] == label_draw(params["data"])
+    mae = checkpoints.load_saved_model(params["teacher"]["bundled"]["mae"])
+    assert summary["gd"]["sha256"] == checkpoints.read_state_dict(tmp_path / "teacher" / "mae.safetensors")[1]["sha256"]
+    classifier = checkpoints.load_saved_model(tmp_path / "teacher" / "classifier.safetensors")
+    # initialised from the MAE's encoder, then one step of fine-tuning: close to it, not equal
+    w0, w1 = mae.blocks[0].attn.qkv.weight, classifier.blocks[0].attn.qkv.weight
+    assert w0.shape == w1.shape and 0 < (w0 - w1).abs().max() < 0.05
+
+
+def _classification(**means_stds):
+    return {"teacher": {"top1": 0.80}, "students": {
+        name: {"top1_mean": m, "top1_std": s, "seeds": [0, 1, 2]} for name, (m, s) in means_stds.items()}}
+
+
+def _valid(**passes):
+    return {f"V{i}": {"pass": passes.get(f"V{i}", True)} for i in range(1, 6)}
+
+
+def test_claims_hold_fail_or_are_untestable_by_the_criteria():
+    cls = _classification(g2sd=(0.76, 0.004), gd_only=(0.75, 0.004), mae=(0.74, 0.004), sd_only=(0.758, 0.01),
+                          kd=(0.77, 0.004), scratch=(0.70, 0.004))
+    claims = {c["a"] + ">" + c["b"]: c for c in results.paper_claims(cls, _valid())}
+    assert {k: c["verdict"] for k, c in claims.items()} == {
+        "g2sd>teacher": "fails", "g2sd>mae": "holds", "g2sd>gd_only": "holds", "gd_only>mae": "holds",
+        "g2sd>sd_only": "fails", "g2sd>kd": "fails", "g2sd>scratch": "holds"}
+    assert "within the seed spread" in claims["g2sd>sd_only"]["reason"] and "reversed" in claims["g2sd>kd"]["reason"]
+    assert claims["g2sd>mae"]["difference"] == pytest.approx(0.02)
+    assert claims["g2sd>teacher"]["ratio"] == pytest.approx(0.95)
+    no_v4 = {c["a"] + ">" + c["b"]: c["verdict"] for c in results.paper_claims(cls, _valid(V4=False))}
+    assert no_v4["g2sd>gd_only"] == "untestable" and no_v4["g2sd>mae"] == "holds"
+    for valid in (None, _valid(V1=False), _valid(V2=None)):
+        assert {c["verdict"] for c in results.paper_claims(cls, valid)} == {"untestable"}
+    close = _classification(g2sd=(0.79, 0.002))
+    assert results.paper_claims(close, _valid())[0]["verdict"] == "holds"  # 0.792 >= 0.987 x 0.80
+
+
+def _plant(job, top1):
+    path = Path(job["cfg"]["out_dir"])
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"")
+    epochs = job["cfg"]["train"]["epochs"]
+    (path / "history.json").write_text(json.dumps([{"epoch": epochs, "val_top1": top1, "seconds": 1.0}]))
+
+
+def test_the_calibration_computes_each_criterion_from_its_runs(tmp_path):
+    cal = load_benchmark("label_scarce")
+    params = validate_params(load_profile(PROFILE), source=PROFILE)
+    jobs = cal.plan(params, tmp_path, [0, 1, 2])
+    names = [j["name"] for j in jobs]
+    assert names[:3] == ["teacher_d0", "gd_e16", "mae_student_e16"] and len(names) == len(set(names))
+    g2sd = next(j for j in jobs if j["name"] == "g2sd_p16_e100_d0_seed0")
+    assert g2sd["needs"] == ["gd_e16", "teacher_d0"] and g2sd["cfg"]["data"]["labels"] == 1000
+    assert next(j for j in jobs if j["name"] == "teacher_d1")["cfg"]["data"]["labels_seed"] == 1
+    base = {"g2sd": 0.76, "gd_only": 0.75, "mae": 0.74, "sd_only": 0.73, "scratch": 0.72, "kd": 0.73}
+    for job in jobs:
+        name = job["name"]
+        if name.startswith("teacher"):
+            top1 = 0.81
+        elif "_e100_" in name or "_e200_" in name:
+            run = name.split("_p")[0] if "_p" in name else name.split("_e")[0]
+            seed = int(name[-1])
+            top1 = base[run] + 0.002 * (seed - 1) + (0.001 if "_e200_" in name else 0) + (0.002 if "_p32_" in name else 0)
+            if "_d1_" in name:
+                top1 -= 0.005
+        else:
+            continue  # pretraining runs have no validation top-1; the report needs none
+        _plant(job, top1)
+    out = cal.report(params, jobs, [0, 1, 2], v4=18.0)
+    c = out["criteria"]
+    assert c["V1"]["value"] == pytest.approx(81 - 74) and c["V1"]["pass"] is True
+    assert c["V2"]["value"]["final_stage"]["kd"] == pytest.approx(0.1) and c["V2"]["pass"] is True
+    assert c["V2"]["value"]["pretraining"]["mae"] == pytest.approx(0.2)
+    assert c["V3"]["value"]["g2sd"] == pytest.approx(0.2) and c["V3"]["pass"] is True
+    assert c["V4"]["pass"] is True and c["V5"]["pass"] is True
+    # the criteria fail when their numbers say so
+    (tmp_path / "teacher_d0" / "history.json").write_text(json.dumps([{"epoch": 200, "val_top1": 0.76, "seconds": 1}]))
+    out = cal.report(params, jobs, [0, 1, 2], v4=1.0)
+    assert out["criteria"]["V1"]["pass"] is False and out["criteria"]["V4"]["pass"] is False
+    assert out["criteria"]["V5"]["pass"] is False
+    # a missing run leaves its criterion untested, never passed
+    shutil.rmtree(tmp_path / "kd_e200_d0_seed2")
+    assert cal.report(params, jobs, [0, 1, 2], v4=None)["criteria"]["V2"]["value"]["final_stage"]["kd"] \
+        == pytest.approx(0.1)
+    shutil.rmtree(tmp_path / "kd_e200_d0_seed1")
+    shutil.rmtree(tmp_path / "kd_e200_d0_seed0")
+    assert cal.report(params, jobs, [0, 1, 2], v4=None)["criteria"]["V2"]["pass"] is None
+
+
+def test_validity_and_regime_blocks():
+    assert results.validity(None, "x.json") is None
+    cal = {"split": "validation", "criteria": {"V1": {"what": "w", "value": 7.0, "threshold": ">= 3.0", "pass": True,
+                                                      "extra": 1}}}
+    assert results.validity(cal, "x.json") == {"source": "x.json", "split": "validation",
+                                               "V1": {"what": "w", "value": 7.0, "threshold": ">= 3.0", "pass": True}}
+    params = validate_params(load_profile(PROFILE), source=PROFILE)
+    draw = {"labels": 1000, "per_class": 100, "labels_seed": 0, "sha256": "ab"}
+    r = results.regime(params, {"label_draw": draw})
+    assert r["labels"] == 1000 and r["unlabelled_images"] == 55_000 and r["draw_sha256"] == "ab"
+    assert results.regime(params, {}) is None
+
+
+def test_a_finetuned_teacher_is_bundled_alone_with_a_card_naming_its_labels(fmnist_available, tmp_path):
+    from g2sd_lib import checkpoints
+    from g2sd_lib.pipeline.teacher import bundle_teacher, obtain_teacher
+    params = shrink(load_profile(PROFILE), images=256, batch=64, progress=False)
+    params["teacher"]["mode"] = "finetune"
+    obtain_teacher(params, tmp_path / "runs")
+    out = bundle_teacher(params, tmp_path / "runs", dest_dir=tmp_path, prefix="labels")
+    assert list(out["files"]) == ["classifier"] and not (tmp_path / "labels_mae.safetensors").exists()
+    sha = out["files"]["classifier"]["sha256"]
+    checkpoints.load_saved_model(tmp_path / "labels_classifier.safetensors", expected_sha256=sha)
+    card = (tmp_path / "labels.md").read_text()
+    draw = label_draw(params["data"])
+    assert f"draw sha256 `{draw['sha256']}`" in card and "70 training images (7 per class" in card
+    assert f"{100 * out['test']['top1']:.2f} %" in card and "`teacher.mode: finetune`" in card
+
+
+def test_the_profile_loads_its_bundled_teacher_and_records_the_draw(fmnist_available, tmp_path):
+    from g2sd_lib.pipeline.teacher import obtain_teacher
+    params = shrink(load_profile(PROFILE), images=256, batch=64, progress=False)
+    summary = obtain_teacher(params, tmp_path)  # bundled mode: both files sha256-checked
+    assert summary["mode"] == "bundled" and summary["label_draw"]["labels"] == 70
+    full = load_profile(PROFILE)
+    text = (Path(__file__).resolve().parents[1] / "teachers" / "fmnist_1k_labels.md").read_text()
+    assert full["teacher"]["bundled"]["classifier_sha256"] in text
+    assert f"draw sha256 `{label_draw(full['data'])['sha256']}`" in text  # the card names the profile's own draw
