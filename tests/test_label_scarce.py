@@ -186,3 +186,18 @@ def test_the_profile_loads_its_bundled_teacher_and_records_the_draw(fmnist_avail
     text = (Path(__file__).resolve().parents[1] / "teachers" / "fmnist_1k_labels.md").read_text()
     assert full["teacher"]["bundled"]["classifier_sha256"] in text
     assert f"draw sha256 `{label_draw(full['data'])['sha256']}`" in text  # the card names the profile's own draw
+
+
+def test_the_results_table_says_whether_the_criteria_passed():
+    from g2sd_lib.pipeline.compare import headline_row
+    summary = {"classification": {**_classification(g2sd=(0.76, 0.004), scratch=(0.72, 0.004)),
+                                  "last_epoch_gain": {"g2sd": 0.001}}}
+    summary["classification"]["students"]["g2sd"]["ratio_to_teacher"] = 0.95
+    summary["classification"]["students"]["scratch"]["ratio_to_teacher"] = 0.90
+    for s in summary["classification"]["students"].values():
+        s["top1"] = s["top1_mean"]
+    valid = {f"V{i}": {"pass": True} for i in range(1, 6)}
+    assert headline_row("p", {**summary, "validity": valid})["valid test?"] == "yes: V1-V5 pass"
+    valid["V2"]["pass"], valid["V4"]["pass"] = None, False
+    assert headline_row("p", {**summary, "validity": valid})["valid test?"] == "no: V4 failed; V2 not measured"
+    assert headline_row("p", summary)["valid test?"].startswith("not ruled out")  # no criteria: as before
