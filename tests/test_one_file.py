@@ -1,8 +1,10 @@
-"""``g2sd.py``, the method in one file: it runs shrunk end to end, prints its numbers, and GD learns.
+"""``g2sd.py``, the method in one file: it runs shrunk end to end, prints its numbers, and GD learns;
+its written-out losses are the library's.
 
-Both tests run the script as a user does, ``python g2sd.py ...``, in a subprocess.
+The script is run as a user does, ``python g2sd.py ...``, in a subprocess, except for the loss check.
 """
 
+import importlib.util
 import math
 import os
 import re
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 NUMBER = r"([-+0-9.eE]+|nan|inf)"
@@ -27,6 +30,13 @@ def _number(pattern: str, text: str) -> float:
     found = re.search(pattern.replace("{n}", NUMBER), text)
     assert found, f"no line matching {pattern!r} in:\n{text}"
     return float(found.group(1))
+
+
+def _one_file():
+    spec = importlib.util.spec_from_file_location("g2sd_one_file", REPO / "g2sd.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_runs_shrunk_prints_its_numbers_and_gd_lowers_the_loss(fmnist_available):
@@ -58,3 +68,21 @@ def test_a_missing_input_stops_with_one_line_naming_the_fix(tmp_path, missing):
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "make data" in lines[0] and missing in lines[0], p.stderr
+
+
+def test_the_written_out_losses_are_the_library_s():
+    from g2sd_lib import losses
+    from g2sd_lib.models import create_classifier
+    one_file, g = _one_file(), torch.Generator().manual_seed(0)
+    y_hat, h_T = torch.randn(4, 17, 96, generator=g), 3 * torch.randn(4, 17, 96, generator=g) + 1
+    assert torch.allclose(one_file.gd_loss(y_hat, h_T), losses.gd_loss(y_hat, h_T, beta=2.0), atol=1e-6)
+    assert not torch.allclose(one_file.gd_loss(y_hat, h_T), losses.gd_loss(y_hat, h_T, beta=1.0))
+    z_cls, z_dist, z_T = (4 * torch.randn(8, 10, generator=g) for _ in range(3))
+    y_soft = torch.softmax(torch.randn(8, 10, generator=g), -1)  # mixed labels: rows sum to 1
+    assert torch.allclose(one_file.sd_loss(z_cls, z_dist, y_soft, z_T),
+                          losses.sd_classification_loss(z_cls, z_dist, y_soft, z_T)[0], atol=1e-6)
+    torch.manual_seed(0)
+    model = create_classifier(one_file.STUDENT_VIT, "distilled", num_classes=10).eval()
+    x = torch.randn(2, 1, 28, 28, generator=g)
+    with torch.no_grad():  # the written-out evaluation is the model's own eval forward
+        assert torch.allclose(one_file.g2sd_logits(model, x), model(x), atol=1e-6)
