@@ -17,6 +17,8 @@ models, data, checkpoints and learning-rate schedule. `make repro` runs the full
 
     python g2sd.py            # the defaults (the recipe of notebook 00); it prints its numbers and wall time
     python g2sd.py --gd-epochs 1 --sd-epochs 1 --subset 2048 --test-images 1000   # a quick check
+
+A mistake (an argument, a missing input) stops it with a line naming the fix (--debug: the traceback).
 """
 
 import argparse
@@ -30,7 +32,8 @@ import torch.nn.functional as F
 
 from g2sd_lib import data
 from g2sd_lib.checkpoints import load_encoder, load_model
-from g2sd_lib.fmnist import find_fashion_mnist
+from g2sd_lib.errors import InputError, MissingInputError, Terminated, run_main
+from g2sd_lib.fmnist import DatasetNotFoundError, find_fashion_mnist
 from g2sd_lib.models import create_classifier, create_student
 from g2sd_lib.optim import lr_at, param_groups, scaled_lr, set_lr
 
@@ -45,8 +48,13 @@ TARGET_BLOCK = 2      # teacher decoder block (1-based) whose output is the GD t
 BETA = 2.0            # smooth-L1 threshold of the GD loss [official 2.0]
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # a mistyped option is a user error: one line, not usage + exit
+        raise InputError(f"{message} (python g2sd.py --help lists the options)")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("--gd-epochs", type=int, default=3, help="generic-distillation epochs [paper: 300]")
     p.add_argument("--sd-epochs", type=int, default=1, help="SD epochs, and the scratch baseline's [paper: 200]")
     p.add_argument("--subset", type=int, default=30000, help="training images (of the 55 000 left after validation)")
@@ -57,8 +65,17 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="CPU threads of torch; 0 = torch's choice (all cores). "
                    "1 suits a CPU that other programs share: threads that wait for each other run slower")
     args = p.parse_args(argv)
-    if args.batch_size < 2 or args.batch_size % 2 or not args.batch_size <= args.subset <= 55000:
-        p.error("--batch-size must be even and at most --subset, which is at most 55000")
+    gpus = torch.cuda.device_count()  # 0 without CUDA
+    devices = ["cpu"] + ["cuda"] * (gpus > 0) + [f"cuda:{i}" for i in range(gpus)]
+    here = " or ".join(devices)
+    for ok, fix in ((args.device in devices, f"--device {args.device} is not a device of this machine: use {here}"),
+                    (args.gd_epochs >= 0 and args.sd_epochs >= 0, "--gd-epochs and --sd-epochs must be 0 or more"),
+                    (args.batch_size >= 2 and args.batch_size % 2 == 0 and args.batch_size <= args.subset <= 55000,
+                     "--batch-size must be even and at most --subset, which is at most 55000"),
+                    (1 <= args.test_images <= 10000, "--test-images must be in 1..10000"),
+                    (args.threads >= 0, "--threads must be 0 (torch's choice) or more")):
+        if not ok:
+            raise InputError(fix)
     return args
 
 
@@ -66,12 +83,12 @@ def check_inputs():
     """Stop with one line naming the fix when the dataset or a teacher file is missing."""
     try:
         find_fashion_mnist(DATA)
-    except FileNotFoundError:
-        sys.exit("g2sd.py: Fashion-MNIST not found in data/fashion-mnist; run `make data` first")
-    for path in (TEACHER_MAE, TEACHER_CLS):
-        if not path.is_file() or not path.with_suffix(".json").is_file():
-            sys.exit(f"g2sd.py: teacher file {path.relative_to(ROOT)} (or its .json sidecar) is missing; it is "
-                     "committed: `git checkout -- teachers/` restores it (and `make data` fetches the dataset)")
+    except DatasetNotFoundError:
+        raise MissingInputError("Fashion-MNIST not found in data/fashion-mnist; run `make data` first") from None
+    missing = [p for p in (TEACHER_MAE, TEACHER_CLS) if not (p.is_file() and p.with_suffix(".json").is_file())]
+    if missing:
+        raise MissingInputError(f"teacher file {missing[0].relative_to(ROOT)} (or its .json sidecar) is missing: "
+                                "`git checkout -- teachers/` restores it (`make data` fetches the dataset)")
 
 
 # ------------------------------------------------------------------------------ the two losses
@@ -135,7 +152,15 @@ def reseed(seed):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_inputs()
+    try:
+        check_inputs()
+        run(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (run_main raises Terminated for it)
+        print("stopped: g2sd.py keeps no checkpoint; run it again to start over", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+
+
+def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device, start = torch.device(args.device), time.perf_counter()
@@ -257,4 +282,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
