@@ -11,11 +11,14 @@ student learns from a large MAE-pretrained ViT teacher in two stages:
 
 A student of the same size trained on labels alone for the SD budget is the baseline. The teachers
 are the bundled ones in teachers/ (teachers/fmnist.md): images 28 x 28, patches 7 x 7, so
-L = 16 patch tokens. Only g2sd_lib's models, losses, data, checkpoints, optim and evaluate are used;
-`make repro` runs the full, seeded experiment (g2sd_lib/profiles/fmnist.yaml).
+L = 16 patch tokens. The two losses and the evaluation are written out here; g2sd_lib gives the
+models, data, checkpoints and learning-rate schedule. `make repro` runs the full, seeded experiment
+(g2sd_lib/pipeline/profiles/fmnist.yaml).
 
-    python g2sd.py            # defaults: about 2 minutes on one CPU core; G2SD 62.4 %, scratch 53.6 % top-1
-    python g2sd.py --gd-epochs 1 --sd-epochs 1 --subset 2048 --test-images 1000   # a 10-second check
+    python g2sd.py            # the defaults (the recipe of notebook 00); it prints its numbers and wall time
+    python g2sd.py --gd-epochs 1 --sd-epochs 1 --subset 2048 --test-images 1000   # a quick check
+
+A mistake (an argument, a missing input) stops it with a line naming the fix (--debug: the traceback).
 """
 
 import argparse
@@ -25,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from g2sd_lib import data, losses
+from g2sd_lib import data
 from g2sd_lib.checkpoints import load_encoder, load_model
-from g2sd_lib.evaluate import predict, topk_accuracy
-from g2sd_lib.fmnist import find_fashion_mnist
+from g2sd_lib.errors import InputError, MissingInputError, Terminated, run_main
+from g2sd_lib.fmnist import DatasetNotFoundError, find_fashion_mnist
 from g2sd_lib.models import create_classifier, create_student
 from g2sd_lib.optim import lr_at, param_groups, scaled_lr, set_lr
 
@@ -44,8 +48,13 @@ TARGET_BLOCK = 2      # teacher decoder block (1-based) whose output is the GD t
 BETA = 2.0            # smooth-L1 threshold of the GD loss [official 2.0]
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # a mistyped option is a user error: one line, not usage + exit
+        raise InputError(f"{message} (python g2sd.py --help lists the options)")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("--gd-epochs", type=int, default=3, help="generic-distillation epochs [paper: 300]")
     p.add_argument("--sd-epochs", type=int, default=1, help="SD epochs, and the scratch baseline's [paper: 200]")
     p.add_argument("--subset", type=int, default=30000, help="training images (of the 55 000 left after validation)")
@@ -54,10 +63,19 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="data order, masks, initialisation, mixup")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of torch; 0 = torch's choice (all cores). "
-                   "1: on a CPU other programs share, threads that wait for each other ran 6x slower")
+                   "1 suits a CPU that other programs share: threads that wait for each other run slower")
     args = p.parse_args(argv)
-    if args.batch_size < 2 or args.batch_size % 2 or not args.batch_size <= args.subset <= 55000:
-        p.error("--batch-size must be even and at most --subset, which is at most 55000")
+    gpus = torch.cuda.device_count()  # 0 without CUDA
+    devices = ["cpu"] + ["cuda"] * (gpus > 0) + [f"cuda:{i}" for i in range(gpus)]
+    here = " or ".join(devices)
+    for ok, fix in ((args.device in devices, f"--device {args.device} is not a device of this machine: use {here}"),
+                    (args.gd_epochs >= 0 and args.sd_epochs >= 0, "--gd-epochs and --sd-epochs must be 0 or more"),
+                    (args.batch_size >= 2 and args.batch_size % 2 == 0 and args.batch_size <= args.subset <= 55000,
+                     "--batch-size must be even and at most --subset, which is at most 55000"),
+                    (1 <= args.test_images <= 10000, "--test-images must be in 1..10000"),
+                    (args.threads >= 0, "--threads must be 0 (torch's choice) or more")):
+        if not ok:
+            raise InputError(fix)
     return args
 
 
@@ -65,12 +83,39 @@ def check_inputs():
     """Stop with one line naming the fix when the dataset or a teacher file is missing."""
     try:
         find_fashion_mnist(DATA)
-    except FileNotFoundError:
-        sys.exit("g2sd.py: Fashion-MNIST not found in data/fashion-mnist; run `make data` first")
-    for path in (TEACHER_MAE, TEACHER_CLS):
-        if not path.is_file() or not path.with_suffix(".json").is_file():
-            sys.exit(f"g2sd.py: teacher file {path.relative_to(ROOT)} (or its .json sidecar) is missing; it is "
-                     "committed: `git checkout -- teachers/` restores it (and `make data` fetches the dataset)")
+    except DatasetNotFoundError:
+        raise MissingInputError("Fashion-MNIST not found in data/fashion-mnist; run `make data` first") from None
+    missing = [p for p in (TEACHER_MAE, TEACHER_CLS) if not (p.is_file() and p.with_suffix(".json").is_file())]
+    if missing:
+        raise MissingInputError(f"teacher file {missing[0].relative_to(ROOT)} (or its .json sidecar) is missing: "
+                                "`git checkout -- teachers/` restores it (`make data` fetches the dataset)")
+
+
+# ------------------------------------------------------------------------------ the two losses
+def gd_loss(y_hat, h_T):
+    """GD: the student's projected decoder output y_hat (B, 1 + L, D_T) regresses the teacher decoder's
+    hidden states h_T (B, 1 + L, D_T) after block k, LayerNormed without affine (LN), all tokens:
+    L_GD = 1 / (B (1 + L) D_T) sum_{b,t,d} l_beta(y_hat - LN(h_T)),
+    l_beta(r) = r^2 / (2 beta) if |r| < beta else |r| - beta / 2   (smooth L1, beta = 2)"""
+    target = F.layer_norm(h_T, h_T.shape[-1:], eps=1e-6)  # per token: zero mean, unit variance over D_T
+    return F.smooth_l1_loss(y_hat, target, beta=BETA)
+
+
+def soft_cross_entropy(z, y_soft):
+    """-1/B sum_b sum_c y~_bc log softmax(z_b)_c for logits z (B, C) and soft (mixed) labels y~ (B, C)."""
+    return -(y_soft * F.log_softmax(z, dim=-1)).sum(-1).mean()
+
+
+def sd_loss(z_cls, z_dist, y_soft, z_T):
+    """Specific distillation: L_SD = 1/2 (SoftCE(z_cls, y~) + CE(z_dist, argmax_c z_T,c)), logits (B, C).
+    The distillation head learns the teacher's hard decision (DeiT's hard distillation), no temperature."""
+    return (soft_cross_entropy(z_cls, y_soft) + F.cross_entropy(z_dist, z_T.argmax(-1))) / 2
+
+
+def g2sd_logits(model, x):
+    """At evaluation the distilled student predicts with the average of its two heads' logits (official)."""
+    z_cls, z_dist = model.forward_heads(model.forward_features(x))  # (B, C) each
+    return (z_cls + z_dist) / 2
 
 
 def train(name, model, loss_fn, loader, epochs, blr, min_lr, betas=(0.9, 0.999), decay_tokens=True):
@@ -107,7 +152,15 @@ def reseed(seed):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_inputs()
+    try:
+        check_inputs()
+        run(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (run_main raises Terminated for it)
+        print("stopped: g2sd.py keeps no checkpoint; run it again to start over", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+
+
+def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device, start = torch.device(args.device), time.perf_counter()
@@ -134,8 +187,8 @@ def main(argv=None):
     print(f"train {tuple(train_x.shape)}, test {tuple(test_x.shape)}, {device}, threads: {torch.get_num_threads()}")
 
     # -------------------------------------------------------------------------------------- teachers
-    # load_model checks that each file can play its role (the GD teacher must be an MAE WITH its decoder,
-    # the SD teacher a classifier) before loading it strictly. Both are frozen: eval mode, no gradients.
+    # load_model checks that each file can play its role (the GD teacher an MAE WITH its decoder, the SD
+    # teacher a classifier) before loading it strictly. Both are frozen: eval mode, no gradients.
     mae_teacher = load_model(TEACHER_MAE, "gd-teacher")[0].to(device).eval().requires_grad_(False)
     cls_teacher = load_model(TEACHER_CLS, "sd-teacher")[0].to(device).eval().requires_grad_(False)
     D_T = mae_teacher.decoder_embed.out_features  # teacher decoder width, 96
@@ -145,26 +198,22 @@ def main(argv=None):
     student = create_student(STUDENT_MAE, teacher_decoder_dim=D_T).to(device)
     student.freeze_unused(encoder_branch_used=False)  # decoder_norm / decoder_pred: unused, kept for the layout
 
-    def gd_loss(x, noise):
-        """The GD loss of one batch x (B, 1, 28, 28) under the mask drawn from noise (B, L):
-
-        L_GD = 1 / (B (1 + L) D_T) * sum_{b,t,d} l_beta(y_hat - LN(h_T)),
-        l_beta(r) = r^2 / (2 beta) if |r| < beta else |r| - beta / 2   (smooth L1, beta = 2)
-        """
+    def gd_batch_loss(x, noise):
+        """The GD loss of one batch x (B, 1, 28, 28) under the mask drawn from noise (B, L)."""
         with torch.no_grad():
-            # teacher: encode the visible patches (cls + 4 tokens, (B, 5, 128)), then decode cls + visible +
-            # 12 mask tokens in the original patch order; stop after block k, before decoder_norm
+            # teacher: encode cls + the 4 visible patches (B, 5, 128), decode them with 12 mask tokens in
+            # the original patch order; stop after block k, before decoder_norm
             latent, _, ids_restore = mae_teacher.forward_encoder(x, MASK_RATIO, noise)
             h_T = mae_teacher.forward_decoder(latent, ids_restore, stop_after=TARGET_BLOCK)  # (B, 1 + L, D_T)
         # student: the SAME visible patches (same noise), all its decoder blocks, the MLP: (B, 1 + L, D_T).
         # All tokens are supervised (official supervise_all): a mask token's target is the teacher's
         # inference of the missing patch from the visible ones, what the student should learn to infer.
         y_hat = student(x, MASK_RATIO, noise)["decoder"]
-        return losses.gd_loss(y_hat, h_T, beta=BETA)  # the target LN(h_T) is a LayerNorm without affine
+        return gd_loss(y_hat, h_T)
 
     def gd_step(x, _labels):
         noise = torch.rand(len(x), student.num_patches, device=device)  # (B, L): ONE noise, one mask for both
-        return gd_loss(x, noise)
+        return gd_batch_loss(x, noise)
 
     # A fixed batch of test images and a fixed mask, scored before and after GD: the drop is what GD
     # learnt (an untrained student scores about (1 + E[y_hat^2]) / (2 beta) > 0.25; notebook 00).
@@ -172,12 +221,12 @@ def main(argv=None):
     probe_noise = torch.rand(len(probe_x), student.num_patches,  # (256, L), drawn once
                              generator=torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
-        probe_before = gd_loss(probe_x, probe_noise.to(device)).item()
+        probe_before = gd_batch_loss(probe_x, probe_noise.to(device)).item()
     crop_flip = data.RandomResizedCropFlip(28, scale=(0.5, 1.0))  # MAE's pretraining augmentation [scale 0.2-1]
     gd_history = train("GD", student, gd_step, loader(crop_flip, normalize), args.gd_epochs,
                        blr=1e-3, min_lr=1e-5, betas=(0.9, 0.95))  # [GD.sh: blr 1.5e-4 over 300 epochs]
     with torch.no_grad():
-        probe_after = gd_loss(probe_x, probe_noise.to(device)).item()
+        probe_after = gd_batch_loss(probe_x, probe_noise.to(device)).item()
 
     # ==================================================================== 2. specific distillation
     # The GD student's encoder (cls token, position embeddings, patch embedding, blocks, norm) becomes a
@@ -190,13 +239,11 @@ def main(argv=None):
     sd_augment = (data.RandomResizedCropFlip(28, scale=(0.6, 1.0)), normalize, data.RandomErasing(0.1))
 
     def sd_step(x, y):
-        """L_SD = 1/2 (-sum_c y~_c log softmax(z_cls)_c  -  log softmax(z_dist)_{argmax_c z_T,c}) on a mixed batch."""
         x, y_soft = mixup(x, y)                 # x~ (B, 1, 28, 28), y~ (B, 10)
         with torch.no_grad():
             z_T = cls_teacher(x)                # (B, 10): the teacher sees the same mixed images
         z_cls, z_dist = g2sd(x)                 # (B, 10) each: head(cls token), head_dist(distillation token)
-        # the distillation head learns the teacher's hard decision (as DeiT's hard distillation), no temperature
-        return losses.sd_classification_loss(z_cls, z_dist, y_soft, z_T)[0]
+        return sd_loss(z_cls, z_dist, y_soft, z_T)
 
     sd_history = train("SD", g2sd, sd_step, loader(*sd_augment), args.sd_epochs,
                        blr=1e-3, min_lr=1e-6, decay_tokens=False)  # [SD.sh: blr 1e-3, layer decay 0.75]
@@ -211,15 +258,19 @@ def main(argv=None):
 
     def scratch_step(x, y):
         x, y_soft = mixup(x, y)
-        return losses.soft_target_cross_entropy(scratch(x), y_soft)  # -sum_c y~_c log softmax(z)_c
+        return soft_cross_entropy(scratch(x), y_soft)
 
     train("scratch", scratch, scratch_step, loader(*sd_augment), args.sd_epochs, blr=1e-3, min_lr=1e-6,
           decay_tokens=False)
 
     # ==================================================================================== 4. results
-    # The distilled student predicts with the average of its two heads (official eval behaviour).
-    top1 = {name: topk_accuracy(*predict(model, test_loader), ks=(1,))["top1"]
-            for name, model in (("teacher", cls_teacher), ("G2SD", g2sd), ("scratch", scratch))}
+    @torch.no_grad()
+    def accuracy(model, logits_of):
+        model.eval()
+        return sum((logits_of(x).argmax(1) == y).sum().item() for x, y in test_loader) / len(test_y)
+
+    top1 = {"teacher": accuracy(cls_teacher, cls_teacher), "G2SD": accuracy(g2sd, lambda x: g2sd_logits(g2sd, x)),
+            "scratch": accuracy(scratch, scratch)}
     print(f"\nGD loss per epoch: {' '.join(f'{v:.4f}' for v in gd_history)}")
     print(f"GD loss on the probe batch: {probe_before:.4f} before GD, {probe_after:.4f} after")
     print(f"SD loss per epoch: {' '.join(f'{v:.4f}' for v in sd_history)}")
@@ -231,4 +282,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
