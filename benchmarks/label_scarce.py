@@ -159,13 +159,11 @@ def disagreement(params: dict, teacher_path: Path, epochs: int = 10) -> float:
     argmax of the (mixed, smoothed) label, over ``epochs`` epochs of the g2sd run's own loader."""
     import torch
 
-    from g2sd_lib import checkpoints
     from g2sd_lib.engine import seed_epoch
     from g2sd_lib.pipeline.stages import build_task, training_loader
     cfg = config.stage_config(params, "students", "g2sd", "runs-unused", seed=0)
     cfg["init"], cfg["teacher"] = None, str(teacher_path)
-    task = build_task(cfg)
-    teacher = checkpoints.load_saved_model(teacher_path).eval()
+    task = build_task(cfg)  # its frozen teacher and its mixup, as the SD run uses them
     loader = training_loader(cfg)
     differ = total = 0
     with torch.no_grad():
@@ -174,7 +172,7 @@ def disagreement(params: dict, teacher_path: Path, epochs: int = 10) -> float:
             seed_epoch(0, epoch, 0)  # the mixing draws of the run's own epochs (seed 0)
             for batch in loader:
                 x, y = task.mixed(batch)
-                differ += int((teacher(x).argmax(1) != y.argmax(1)).sum())
+                differ += int((task.teacher(x).argmax(1) != y.argmax(1)).sum())
                 total += len(x)
     return 100.0 * differ / total
 
