@@ -202,6 +202,13 @@ def _paired_change(longer: dict | None, base: dict | None) -> tuple[float, int] 
     return statistics.fmean(longer["by_seed"][s] - base["by_seed"][s] for s in seeds), len(seeds)
 
 
+def _v2_violated(paired: dict, ppaired: dict, n_seeds: int) -> bool:
+    """Whether a comparison that has every seed already breaks V2 (final stage +0.3, pretraining 0.5)."""
+    final = any(c and c[1] == n_seeds and c[0] >= V2_FINAL for c in paired.values())
+    pre = any(c and c[1] == n_seeds and abs(c[0]) >= V2_PRETRAIN for r, c in ppaired.items() if r != "gd_only")
+    return final or pre
+
+
 def report(params: dict, jobs: list[dict], seeds: list[int], v4: float | None) -> dict:
     """Every measured number, by group, and the criteria V1-V5 (value, threshold, pass or untested)."""
     by = {j["name"]: j for j in jobs}
@@ -244,7 +251,8 @@ def report(params: dict, jobs: list[dict], seeds: list[int], v4: float | None) -
                             "seeds_compared": {"final_stage": {r: c[1] for r, c in paired.items() if c},
                                                "pretraining": {r: c[1] for r, c in ppaired.items() if c}}},
                   "threshold": f"final stage < +{V2_FINAL} each; pretraining: absolute change < {V2_PRETRAIN}",
-                  "pass": ok if complete else None}
+                  # a budget that fails one complete comparison fails V2, whatever the others will show
+                  "pass": False if _v2_violated(paired, ppaired, len(seeds)) else ok if complete else None}
     stds = {r: base[r]["std"] for r in STUDENTS if base.get(r) and base[r]["n"] == len(seeds)}
     crit["V3"] = {"what": "seed standard deviation of each student, points", "value": stds,
                   "threshold": f"<= {V3_STD}", "pass": all(s <= V3_STD for s in stds.values()) if len(stds) == len(STUDENTS) else None}

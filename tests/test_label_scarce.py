@@ -146,6 +146,12 @@ def test_the_calibration_computes_each_criterion_from_its_runs(tmp_path):
     shutil.rmtree(tmp_path / "kd_e200_d0_seed1")
     shutil.rmtree(tmp_path / "kd_e200_d0_seed0")
     assert cal.report(params, jobs, [0, 1, 2], v4=None)["criteria"]["V2"]["pass"] is None
+    # ... but one complete comparison over its threshold fails V2 at once
+    for seed in (0, 1, 2):
+        (tmp_path / f"mae_p32_e100_d0_seed{seed}" / "history.json").write_text(
+            json.dumps([{"epoch": 100, "val_top1": 0.75, "seconds": 1}]))
+    v2 = cal.report(params, jobs, [0, 1, 2], v4=None)["criteria"]["V2"]
+    assert v2["value"]["pretraining"]["mae"] == pytest.approx(1.0) and v2["pass"] is False
 
 
 def test_validity_and_regime_blocks():
