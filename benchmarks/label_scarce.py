@@ -14,13 +14,14 @@ outside the pipeline and by the profile's own recipes (only epochs, label draw a
 then reads each run's last validation top-1 and the SD views' teacher-label disagreement and writes
 every number and each criterion's value, threshold and verdict to ``--json``. No test image is read.
 
-    OMP_NUM_THREADS=1 python benchmarks/label_scarce.py --json benchmarks/results/calibration/fmnist_1k_labels.json
+    OMP_NUM_THREADS=1 python benchmarks/label_scarce.py   # writes benchmarks/results/calibration/fmnist_1k_labels_p<P>_f<S>.json
 
 Runs train ``--concurrent`` at once (one process and one thread each), in the order above, each as soon
 as the runs it needs have finished. Stopped, it resumes: a finished run is read back, a stopped one
 continues from its ``last.pt`` under ``--work``. ``--only PART ...`` trains a part of the plan
 (``base``, ``pretrain2x``, ``final2x``, ``draw1``); the JSON then reports what exists so far, and a
-criterion whose runs are missing is ``untested``.
+criterion whose runs are missing is ``untested``. ``--pretrain-epochs P --final-epochs S`` test another
+budget than the profile's (runs are named by their epochs, so budgets share the runs they have in common).
 """
 
 import argparse
@@ -40,6 +41,7 @@ from g2sd_lib.device import machine  # noqa: E402
 from g2sd_lib.errors import InputError, run_main  # noqa: E402
 from g2sd_lib.pipeline import config  # noqa: E402
 from g2sd_lib.pipeline.profiles import load_profile  # noqa: E402
+from g2sd_lib.pipeline.results import calibration_file  # noqa: E402
 from g2sd_lib.pipeline.schema import validate_params  # noqa: E402
 from g2sd_lib.pipeline.stages import start_run  # noqa: E402
 
@@ -318,13 +320,24 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python benchmarks/label_scarce.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="fmnist_1k_labels")
     parser.add_argument("--work", type=Path, default=Path("runs/calibration"), help="run directories (resumed)")
-    parser.add_argument("--json", type=Path, help="where to write the measurements and criteria")
+    parser.add_argument("--json", type=Path, help="where to write the measurements and criteria (default: "
+                        "benchmarks/results/calibration/<profile>_p<P>_f<S>.json, which the report stage reads)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts of the plan to train")
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="train nothing; report what exists")
+    parser.add_argument("--pretrain-epochs", type=int, metavar="P",
+                        help="GD and MAE-student epochs of the budget under test (default: the profile's)")
+    parser.add_argument("--final-epochs", type=int, metavar="S",
+                        help="final-stage epochs of the budget under test (default: the profile's)")
     args = parser.parse_args(argv)
     params = validate_params(load_profile(args.profile), source=args.profile)
+    for section, epochs in (("pretrain", args.pretrain_epochs), ("students", args.final_epochs)):
+        if epochs is not None:
+            if epochs < 1:
+                raise InputError(f"--{'final' if section == 'students' else section}-epochs must be >= 1, got {epochs}")
+            params[section]["common"]["train"]["epochs"] = epochs
+    args.json = args.json or REPO / calibration_file(params)
     jobs = plan(params, args.work / args.profile, args.seeds)
     if not args.report_only:
         train_all([j for j in jobs if j["part"] in args.only], args.concurrent)
@@ -337,10 +350,9 @@ def main(argv=None):
     out["machine"] = machine()
     out["command"] = "python benchmarks/label_scarce.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(out, indent=1)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-        args.json.with_suffix(".md").write_text(markdown(out))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(text + "\n")
+    args.json.with_suffix(".md").write_text(markdown(out))
     for name, c in out["criteria"].items():
         print(f"{name}: {json.dumps(c['value'])} (threshold {c['threshold']}): "
               f"{'untested' if c['pass'] is None else 'pass' if c['pass'] else 'FAIL'}")

@@ -2,6 +2,7 @@
 the teacher's ``finetune`` mode, the calibration's criteria and the claims' verdicts."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -49,8 +50,9 @@ def test_supervised_runs_see_only_the_drawn_labels_and_pretraining_sees_every_im
     # what every claim names: students see epochs x labels, pretraining epochs x every image
     full = validate_params(load_profile(PROFILE), source=PROFILE)
     b = config.budget(full)
-    assert b["labels"] == 1000 and b["students"]["g2sd"]["images_seen"] == 100 * 1000
-    assert b["pretrain"]["gd"]["images_seen"] == 16 * 55_000
+    epochs = full["students"]["common"]["train"]["epochs"], full["pretrain"]["common"]["train"]["epochs"]
+    assert b["labels"] == 1000 and b["students"]["g2sd"]["images_seen"] == epochs[0] * 1000
+    assert b["pretrain"]["gd"]["images_seen"] == epochs[1] * 55_000
 
 
 def test_the_finetune_teacher_mode_fine_tunes_the_bundled_mae_on_the_labels(fmnist_available, tmp_path):
@@ -107,6 +109,8 @@ def _plant(job, top1):
 def test_the_calibration_computes_each_criterion_from_its_runs(tmp_path):
     cal = load_benchmark("label_scarce")
     params = validate_params(load_profile(PROFILE), source=PROFILE)
+    params["pretrain"]["common"]["train"]["epochs"] = 16  # the budget under test, as --pretrain-epochs sets it
+    params["students"]["common"]["train"]["epochs"] = 100  # and --final-epochs
     jobs = cal.plan(params, tmp_path, [0, 1, 2])
     names = [j["name"] for j in jobs]
     assert names[:3] == ["teacher_d0", "gd_e16", "mae_student_e16"] and len(names) == len(set(names))
@@ -152,6 +156,23 @@ def test_the_calibration_computes_each_criterion_from_its_runs(tmp_path):
             json.dumps([{"epoch": 100, "val_top1": 0.75, "seconds": 1}]))
     v2 = cal.report(params, jobs, [0, 1, 2], v4=None)["criteria"]["V2"]
     assert v2["value"]["pretraining"]["mae"] == pytest.approx(1.0) and v2["pass"] is False
+
+
+def test_each_budget_reads_its_own_calibration(tmp_path):
+    params = validate_params(load_profile(PROFILE), source=PROFILE)
+    pre, final = params["pretrain"]["common"]["train"]["epochs"], params["students"]["common"]["train"]["epochs"]
+    assert results.calibration_file(params).name == f"{PROFILE}_p{pre}_f{final}.json"
+    params["students"]["common"]["train"]["epochs"] = final + 1
+    assert results.calibration_file(params).name == f"{PROFILE}_p{pre}_f{final + 1}.json"
+    cal = load_benchmark("label_scarce")
+    out = tmp_path / "c.json"
+    cal.main(["--report-only", "--work", str(tmp_path), "--pretrain-epochs", "3", "--final-epochs", "5",
+              "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert written["epochs"] == {"pretrain": 3, "final_stage": 5} and out.with_suffix(".md").exists()
+    assert all(c["pass"] is None for n, c in written["criteria"].items())  # nothing trained: nothing passes
+    with pytest.raises(InputError, match="--final-epochs must be >= 1, got 0"):
+        cal.main(["--report-only", "--work", str(tmp_path), "--final-epochs", "0", "--json", str(out)])
 
 
 def test_validity_and_regime_blocks():
@@ -207,3 +228,27 @@ def test_the_results_table_says_whether_the_criteria_passed():
     valid["V2"]["pass"], valid["V4"]["pass"] = None, False
     assert headline_row("p", {**summary, "validity": valid})["valid test?"] == "no: V4 failed; V2 not measured"
     assert headline_row("p", summary)["valid test?"].startswith("not ruled out")  # no criteria: as before
+
+
+def test_the_profile_quotes_only_what_its_calibrations_measured():
+    """The profile explains its budget with numbers from the committed calibrations (two decimals, in points);
+    a number that no calibration holds is stale prose."""
+    repo = Path(__file__).resolve().parents[1]
+    measured = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            [walk(v) for v in node.values()]
+        elif isinstance(node, list):
+            [walk(v) for v in node]
+        elif isinstance(node, float):
+            measured.add(f"{node:.2f}")
+    for path in (repo / "benchmarks/results/calibration").glob(f"{PROFILE}_*.json"):
+        walk(json.loads(path.read_text()))
+    # the comments that say what a budget changed ("200 added 3.03-5.31 points"); settings and paper values aside
+    comments = [line.split("#", 1)[1] for line in
+                (repo / "g2sd_lib/pipeline/profiles" / f"{PROFILE}.yaml").read_text().splitlines()
+                if "#" in line and " added " in line]
+    quoted = {n for c in comments for n in re.findall(r"(?<![\d.])\d+\.\d\d(?![\d.])", c)}
+    assert quoted, "the profile no longer explains its budget with the calibration's numbers"
+    assert quoted <= measured, f"the profile quotes {sorted(quoted - measured)}, which no calibration measured"

@@ -78,20 +78,30 @@ def _numbers(value) -> set[str]:
 
 def _settings() -> set[str]:
     """Every float setting of the committed profiles, with two decimals (e.g. a layer decay of ``0.75``)."""
-    def floats(node):
-        if isinstance(node, dict):
-            return [f for v in node.values() for f in floats(v)]
-        if isinstance(node, list):
-            return [f for v in node for f in floats(v)]
-        return [node] if isinstance(node, float) else []
-    return {f"{v:.2f}" for p in REPO.glob("g2sd_lib/**/*.yaml") for v in floats(yaml.safe_load(p.read_text()))}
+    return {f"{v:.2f}" for p in REPO.glob("g2sd_lib/**/*.yaml") for v in _floats(yaml.safe_load(p.read_text()))}
+
+
+def _calibration_numbers() -> set[str]:
+    """Every float of the committed calibrations (benchmarks/label_scarce.py writes points, not fractions)."""
+    return {f"{v:.2f}" for p in REPO.glob("benchmarks/results/calibration/*.json")
+            for v in _floats(json.loads(p.read_text()))}
+
+
+def _floats(node) -> list[float]:
+    if isinstance(node, dict):
+        return [f for v in node.values() for f in _floats(v)]
+    if isinstance(node, list):
+        return [f for v in node for f in _floats(v)]
+    return [node] if isinstance(node, float) else []
 
 
 def test_every_result_quoted_outside_the_block_is_in_a_committed_summary():
     """Results are written with two decimals; outside the generated block each must be one of the
-    committed summaries' numbers, or a profile's setting (parameter counts, ``0.31 M``, are sizes)."""
+    committed summaries' numbers, a committed calibration's (in points), or a profile's setting
+    (parameter counts, ``0.31 M``, are sizes)."""
     _, rest = _block_and_rest()
-    allowed = _settings().union(*(_numbers(json.loads(p.read_text())) for p in REPO.glob("reports/*/summary.json")))
+    allowed = _settings().union(_calibration_numbers(),
+                                *(_numbers(json.loads(p.read_text())) for p in REPO.glob("reports/*/summary.json")))
     quoted = set(re.findall(r"(?<![\d.])\d+\.\d\d(?![\d.])(?! M\b)", rest))
     stale = sorted(quoted - allowed)
     assert not stale, f"README.md quotes {stale}, which no reports/*/summary.json holds: quote the current ones"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..device import machine
-from .results import (DENSE_METRICS, STILL_LEARNING, gain_span, learning_text, machines_text,  # noqa: F401 (re-exported)
+from .results import (DENSE_METRICS, STILL_LEARNING, calibration_file, gain_span, learning_text, machines_text,  # noqa: F401
                       mean_std, metrics_per_model, paper_claims, read_json, regime, summarize, summarize_dense,
                       summarize_task, trained_on, validity, write_history, write_json)
 
