@@ -60,6 +60,25 @@ def test_the_results_block_says_which_profiles_have_no_results():
     assert "| `gpu` | no results yet (`make repro P=gpu`) |" in block
 
 
+def test_the_first_screen_answers_whether_the_claims_hold():
+    """One line, generated: only a profile whose claims have verdicts answers; the others say why not."""
+    from g2sd_lib.pipeline.compare import claims_line
+
+    head_start = {"classification": {"last_epoch_gain": {"g2sd": 0.05}}}
+    verdicts = ["holds", "holds", "fails", "untestable"]
+    valid = {"classification": {"last_epoch_gain": {}}, "validity": {"V1": {"pass": True}, "V2": {"pass": True}},
+             "claims": [{"verdict": v} for v in verdicts]}
+    invalid = {"classification": {"last_epoch_gain": {}}, "claims": [{"verdict": "untestable"}],
+               "validity": {"V1": {"pass": True}, "V2": {"pass": False}, "V5": {"pass": None}}}
+    assert claims_line({"a": head_start}, ["b"]) == ("**Do the paper's claims hold?** not tested yet: `a` is a head "
+                                                     "start, not a test; `b` has no results yet.")
+    line = claims_line({"a": head_start, "v": valid, "w": invalid}, [])
+    assert line.startswith("**Do the paper's claims hold?** on `v` 2 of 3 hold (1 untestable): ")
+    assert "`w` failed or lacks its validity criteria (V2 failed; V5 not measured)" in line
+    lines = README.read_text().splitlines()
+    assert any(line.startswith("**Do the paper's claims hold?**") for line in lines[:30])
+
+
 def test_the_readme_starts_with_the_quickstart_and_the_results_and_stays_short():
     lines = README.read_text().splitlines()
     assert len(lines) <= 260, f"README.md has {len(lines)} lines: move detail to benchmarks/ or reports/"

@@ -147,12 +147,35 @@ def verdict(profile: str, s: dict) -> str:
     return text + "."
 
 
+def claims_line(summaries: dict[str, dict], missing: list[str]) -> str:
+    """The README's one-line answer to "do the paper's claims hold?": only a profile whose claims have
+    verdicts (``summary.json`` ``claims``: its pre-registered criteria passed) answers yes or no; every
+    other profile is named with the reason it cannot."""
+    tested, other = [], []
+    for p, s in summaries.items():
+        claims = s.get("claims") or []
+        decided = [c for c in claims if c["verdict"] != "untestable"]
+        if decided:
+            held = sum(c["verdict"] == "holds" for c in decided)
+            tested.append(f"on `{p}` {held} of {len(decided)} hold"
+                          + (f" ({len(claims) - len(decided)} untestable)" if len(decided) < len(claims) else ""))
+        elif s.get("validity"):
+            other.append(f"`{p}` failed or lacks its validity criteria ({_validity_text(s['validity'])[4:]})")
+        else:
+            other.append(f"`{p}` is a head start, not a test" if _still_learning(s["classification"]) else
+                         f"`{p}` has no validity criteria")
+    other += [f"`{p}` has no results yet" for p in missing]
+    answer = "; ".join(tested) if tested else "not tested yet"
+    return f"**Do the paper's claims hold?** {answer}" + (f": {'; '.join(other)}." if other else ".")
+
+
 def readme_block(summaries: dict[str, dict], missing: list[str]) -> str:
-    """The README's results block: one row per profile (a profile with no results says so) and one
-    verdict line per profile that has results."""
+    """The README's results block: whether the paper's claims hold (one line), one row per profile (a
+    profile with no results says so) and one verdict line per profile that has results."""
     rows = [headline_row(p, s) for p, s in summaries.items()]
     columns = list(rows[0]) if rows else ["profile", "budget"]
-    lines = [README_BEGIN, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [README_BEGIN, "", claims_line(summaries, missing), "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
     lines += [f"| `{p}` | no results yet (`make repro P={p}`) |" + " - |" * (len(columns) - 2) for p in missing]
     lines += [""] + [f"- {verdict(p, s)}" for p, s in summaries.items()] + ["", README_END]
