@@ -21,7 +21,8 @@ as the runs it needs have finished. Stopped, it resumes: a finished run is read 
 continues from its ``last.pt`` under ``--work``. ``--only PART ...`` trains a part of the plan
 (``base``, ``pretrain2x``, ``final2x``, ``draw1``); the JSON then reports what exists so far, and a
 criterion whose runs are missing is ``untested``. ``--pretrain-epochs P --final-epochs S`` test another
-budget than the profile's (runs are named by their epochs, so budgets share the runs they have in common).
+budget than the profile's (runs are named by their epochs, so budgets share the runs they have in common);
+``--teacher-epochs``, ``--labels`` (in another ``--work`` directory) and ``--students`` probe further.
 """
 
 import argparse
@@ -93,6 +94,7 @@ def plan(params: dict, work: Path, seeds: list[int]) -> list[dict]:
             cfg["teacher"] = str(work / needs[-1] / "model.safetensors")
         tag = f"_p{pre}" if run in PRETRAINED else ""
         add(f"{run}{tag}_e{epochs}_d{draw}_seed{seed}", part, cfg, needs)
+        jobs[-1]["run"] = run
 
     teacher(0, "base")
     pretrain("gd", p_ep, "base")
@@ -330,15 +332,26 @@ def main(argv=None):
                         help="GD and MAE-student epochs of the budget under test (default: the profile's)")
     parser.add_argument("--final-epochs", type=int, metavar="S",
                         help="final-stage epochs of the budget under test (default: the profile's)")
+    parser.add_argument("--teacher-epochs", type=int, metavar="T",
+                        help="epochs of the teacher's fine-tuning on the labels (default: the profile's)")
+    parser.add_argument("--labels", type=int, metavar="N",
+                        help="labelled images (default: the profile's data.labels); use its own --work directory")
+    parser.add_argument("--students", nargs="+", choices=STUDENTS, help="train and report only these students")
     args = parser.parse_args(argv)
     params = validate_params(load_profile(args.profile), source=args.profile)
-    for section, epochs in (("pretrain", args.pretrain_epochs), ("students", args.final_epochs)):
+    for flag, epochs, train in (("--pretrain-epochs", args.pretrain_epochs, params["pretrain"]["common"]["train"]),
+                                ("--final-epochs", args.final_epochs, params["students"]["common"]["train"]),
+                                ("--teacher-epochs", args.teacher_epochs, params["teacher"]["finetune"]["train"])):
         if epochs is not None:
             if epochs < 1:
-                raise InputError(f"--{'final' if section == 'students' else section}-epochs must be >= 1, got {epochs}")
-            params[section]["common"]["train"]["epochs"] = epochs
+                raise InputError(f"{flag} must be >= 1, got {epochs}")
+            train["epochs"] = epochs
+    if args.labels is not None:
+        params["data"]["labels"] = args.labels
     args.json = args.json or REPO / calibration_file(params)
     jobs = plan(params, args.work / args.profile, args.seeds)
+    if args.students:
+        jobs = [j for j in jobs if j.get("run", args.students[0]) in args.students]
     if not args.report_only:
         train_all([j for j in jobs if j["part"] in args.only], args.concurrent)
     teacher = args.work / args.profile / "teacher_d0" / "model.safetensors"

@@ -171,6 +171,12 @@ def test_each_budget_reads_its_own_calibration(tmp_path):
     written = json.loads(out.read_text())
     assert written["epochs"] == {"pretrain": 3, "final_stage": 5} and out.with_suffix(".md").exists()
     assert all(c["pass"] is None for n, c in written["criteria"].items())  # nothing trained: nothing passes
+    cal.main(["--report-only", "--work", str(tmp_path), "--labels", "500", "--teacher-epochs", "7",
+              "--students", "scratch", "mae", "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert written["regime"]["labels"] == 500 and "--students scratch mae" in written["command"]
+    jobs = cal.plan(validate_params(load_profile(PROFILE), source=PROFILE), tmp_path, [0])
+    assert {j.get("run") for j in jobs} == {None, *cal.STUDENTS}
     with pytest.raises(InputError, match="--final-epochs must be >= 1, got 0"):
         cal.main(["--report-only", "--work", str(tmp_path), "--final-epochs", "0", "--json", str(out)])
 
