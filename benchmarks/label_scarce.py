@@ -348,7 +348,7 @@ def main(argv=None):
             train["epochs"] = epochs
     if args.labels is not None:
         params["data"]["labels"] = args.labels
-    args.json = args.json or REPO / calibration_file(params)
+    args.json = args.json or REPO / calibration_file(args.profile, params)
     jobs = plan(params, args.work / args.profile, args.seeds)
     if args.students:
         jobs = [j for j in jobs if j.get("run", args.students[0]) in args.students]

@@ -161,9 +161,9 @@ def test_the_calibration_computes_each_criterion_from_its_runs(tmp_path):
 def test_each_budget_reads_its_own_calibration(tmp_path):
     params = validate_params(load_profile(PROFILE), source=PROFILE)
     pre, final = params["pretrain"]["common"]["train"]["epochs"], params["students"]["common"]["train"]["epochs"]
-    assert results.calibration_file(params).name == f"{PROFILE}_p{pre}_f{final}.json"
+    assert results.calibration_file(PROFILE, params).name == f"{PROFILE}_p{pre}_f{final}.json"
     params["students"]["common"]["train"]["epochs"] = final + 1
-    assert results.calibration_file(params).name == f"{PROFILE}_p{pre}_f{final + 1}.json"
+    assert results.calibration_file(PROFILE, params).name == f"{PROFILE}_p{pre}_f{final + 1}.json"
     cal = load_benchmark("label_scarce")
     out = tmp_path / "c.json"
     cal.main(["--report-only", "--work", str(tmp_path), "--pretrain-epochs", "3", "--final-epochs", "5",

@@ -173,13 +173,13 @@ PAPER_RATIO = 0.987  # G2SD abstract: the ViT-S student reaches 98.7 % of its Vi
 ALWAYS_NEEDED = ("V1", "V2", "V3")  # headroom, convergence, power: every claim needs them
 
 
-def calibration_file(params: dict) -> Path:
+def calibration_file(profile: str, params: dict) -> Path:
     """Where ``benchmarks/label_scarce.py`` keeps the calibration of the profile's own budget (pretraining
     epochs P, final-stage epochs S): ``benchmarks/results/calibration/<profile>_p<P>_f<S>.json``; a budget
     that changes reads its own calibration, never another budget's."""
     pre = params["pretrain"]["common"]["train"]["epochs"]
     final = params["students"]["common"]["train"]["epochs"]
-    return Path("benchmarks/results/calibration") / f"{params['profile']}_p{pre}_f{final}.json"
+    return Path("benchmarks/results/calibration") / f"{profile}_p{pre}_f{final}.json"
 
 
 def validity(calibration: dict | None, source: str) -> dict | None:
