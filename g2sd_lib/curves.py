@@ -201,7 +201,7 @@ def plot_curves(histories: dict[str, list[dict]], keys: list[str], title: str = 
 
 def plot_test_scores(section: dict, axis_label: str, title: str, highlight: str = "g2sd"):
     """A bar per student of a summary section (``results.summarize_task``): its mean test metric in
-    percent with +- one sample std bars when it has several seeds (no bar and no std for one seed),
+    percent with +- one sample std bars when every student has several seeds (else no bar and no std),
     its value written above it, ``highlight`` in red; the teacher as a dashed line labelled at its end."""
     metric, students = section["metric"], section["students"]
     names = list(students)

@@ -78,7 +78,7 @@ def _place_labels(fig, pending: list) -> None:
         text = t.get_window_extent(renderer)
         spots = _spots(Bbox.from_extents(x0, bottom, x1, top), (text.width + 2 * pad, text.height + 2 * pad), frame)
         free = [s for s in spots if frame.contains(s.x0, s.y0) and frame.contains(s.x1, s.y1)
-                and not any(s.overlaps(o) for o in taken.get(ax, []))]
+                and not any(s.padded(pad).overlaps(o) for o in taken.get(ax, []))]  # a gap between labels
         spot = (free or spots)[0]
         t.set_position(ax.transData.inverted().transform((spot.x0 + pad, spot.y0 + pad)))
         taken.setdefault(ax, []).append(spot)
