@@ -55,14 +55,14 @@ def _boxes(ax, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor |
 
 def _spots(box_px: Bbox, size: tuple[float, float], frame: Bbox) -> list[Bbox]:
     """Where a label of ``size`` (pixels) may go, best first: above the box, inside its top edge,
-    below it, inside its bottom edge, then every row of the panel, the nearest to the box first;
-    left-aligned with the box, else right-aligned, else at the panel's left edge."""
+    below it, inside its bottom edge (left-aligned with the box, else right-aligned), then a grid of
+    half-label steps over the panel, the nearest to the box's top-left corner first."""
     w, h = size
-    lefts = [min(max(x, frame.x0), frame.x1 - w) for x in (box_px.x0, box_px.x1 - w, frame.x0)]
-    near = [box_px.y1, box_px.y1 - h, box_px.y0 - h, box_px.y0]
-    rows = sorted((frame.y0 + k * h / 2 for k in range(int(2 * (frame.height - h) / h) + 1)),
-                  key=lambda y: abs(y - box_px.y1))
-    return [Bbox.from_bounds(x, y, w, h) for y in near + rows for x in lefts]
+    lefts = [min(max(x, frame.x0), frame.x1 - w) for x in (box_px.x0, box_px.x1 - w)]
+    near = [Bbox.from_bounds(x, y, w, h) for y in (box_px.y1, box_px.y1 - h, box_px.y0 - h, box_px.y0) for x in lefts]
+    grid = [Bbox.from_bounds(frame.x0 + i * w / 2, frame.y0 + k * h / 2, w, h)
+            for i in range(int(2 * (frame.width - w) / w) + 1) for k in range(int(2 * (frame.height - h) / h) + 1)]
+    return near + sorted(grid, key=lambda g: (g.x0 - box_px.x0) ** 2 + (g.y1 - box_px.y1) ** 2)
 
 
 def _place_labels(fig, pending: list) -> None:
