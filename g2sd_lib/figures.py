@@ -1,6 +1,7 @@
 """Figures: attention maps, MAE reconstructions, feature alignment and training curves.
 
 All plotting functions take tensors / dicts and return a matplotlib ``Figure``; callers save them.
+The curves and the bars of test scores are drawn in :mod:`g2sd_lib.curves` and reached from here.
 No backend is forced: in Jupyter (and under papermill) the inline backend shows every figure below
 its cell, and elsewhere matplotlib falls back to a headless backend by itself when there is no display.
 """
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from .analysis import alignment_correlation, capture_outputs
+from .curves import FEW_POINTS, TEXT_PT, plot_curves, plot_test_scores  # noqa: F401 (drawn through figures)
 
 
 @torch.no_grad()
@@ -67,7 +69,9 @@ def _overlay_row(fig, axes, image: torch.Tensor, maps: list[torch.Tensor], title
     vmin, vmax = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
     for ax, m, title in zip(axes, maps, titles):
         im = _overlay(ax, image, m, vmin, vmax, title)
-    fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.02).ax.tick_params(labelsize=6)
+    bar = fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.02)
+    bar.set_label("attention weight", fontsize=TEXT_PT)
+    bar.ax.tick_params(labelsize=TEXT_PT - 1)
 
 
 def middle_block(depth: int) -> int:
@@ -75,18 +79,25 @@ def middle_block(depth: int) -> int:
     return (depth - 1) // 2
 
 
+def _similarity_title(title: str, similarity: float | None) -> str:
+    return title if similarity is None else f"{title}\nsimilarity {similarity:+.2f}"
+
+
 def plot_attention_comparison(images: torch.Tensor, attentions: dict[str, torch.Tensor], block: int | str = -1,
-                              token: str = "CLS"):
+                              token: str = "CLS", similarity: dict[str, float] | None = None):
     """One row per image: the image, then per model the head-mean attention of ``block`` over the image.
 
     ``attentions``: model name -> (depth, B, heads, gh, gw) from ``cls_attention``. ``block``: an index
     into every model's blocks, or ``"middle"`` for each model's ``middle_block`` (models of different
     depths). Each row has one colour scale, shared by the models (so a brighter map is a more peaked
-    one), and a colorbar.
+    one), and a colorbar. ``similarity``: model name -> its similarity to the teacher at that block
+    (``analysis.attention_similarity``), written under the model's name (the teacher has none).
     """
     names = list(attentions)
+    similarity = similarity or {}
     index = {n: middle_block(len(attentions[n])) if block == "middle" else block for n in names}
-    titles = [f"{n} (block {index[n] + 1})" if block == "middle" else n for n in names]
+    titles = [_similarity_title(f"{n} (block {index[n] + 1})" if block == "middle" else n, similarity.get(n))
+              for n in names]
     fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(1.7 * (1 + len(names)) + 0.6, 1.6 * len(images)),
                              squeeze=False, layout="constrained")
     for i, img in enumerate(images):
@@ -94,13 +105,17 @@ def plot_attention_comparison(images: torch.Tensor, attentions: dict[str, torch.
         _overlay_row(fig, axes[i, 1:], img, [attentions[n][index[n], i].mean(0) for n in names],
                      titles if i == 0 else [None] * len(names))
     which = {-1: "last block", "middle": "middle block"}.get(block) or f"block {block + 1 if block >= 0 else block}"
-    fig.suptitle(f"{token}-to-patch attention, {which}, mean over heads (one colour scale per row)", fontsize=9)
+    note = "\nsimilarity: Pearson r to the teacher's map" if similarity else ""
+    fig.suptitle(f"{token}-to-patch attention, {which}, mean over heads (one colour scale per row){note}", fontsize=9)
     return fig
 
 
-def plot_attention_detail(image: torch.Tensor, attention: torch.Tensor, name: str, token: str = "CLS"):
+def plot_attention_detail(image: torch.Tensor, attention: torch.Tensor, name: str, token: str = "CLS",
+                          similarity: list[float] | None = None):
     """For one image and model: every head of the last block (top) and the head mean of every block
-    (bottom), over the image; one colour scale and colorbar per row."""
+    (bottom), over the image; one colour scale and colorbar per row. ``similarity``: per block, the
+    model's similarity to the teacher (``analysis.attention_similarity``), written under the block's
+    title."""
     depth, heads = attention.shape[0], attention.shape[2]
     cols = max(depth, heads) + 1
     fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols + 0.6, 3.4), squeeze=False, layout="constrained")
@@ -109,9 +124,11 @@ def plot_attention_detail(image: torch.Tensor, attention: torch.Tensor, name: st
     _show(axes[0, 0], _gray(image), "image")
     _overlay_row(fig, axes[0, 1:heads + 1], image, [attention[-1, 0, h] for h in range(heads)],
                  [f"last block, head {h}" for h in range(heads)])
+    sims = similarity or [None] * depth
     _overlay_row(fig, axes[1, 1:depth + 1], image, [attention[b, 0].mean(0) for b in range(depth)],
-                 [f"block {b + 1}, mean" for b in range(depth)])
-    fig.suptitle(f"{name}: {token}-to-patch attention", fontsize=9)
+                 [_similarity_title(f"block {b + 1}, mean", sims[b]) for b in range(depth)])
+    note = "\nsimilarity: Pearson r to the teacher's map at the same depth" if similarity else ""
+    fig.suptitle(f"{name}: {token}-to-patch attention{note}", fontsize=9)
     return fig
 
 
@@ -123,59 +140,6 @@ def plot_reconstructions(images: torch.Tensor, masked: torch.Tensor, recon: torc
         for c, img in enumerate(batch):
             _show(axes[r, c], _gray(img), title if c == 0 else None)
     fig.tight_layout()
-    return fig
-
-
-FEW_POINTS = 5  # a curve with fewer epochs than this is drawn as marked, labelled points
-
-
-def _draw_series(ax, pts, colour, label, style: int = 0):
-    """One run's series of (epoch, value): a line when it has ``FEW_POINTS`` or more, else points
-    with their values written beside them (a line through two points suggests a trend it cannot show)."""
-    xs, ys = zip(*pts)
-    if len(pts) >= FEW_POINTS:
-        ax.plot(xs, ys, ls=("-", "--", ":", "-.")[style % 4], lw=1.5 if style == 0 else 1, color=colour,
-                marker="o" if style == 0 else None, ms=3, label=label)
-        return
-    ax.plot(xs, ys, ls="none", marker="osD^v"[style % 5], ms=5 if style == 0 else 4, color=colour,
-            mfc=colour if style == 0 else "none", label=label)
-    for x, y in pts:
-        ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
-
-
-def plot_curves(histories: dict[str, list[dict]], keys: list[str], title: str = "", components: bool = True):
-    """One panel per metric key, one colour per run, so several runs overlay; ``histories`` as
-    written by the engine. With ``components``, the ``train_loss`` panel also draws each run's loss
-    terms (the other ``train_*`` keys, e.g. ``train_label`` and ``train_distill``) in a lighter style.
-
-    A series of fewer than ``FEW_POINTS`` epochs is drawn as points labelled with their values; the
-    legends sit below the panels, outside the data.
-    """
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False, layout="constrained")
-    for ax, key in zip(axes[0], keys):
-        for i, (name, hist) in enumerate(histories.items()):
-            colour = f"C{i % 10}"
-            pts = [(r["epoch"], r[key]) for r in hist if key in r]
-            if pts:
-                _draw_series(ax, pts, colour, name)
-            parts = sorted({k for r in hist for k in r if k.startswith("train_") and k != "train_loss"})
-            for j, part in enumerate(parts if components and key == "train_loss" else []):
-                _draw_series(ax, [(r["epoch"], r[part]) for r in hist if part in r], colour,
-                             f"{name}: {part.removeprefix('train_')}", style=j + 1)
-        epochs = sorted({r["epoch"] for hist in histories.values() for r in hist})
-        if 0 < len(epochs) < FEW_POINTS:
-            ax.set_xticks(epochs)
-            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
-            ax.margins(y=0.2)
-        ax.set_xlabel("epoch")
-        ax.set_title(key, fontsize=9)
-        ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        if handles:
-            ax.legend(handles, labels, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-                      ncol=min(3, len(handles)), frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -199,11 +163,12 @@ def plot_feature_alignment(pred: torch.Tensor, target: torch.Tensor, mask: torch
     lo = float(min(target[1:].min(), pred[1:].min()))
     hi = float(max(target[1:].max(), pred[1:].max()))
     ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--", label="y = x")
-    ax.set_xlabel("teacher target", fontsize=7)
-    ax.set_ylabel("student prediction", fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.legend(fontsize=6, markerscale=5)
-    axes[1, 0].axis("off")
+    ax.set_xlabel("teacher target (normalised)", fontsize=TEXT_PT)
+    ax.set_ylabel("student prediction", fontsize=TEXT_PT)
+    ax.tick_params(labelsize=TEXT_PT - 1)
+    axes[1, 0].axis("off")  # the legend goes in this free cell, off the points
+    axes[1, 0].legend(*ax.get_legend_handles_labels(), fontsize=TEXT_PT, markerscale=5, loc="upper center",
+                      frameon=False)
     for c in range(channels):
         maps = (target[1:, c].reshape(side, side), pred[1:, c].reshape(side, side))
         bound = max(float(x.abs().max()) for x in maps)
@@ -211,6 +176,8 @@ def plot_feature_alignment(pred: torch.Tensor, target: torch.Tensor, mask: torch
             _show(axes[row, c + 1], x, title, cmap="coolwarm")
             im = axes[row, c + 1].images[-1]
             im.set_clim(-bound, bound)
-        fig.colorbar(im, ax=list(axes[:, c + 1]), fraction=0.05, pad=0.02, location="bottom").ax.tick_params(labelsize=6)
+        bar = fig.colorbar(im, ax=list(axes[:, c + 1]), fraction=0.05, pad=0.02, location="bottom")
+        bar.set_label("feature (normalised)", fontsize=TEXT_PT)
+        bar.ax.tick_params(labelsize=TEXT_PT - 1)
     fig.suptitle("GD: student prediction vs teacher decoder features (one image)", fontsize=9)
     return fig

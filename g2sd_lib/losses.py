@@ -122,6 +122,16 @@ def cwd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: fl
     return weight * tau**2 * torch.sum(-p_t * log_p_s) / (N * C)
 
 
+def cwd_floor(teacher_logits: torch.Tensor, tau: float = 1.0, weight: float = 3.0) -> torch.Tensor:
+    """The least value :func:`cwd_loss` can take against ``teacher_logits`` (N, C, H, W), reached by a
+    student that copies them: ``weight * tau^2 * sum_{n,c} H(softmax(T_{n,c} / tau)) / (N * C)``, the
+    teacher's spatial entropy. It does not depend on the student; ``cwd_loss - cwd_floor`` is the KL
+    part, the part training moves."""
+    N, C, H, W = teacher_logits.shape
+    log_p_t = F.log_softmax(teacher_logits.float().reshape(N * C, H * W) / tau, dim=1)
+    return weight * tau**2 * torch.sum(-log_p_t.exp() * log_p_t) / (N * C)
+
+
 def frs_losses(student_feats, teacher_feats, student_objectness, teacher_objectness):
     """FRS-style detection distillation, unweighted, summed over pyramid levels.
 

@@ -99,7 +99,7 @@ def test_curves_of_few_epochs_are_labelled_points_with_the_legend_outside_the_da
     fig = figures.plot_curves({"seed 0": short}, ["train_loss", "val_top1"])
     loss_ax, top1_ax = fig.axes[:2]
     assert all(line.get_linestyle() == "None" and line.get_marker() not in (None, "None") for line in loss_ax.lines)
-    assert sorted(t.get_text() for t in top1_ax.texts) == ["0.6", "0.7"]  # each point's value written beside it
+    assert sorted(t.get_text() for t in top1_ax.texts) == ["60.0", "70.0"]  # each value beside its point, in %
     assert len(loss_ax.texts) == 4  # the loss and its label term, two epochs each
     fig.canvas.draw()
     for ax in (loss_ax, top1_ax):

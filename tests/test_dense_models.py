@@ -74,8 +74,11 @@ def test_segmentation_distillation_step(canvases):
     x, masks = next(iter(DenseLoader(canvases, "segmentation", 2, shuffle=False)))
     loss, parts = task.loss(task.model, (x, masks))
     loss.backward()
-    assert torch.isfinite(loss) and set(parts) == {"seg", "aux", "cwd"}
+    assert torch.isfinite(loss) and set(parts) == {"seg", "aux", "cwd", "cwd_floor"}
     assert torch.allclose(parts["cwd"], losses.cwd_loss(seen["student"], seen["teacher"], tau=1.0, weight=3.0))
+    # the floor: what a student copying the teacher's logits scores, below the student's cwd
+    copy = losses.cwd_loss(seen["teacher"], seen["teacher"], tau=1.0, weight=3.0)
+    assert torch.allclose(parts["cwd_floor"], copy) and parts["cwd_floor"] < parts["cwd"]
     assert torch.allclose(loss, parts["seg"] + 0.4 * parts["aux"] + parts["cwd"])
     grads = _grads(task.model)
     assert "decode_head.conv_seg.weight" in grads and "vit.blocks.0.attn.qkv.weight" in grads

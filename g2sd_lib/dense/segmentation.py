@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..losses import cwd_loss
+from ..losses import cwd_floor, cwd_loss
 from ..models import register_builder
 from ..tasks import TeacherForward, freeze
 from .backbone import build_vit, check_scales, default_out_indices, dense_param_groups, rescale_layers, vit_feature_maps
@@ -251,7 +251,10 @@ class SegmentationDistillation(TeacherForward, SegmentationTraining):
         out = model(x)
         loss, parts = seg_loss(out, masks, self.aux_weight)
         cwd = cwd_loss(out["logits"], teacher_logits, tau=self.tau, weight=self.weight)
-        return loss + cwd, {**parts, "cwd": cwd.detach()}
+        # cwd_floor: the teacher's entropy part of cwd, constant in the student; logged so that the
+        # curves can show cwd above it, the part that moves (figures.plot_curves)
+        floor = cwd_floor(teacher_logits, tau=self.tau, weight=self.weight)
+        return loss + cwd, {**parts, "cwd": cwd.detach(), "cwd_floor": floor}
 
 
 __all__ = ["FCNHead", "SegmentationDistillation", "SegmentationTraining", "UPerHead", "ViTPyramid", "ViTSegmenter",

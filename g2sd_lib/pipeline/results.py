@@ -149,13 +149,14 @@ def machines_text(*evaluations: dict | None) -> str | None:
 def metrics_per_model(section: dict) -> dict[str, dict]:
     """Per model of a :func:`summarize_task` section, the numbers its test metric file keeps: the
     mean over seeds, the std and the fraction of the teacher's, e.g. ``{"top1": ..., "top1_std": ...,
-    "of_teacher": ...}`` (the teacher: its metric only). The validation files of the training stages
-    use the same keys, so that ``dvc metrics show`` stays a few columns wide."""
+    "of_teacher": ...}`` (the teacher: its metric only; a student of one seed: no std, which one run
+    cannot measure). The validation files of the training stages use the same keys, so that
+    ``dvc metrics show`` stays a few columns wide."""
     metric = section["metric"]
     files = {"teacher": {metric: section["teacher"][metric]}}
     for name, s in section["students"].items():
-        files[name] = {metric: s[f"{metric}_mean"], f"{metric}_std": s[f"{metric}_std"],
-                       "of_teacher": s["ratio_to_teacher"]}
+        spread = {f"{metric}_std": s[f"{metric}_std"]} if len(s["seeds"]) > 1 else {}
+        files[name] = {metric: s[f"{metric}_mean"], **spread, "of_teacher": s["ratio_to_teacher"]}
     return files
 
 
