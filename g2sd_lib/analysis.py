@@ -1,4 +1,7 @@
-"""Looking inside teacher and student: reconstructions, GD alignment, block features, CKA, PCA."""
+"""Looking inside teacher and student: reconstructions, GD alignment, block features, CKA, PCA, and
+the noise of a statistic over the images it was measured on (bootstrap)."""
+
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -161,3 +164,15 @@ def attention_on_background(attention: torch.Tensor, background: torch.Tensor) -
                     "corner": corner.flatten()[top].double().mean().item(),
                     "chance": bg.double().mean().item()})
     return out
+
+
+def bootstrap_interval(statistic: Callable[[torch.Tensor], float], n: int, draws: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """The percentile bootstrap interval of a statistic over ``n`` images: ``statistic(idx)`` on ``draws``
+    resamples ``idx`` (n,) of the image indices drawn with replacement, and the central ``level`` share
+    of its values. A difference whose interval excludes 0 is larger than the noise of the image sample
+    (not of the seed: another training run is another sample)."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.tensor([statistic(torch.randint(0, n, (n,), generator=g)) for _ in range(draws)], dtype=torch.float64)
+    tail = (1 - level) / 2
+    return values.quantile(tail).item(), values.quantile(1 - tail).item()

@@ -140,3 +140,16 @@ def test_attention_on_background_and_the_middle_block():
     att = {"a": figures.cls_attention(model, images)}
     fig = figures.plot_attention_comparison(images, att, block="middle")
     assert "middle block" in fig._suptitle.get_text() and fig.axes[1].get_title() == "a (block 1)"
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_the_sample():
+    g = torch.Generator().manual_seed(0)
+    small, large = torch.randn(50, generator=g) + 1, torch.randn(5000, generator=g) + 1
+    lo, hi = analysis.bootstrap_interval(lambda i: small[i].mean().item(), len(small))
+    assert lo < small.mean().item() < hi and lo > 0  # a mean of 1 with 50 samples: clear of 0
+    lo_l, hi_l = analysis.bootstrap_interval(lambda i: large[i].mean().item(), len(large), draws=200)
+    assert hi_l - lo_l < (hi - lo) / 5  # about 1 / sqrt(100) of the width
+    assert analysis.bootstrap_interval(lambda i: small[i].mean().item(), len(small)) == (lo, hi)  # seeded
+    zero = torch.randn(200, generator=g)
+    lo, hi = analysis.bootstrap_interval(lambda i: zero[i].mean().item() - zero.mean().item(), len(zero))
+    assert lo < 0 < hi

@@ -74,8 +74,8 @@ def write_comparison(profiles: list[str], reports="reports", out=None) -> Path:
              + ", ".join(f"[{p}]({p}/README.md)" for p in profiles) + ".", "",
              "A comparison means something only at the budget it was measured at: each row names its budget "
              "(epochs and images seen per run, seeds) and how much its students' validation top-1 still rose "
-             "between their last two validations (0.3 points or more: still learning, not converged; less "
-             "proves nothing, as the learning rate has decayed by then). The paper's claims are about "
+             f"between their last two validations ({100 * STILL_LEARNING:.1f} points or more: still learning, not "
+             "converged; less proves nothing, as the learning rate has decayed by then). The paper's claims are about "
              "students and teachers trained to convergence.", "",
              stem.with_suffix(".md").read_text()]
     if missing:
