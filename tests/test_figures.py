@@ -16,6 +16,13 @@ from g2sd_lib.dense.plots import plot_detection_predictions  # noqa: E402
 from g2sd_lib.models import create_classifier  # noqa: E402
 from g2sd_lib.pipeline import report  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Each test's figures are closed after it (pyplot keeps every open figure)."""
+    yield
+    matplotlib.pyplot.close("all")
+
 # three seeds of a two-epoch student, as in reports/fmnist/plots/students/g2sd: values a few hundredths apart
 SEEDS = {f"seed {s}": [{"epoch": 1, "train_loss": 1.53 + d, "train_label": 1.72 + d, "train_distill": 1.34 + d,
                         "val_top1": 0.735 - d},
