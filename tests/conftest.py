@@ -30,3 +30,12 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def json_floats(node) -> list[float]:
+    """Every float of a JSON or YAML tree (the numbers prose may quote from a result or a setting)."""
+    if isinstance(node, dict):
+        return [f for v in node.values() for f in json_floats(v)]
+    if isinstance(node, list):
+        return [f for v in node for f in json_floats(v)]
+    return [node] if isinstance(node, float) else []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_benchmark
+from conftest import json_floats, load_benchmark
 from g2sd_lib import data
 from g2sd_lib.errors import InputError
 from g2sd_lib.pipeline import config, results
@@ -240,17 +240,8 @@ def test_the_profile_quotes_only_what_its_calibrations_measured():
     """The profile explains its budget with numbers from the committed calibrations (two decimals, in points);
     a number that no calibration holds is stale prose."""
     repo = Path(__file__).resolve().parents[1]
-    measured = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            [walk(v) for v in node.values()]
-        elif isinstance(node, list):
-            [walk(v) for v in node]
-        elif isinstance(node, float):
-            measured.add(f"{node:.2f}")
-    for path in (repo / "benchmarks/results/calibration").glob(f"{PROFILE}_*.json"):
-        walk(json.loads(path.read_text()))
+    measured = {f"{v:.2f}" for path in (repo / "benchmarks/results/calibration").glob(f"{PROFILE}_*.json")
+                for v in json_floats(json.loads(path.read_text()))}
     # the comments that say what a budget changed ("200 added 3.03-5.31 points"); settings and paper values aside
     comments = [line.split("#", 1)[1] for line in
                 (repo / "g2sd_lib/pipeline/profiles" / f"{PROFILE}.yaml").read_text().splitlines()

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import json_floats
 from g2sd_lib.pipeline import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,14 +45,6 @@ CONSTANTS = {
 }
 
 
-def _floats(node) -> list[float]:
-    if isinstance(node, dict):
-        return [f for v in node.values() for f in _floats(v)]
-    if isinstance(node, list):
-        return [f for v in node for f in _floats(v)]
-    return [node] if isinstance(node, float) else []
-
-
 def _written(value: float) -> str:
     return f"{value:.10g}"
 
@@ -60,7 +53,7 @@ def allowed() -> tuple[set[str], set[str]]:
     """What prose may quote, as written: plain numbers, and percentages (without the sign). A setting
     is quoted as the profile writes it (``0.9``: ``0.90`` reads as a result, and is one) or as a
     percentage of it (``75 %``); a paper value and a constant as listed; report.STILL_LEARNING in points."""
-    settings = {v for p in REPO.glob("g2sd_lib/pipeline/profiles/*.yaml") for v in _floats(yaml.safe_load(p.read_text()))}
+    settings = {v for p in REPO.glob("g2sd_lib/pipeline/profiles/*.yaml") for v in json_floats(yaml.safe_load(p.read_text()))}
     paper = {_written(v) for v, _source in report.PAPER.values()}
     paper |= {_written(spec["teacher"][0]) for spec in report.DENSE.values() if spec["teacher"]}
     plain = {_written(v) for v in settings} | paper | set(CONSTANTS) | {_written(100 * report.STILL_LEARNING)}

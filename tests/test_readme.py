@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import json_floats
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 TOP_DIRS = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".")} - {"data", "runs"}
@@ -97,21 +99,13 @@ def _numbers(value) -> set[str]:
 
 def _settings() -> set[str]:
     """Every float setting of the committed profiles, with two decimals (e.g. a layer decay of ``0.75``)."""
-    return {f"{v:.2f}" for p in REPO.glob("g2sd_lib/**/*.yaml") for v in _floats(yaml.safe_load(p.read_text()))}
+    return {f"{v:.2f}" for p in REPO.glob("g2sd_lib/**/*.yaml") for v in json_floats(yaml.safe_load(p.read_text()))}
 
 
 def _calibration_numbers() -> set[str]:
     """Every float of the committed calibrations (benchmarks/label_scarce.py writes points, not fractions)."""
     return {f"{v:.2f}" for p in REPO.glob("benchmarks/results/calibration/*.json")
-            for v in _floats(json.loads(p.read_text()))}
-
-
-def _floats(node) -> list[float]:
-    if isinstance(node, dict):
-        return [f for v in node.values() for f in _floats(v)]
-    if isinstance(node, list):
-        return [f for v in node for f in _floats(v)]
-    return [node] if isinstance(node, float) else []
+            for v in json_floats(json.loads(p.read_text()))}
 
 
 def test_every_result_quoted_outside_the_block_is_in_a_committed_summary():
