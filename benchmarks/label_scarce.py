@@ -351,7 +351,7 @@ def main(argv=None):
     args.json = args.json or REPO / calibration_file(args.profile, params)
     jobs = plan(params, args.work / args.profile, args.seeds)
     if args.students:
-        jobs = [j for j in jobs if j.get("run", args.students[0]) in args.students]
+        jobs = [j for j in jobs if "run" not in j or j["run"] in args.students]  # teacher and pretraining stay
     if not args.report_only:
         train_all([j for j in jobs if j["part"] in args.only], args.concurrent)
     teacher = args.work / args.profile / "teacher_d0" / "model.safetensors"

@@ -160,7 +160,7 @@ def claims_line(summaries: dict[str, dict], missing: list[str]) -> str:
             tested.append(f"on `{p}` {held} of {len(decided)} hold"
                           + (f" ({len(claims) - len(decided)} untestable)" if len(decided) < len(claims) else ""))
         elif s.get("validity"):
-            other.append(f"`{p}` failed or lacks its validity criteria ({_validity_text(s['validity'])[4:]})")
+            other.append(f"`{p}` failed or lacks its validity criteria ({_validity_text(s['validity']).removeprefix('no: ')})")
         else:
             other.append(f"`{p}` is a head start, not a test" if _still_learning(s["classification"]) else
                          f"`{p}` has no validity criteria")
