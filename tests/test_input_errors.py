@@ -4,6 +4,7 @@ user error (:func:`g2sd_lib.errors.user_errors`: one paragraph on the command li
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,27 @@ def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path, mo
     params.write_text("profiles: [fmnist]\nprofiles: [gpu]\n")
     with pytest.raises(InputError, match="the key 'profiles' is given twice in one mapping, on line 1 and line 2"):
         profiles.enabled_profiles(params)
+
+
+def test_aliases_that_expand_without_bound_are_refused_in_well_under_a_second(tmp_path, monkeypatch):
+    """A "billion laughs" file: 10 levels of 9 aliases is a few hundred bytes and 9**10 values once a
+    deep copy or a JSON dump expands it. Refused while parsing, before anything is built; a profile's
+    own anchors and aliases stay allowed, and every profile is far below the bound."""
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (tmp_path / "smoke.yaml").write_text("\n".join(levels) + "\n")
+    real = profiles.HERE
+    monkeypatch.setattr(profiles, "HERE", tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"smoke.yaml: its anchors and aliases .* expand to more than 100,000 values"):
+        profiles.load_profile("smoke")
+    assert time.perf_counter() - start < 1.0
+    with pytest.raises(InputError, match="expand to more than"):  # a node that contains itself
+        config.load_yaml("a: &a [1, *a]\n", "loop.yaml")
+    assert config.load_yaml("base: &b {lr: 1.0}\nrun: {<<: *b, epochs: 2}\n", "ok.yaml")["run"] == {"lr": 1.0, "epochs": 2}
+    own = sorted(real.glob("*.yaml"))
+    assert len(own) >= 5 and all(config._expanded_size(config._StrictLoader(p.read_text()).get_single_node()) < 1000
+                                 for p in own)
 
 
 def test_a_misspelt_model_name_gets_a_did_you_mean():

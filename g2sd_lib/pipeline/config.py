@@ -55,13 +55,49 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# A configuration is untrusted input: anchors and aliases (`&a` / `*a`) may nest so that a few hundred bytes
+# expand into billions of values once copied (a "billion laughs" file). No profile comes near this bound
+# (each holds well under a thousand; a test checks it).
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(root) -> int:
+    """Number of values ``root`` (a composed YAML node) holds once every alias is expanded, capped at
+    ``MAX_YAML_VALUES + 1`` (also for a node that contains itself); linear in the distinct nodes (an alias is
+    the node object it names, so each node's size is computed once)."""
+    sizes, open_ = {}, set()
+    stack = [root]
+    while stack:
+        node = stack[-1]
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        todo = [c for c in children if id(c) not in sizes]
+        if any(id(c) in open_ for c in todo):
+            return MAX_YAML_VALUES + 1  # a recursive alias: infinite once expanded
+        if todo:
+            open_.add(id(node))
+            stack.extend(todo)
+            continue
+        stack.pop()
+        open_.discard(id(node))
+        sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_VALUES + 1)
+    return sizes[id(root)]
+
+
 def load_yaml(text: str, source) -> object:
-    """Parse ``text`` (the contents of ``source``, named in errors) as YAML, refusing duplicate keys:
-    every configuration and profile file is read here."""
+    """Parse ``text`` (the contents of ``source``, named in errors) as YAML, refusing duplicate keys and
+    aliases that expand beyond ``MAX_YAML_VALUES`` values: every configuration and profile file is read here."""
     loader = _StrictLoader(text)
     loader.source = source
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if (size := _expanded_size(node)) > MAX_YAML_VALUES:
+            raise InputError(f"{source}: its anchors and aliases (&name / *name) expand to more than "
+                             f"{MAX_YAML_VALUES:,} values (a profile holds under a thousand); write the values out "
+                             f"or use fewer nested aliases")
+        return loader.construct_document(node)
     finally:
         loader.dispose()
 
