@@ -53,10 +53,13 @@ PARTS = ("base", "pretrain2x", "final2x", "draw1")
 V1_HEADROOM, V2_FINAL, V2_PRETRAIN, V3_STD, V4_DISAGREE = 3.0, 0.3, 0.5, 1.0, 2.0
 
 
-def plan(params: dict, work: Path, seeds: list[int]) -> list[dict]:
+def plan(params: dict, work: Path, seeds: list[int], teacher_mae_epochs: int | None = None) -> list[dict]:
     """The runs, in priority order: ``{"name", "part", "cfg", "needs"}`` (``needs``: names of runs whose
-    checkpoints this one loads)."""
+    checkpoints this one loads). ``teacher_mae_epochs``: the teacher's MAE is pretrained here for that many
+    epochs by the profile's ``teacher.pretrain`` recipe (run ``teacher_mae_e<M>``) instead of the bundled one;
+    it is then the GD teacher and the encoder the SD teacher is fine-tuned from."""
     mae_path = params["teacher"]["bundled"]["mae"]
+    mae_needs = []
     p_ep = params["pretrain"]["common"]["train"]["epochs"]
     s_ep = params["students"]["common"]["train"]["epochs"]
     jobs = []
@@ -64,6 +67,13 @@ def plan(params: dict, work: Path, seeds: list[int]) -> list[dict]:
     def add(name, part, cfg, needs=()):
         cfg["out_dir"] = str(work / name)
         jobs.append({"name": name, "part": part, "cfg": cfg, "needs": list(needs)})
+
+    if teacher_mae_epochs is not None:
+        cfg = config.teacher_stage_config(params, "pretrain", work)
+        cfg["train"]["epochs"] = teacher_mae_epochs
+        mae_needs = [f"teacher_mae_e{teacher_mae_epochs}"]
+        add(mae_needs[0], "base", cfg)
+        mae_path = str(work / mae_needs[0] / "model.safetensors")
 
     def with_draw(draw):
         p = copy.deepcopy(params)
@@ -73,14 +83,15 @@ def plan(params: dict, work: Path, seeds: list[int]) -> list[dict]:
     def teacher(draw, part):
         cfg = config.teacher_stage_config(with_draw(draw), "finetune", work)
         cfg["init"] = mae_path
-        add(f"teacher_d{draw}", part, cfg)
+        add(f"teacher_d{draw}", part, cfg, mae_needs)
 
     def pretrain(run, epochs, part):
         cfg = config.stage_config(params, "pretrain", run, work)
         cfg["train"]["epochs"] = epochs
+        needs = []
         if cfg["kind"] == "gd":
-            cfg["teacher"] = mae_path
-        add(f"{run}_e{epochs}", part, cfg)
+            cfg["teacher"], needs = mae_path, mae_needs
+        add(f"{run}_e{epochs}", part, cfg, needs)
 
     def student(run, seed, epochs, pre, draw, part):
         cfg = config.stage_config(with_draw(draw), "students", run, work, seed=seed)
@@ -114,6 +125,16 @@ def plan(params: dict, work: Path, seeds: list[int]) -> list[dict]:
         for run in STUDENTS:
             student(run, seed, 2 * s_ep, p_ep, 0, "final2x")
     return jobs
+
+
+def keep_students(jobs: list[dict], students) -> list[dict]:
+    """The runs of ``students`` and what they need (transitively), plus the teachers (V1, V4 and V5 read them)."""
+    kept = [j for j in jobs if j.get("run") in students]
+    needed = {n for j in kept for n in j["needs"]} | {j["name"] for j in jobs if j["name"].startswith("teacher_d")}
+    for job in reversed(jobs):  # a run's needs come before it in the plan
+        if job["name"] in needed:
+            needed |= set(job["needs"])
+    return [j for j in jobs if j in kept or j["name"] in needed]
 
 
 def finished(job: dict) -> list[dict] | None:
@@ -292,7 +313,8 @@ def markdown(out: dict) -> str:
              f"Command: `{out['command']}`. Split: {out['split']}. Regime: {out['regime']['labels']} labelled images "
              f"(draw sha256 `{out['regime']['draw_sha256']}`), {out['regime']['unlabelled_images']} unlabelled. "
              f"Trained on: {out['machine']}.", "",
-             f"Teacher (fine-tuned on the labels): draw 0 {_fmt(out['teacher']['0'])}, draw 1 {_fmt(out['teacher']['1'])}.", "",
+             f"Teacher (its MAE {out.get('teacher_mae', 'bundled')}, fine-tuned on the labels): "
+             f"draw 0 {_fmt(out['teacher']['0'])}, draw 1 {_fmt(out['teacher']['1'])}.", "",
              f"| student | pretrain {e['pretrain']} + final {e['final_stage']} epochs | final stage {2 * e['final_stage']} epochs "
              f"| pretrain {2 * e['pretrain']} epochs | draw 1 |", "|---|---|---|---|---|"]
     for run in STUDENTS:
@@ -336,12 +358,17 @@ def main(argv=None):
                         help="epochs of the teacher's fine-tuning on the labels (default: the profile's)")
     parser.add_argument("--labels", type=int, metavar="N",
                         help="labelled images (default: the profile's data.labels); use its own --work directory")
-    parser.add_argument("--students", nargs="+", choices=STUDENTS, help="train and report only these students")
+    parser.add_argument("--teacher-mae-epochs", type=int, metavar="M",
+                        help="pretrain the teacher's MAE here for M epochs (the profile's teacher.pretrain recipe) "
+                             "instead of using the bundled one; use its own --work directory")
+    parser.add_argument("--students", nargs="+", choices=STUDENTS,
+                        help="train and report only these students (and the teachers and pretraining runs they need)")
     args = parser.parse_args(argv)
     params = validate_params(load_profile(args.profile), source=args.profile)
     for flag, epochs, train in (("--pretrain-epochs", args.pretrain_epochs, params["pretrain"]["common"]["train"]),
                                 ("--final-epochs", args.final_epochs, params["students"]["common"]["train"]),
-                                ("--teacher-epochs", args.teacher_epochs, params["teacher"]["finetune"]["train"])):
+                                ("--teacher-epochs", args.teacher_epochs, params["teacher"]["finetune"]["train"]),
+                                ("--teacher-mae-epochs", args.teacher_mae_epochs, {})):
         if epochs is not None:
             if epochs < 1:
                 raise InputError(f"{flag} must be >= 1, got {epochs}")
@@ -349,9 +376,9 @@ def main(argv=None):
     if args.labels is not None:
         params["data"]["labels"] = args.labels
     args.json = args.json or REPO / calibration_file(args.profile, params)
-    jobs = plan(params, args.work / args.profile, args.seeds)
+    jobs = plan(params, args.work / args.profile, args.seeds, args.teacher_mae_epochs)
     if args.students:
-        jobs = [j for j in jobs if "run" not in j or j["run"] in args.students]  # teacher and pretraining stay
+        jobs = keep_students(jobs, args.students)
     if not args.report_only:
         train_all([j for j in jobs if j["part"] in args.only], args.concurrent)
     teacher = args.work / args.profile / "teacher_d0" / "model.safetensors"
@@ -360,6 +387,8 @@ def main(argv=None):
     out["teacher"] = {str(k): v for k, v in out["teacher"].items()}
     draw = label_draw(params["data"])
     out["regime"]["draw_sha256"] = draw["sha256"]
+    out["teacher_mae"] = (f"pretrained here, {args.teacher_mae_epochs} epochs (run teacher_mae_e{args.teacher_mae_epochs})"
+                          if args.teacher_mae_epochs else f"bundled ({params['teacher']['bundled']['mae']})")
     out["machine"] = machine()
     out["command"] = "python benchmarks/label_scarce.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(out, indent=1)

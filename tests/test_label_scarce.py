@@ -181,6 +181,33 @@ def test_each_budget_reads_its_own_calibration(tmp_path):
         cal.main(["--report-only", "--work", str(tmp_path), "--final-epochs", "0", "--json", str(out)])
 
 
+def test_a_teacher_pretrained_longer_feeds_both_teachers_and_students_keep_only_what_they_need(tmp_path):
+    cal = load_benchmark("label_scarce")
+    params = validate_params(load_profile(PROFILE), source=PROFILE)
+    jobs = cal.plan(params, tmp_path, [0, 1], teacher_mae_epochs=40)
+    by = {j["name"]: j for j in jobs}
+    mae = by["teacher_mae_e40"]
+    assert jobs[0] is mae and mae["cfg"]["kind"] == "mae" and mae["cfg"]["train"]["epochs"] == 40
+    assert mae["cfg"]["model"] == params["teacher"]["pretrain"]["model"]
+    made = str(tmp_path / "teacher_mae_e40" / "model.safetensors")
+    for name in ("teacher_d0", "teacher_d1"):  # the SD teachers are fine-tuned from it ...
+        assert by[name]["needs"] == ["teacher_mae_e40"] and by[name]["cfg"]["init"] == made
+    gd = next(j for n, j in by.items() if n.startswith("gd_e"))  # ... and it is the GD teacher
+    assert gd["needs"] == ["teacher_mae_e40"] and gd["cfg"]["teacher"] == made
+    bundled = {j["name"]: j for j in cal.plan(params, tmp_path, [0])}
+    assert "teacher_mae_e40" not in bundled and bundled["teacher_d0"]["cfg"]["init"] == params["teacher"]["bundled"]["mae"]
+    # --students scratch mae keeps their runs, the MAE-student pretraining and the teachers, not GD
+    kept = {j["name"] for j in cal.keep_students(jobs, ["scratch", "mae"])}
+    assert {"teacher_mae_e40", "teacher_d0", "teacher_d1"} <= kept
+    assert not any(n.startswith(("gd_", "g2sd", "kd", "sd_only")) for n in kept)
+    assert any(n.startswith("mae_student_e") for n in kept) and any(n.startswith("scratch_") for n in kept)
+    # G2SD needs GD (and GD the teacher's MAE): kept with it
+    kept = {j["name"] for j in cal.keep_students(jobs, ["g2sd"])}
+    assert gd["name"] in kept and not any(n.startswith(("scratch", "mae_student")) for n in kept)
+    with pytest.raises(InputError, match="--teacher-mae-epochs must be >= 1, got 0"):
+        cal.main(["--report-only", "--work", str(tmp_path), "--teacher-mae-epochs", "0", "--json", str(tmp_path / "c.json")])
+
+
 def test_validity_and_regime_blocks():
     assert results.validity(None, "x.json") is None
     cal = {"split": "validation", "criteria": {"V1": {"what": "w", "value": 7.0, "threshold": ">= 3.0", "pass": True,
