@@ -109,7 +109,7 @@ def over_seeds(runs: list[dict]) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="fmnist", choices=PROFILES)
-    parser.add_argument("--runs", nargs="+", default=["scratch"], choices=config.STUDENT_RUNS,
+    parser.add_argument("--runs", nargs="+", default=["scratch"], choices=config.STUDENTS,
                         help="runs of the profile's `students` section")
     parser.add_argument("--epochs", type=int, nargs="+", default=[20],
                         help="schedule lengths; two (e.g. 20 40) show whether the shorter has converged")

@@ -59,7 +59,7 @@ def main(argv=None) -> None:
         with contextlib.redirect_stdout(sys.stderr):
             obtain_teacher(params, root)
         runs = [(f"pretrain {r}", config.stage_config(params, "pretrain", r, root)) for r in config.PRETRAIN_RUNS]
-        runs += [(f"students {r}", config.stage_config(params, "students", r, root, seed=0)) for r in config.STUDENT_RUNS]
+        runs += [(f"students {r}", config.stage_config(params, "students", r, root, seed=0)) for r in config.STUDENTS]
         if params["teacher"]["mode"] == "train":
             runs.insert(0, ("teacher finetune", config.teacher_stage_config(params, "finetune", root)))
         for name, cfg in runs:

@@ -113,7 +113,7 @@ def test_the_gpu_profile_runs_every_stage_shrunk_on_cpu(tmp_path, fmnist_availab
     assert teacher["gd"]["model"] == "mae_vit_fmlarge_patch4_dec96d4b"
     for run in config.PRETRAIN_RUNS:
         stages.run_stage(config.stage_config(params, "pretrain", run, tmp_path))
-    for run in config.STUDENT_RUNS:
+    for run in config.STUDENTS:
         history = stages.run_stage(config.stage_config(params, "students", run, tmp_path, seed=0))
         assert 0 <= history[-1]["val_top1"] <= 1
     student = create_classifier(params["students"]["common"]["model"], "avg", 10)

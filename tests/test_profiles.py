@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from g2sd_lib.pipeline.config import PRETRAIN_RUNS, STUDENT_RUNS, stage_config, teacher_stage_config
+from g2sd_lib.pipeline.config import PRETRAIN_RUNS, STUDENTS, stage_config, teacher_stage_config
 from g2sd_lib.engine import TrainConfig
 from g2sd_lib.pipeline.profiles import (PROFILES, complete, enable, enabled_profiles, load_profile, output_dirs, profile_path, set_profiles)
 
@@ -38,9 +38,9 @@ def test_every_value_is_commented(name):
 def test_every_run_builds_a_valid_stage_config(name):
     params = load_profile(name)
     assert set(params["pretrain"]) - {"common"} == set(PRETRAIN_RUNS)
-    assert set(params["students"]) - {"common"} == set(STUDENT_RUNS)
+    assert set(params["students"]) - {"common"} == set(STUDENTS)
     configs = [stage_config(params, "pretrain", r) for r in PRETRAIN_RUNS]
-    configs += [stage_config(params, "students", r, seed=s) for r in STUDENT_RUNS for s in params["seeds"]]
+    configs += [stage_config(params, "students", r, seed=s) for r in STUDENTS for s in params["seeds"]]
     configs += [teacher_stage_config(params, step) for step in ("pretrain", "finetune")]
     for cfg in configs:
         TrainConfig(out_dir=cfg["out_dir"], **cfg["train"]).validate()
@@ -117,7 +117,7 @@ def test_the_measured_cpu_default_candidate_stays_a_valid_profile_with_the_gpu_p
                 + [p["pretrain"][r]["model"] for r in PRETRAIN_RUNS] + [p["students"]["common"]["model"]]
                 + [p["dense"][t][k] for t in ("segmentation", "detection") for k in ("teacher_model", "student_model")])
     assert models(cand) == models(gpu)
-    for group, runs in (("pretrain", PRETRAIN_RUNS), ("students", STUDENT_RUNS)):
+    for group, runs in (("pretrain", PRETRAIN_RUNS), ("students", STUDENTS)):
         for r in runs:
             TrainConfig(out_dir="x", **stage_config(cand, group, r, seed=0)["train"]).validate()
 

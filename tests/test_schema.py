@@ -6,7 +6,7 @@ import copy
 import pytest
 import yaml
 
-from g2sd_lib.pipeline.config import (DENSE_TASKS, PRETRAIN_RUNS, STUDENT_RUNS, dense_stage_config, stage_config, teacher_stage_config)
+from g2sd_lib.pipeline.config import (DENSE_TASKS, PRETRAIN_RUNS, STUDENTS, dense_stage_config, stage_config, teacher_stage_config)
 from g2sd_lib.pipeline.profiles import PROFILES, load_profile
 from g2sd_lib.pipeline.schema import (ConfigError, check_num_classes, check_target_block, validate_dense_stage, validate_params, validate_stage)
 
@@ -30,7 +30,7 @@ def test_profiles_pass_unchanged(name):
 def test_every_stage_config_of_every_profile_passes(name):
     params = load_profile(name)
     configs = [stage_config(params, "pretrain", r) for r in PRETRAIN_RUNS]
-    configs += [stage_config(params, "students", r, seed=s) for r in STUDENT_RUNS for s in params["seeds"]]
+    configs += [stage_config(params, "students", r, seed=s) for r in STUDENTS for s in params["seeds"]]
     configs += [teacher_stage_config(params, step) for step in ("pretrain", "finetune")]
     for cfg in configs:
         before = copy.deepcopy(cfg)

@@ -13,13 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .config import budget_text, dense_budget_text
+from .config import STUDENTS, budget_text, dense_budget_text
 from ..errors import UserError
 from .profiles import PROFILES, enabled_profiles
 from .report import METHODS, PAPER, claims_rows, dense_claims_rows, metric_text, share_text, write_table
 from .results import STILL_LEARNING, gain_span
-
-STUDENTS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 
 
 def profile_rows(summaries: dict[str, dict]) -> list[dict]:

@@ -17,7 +17,7 @@ from ..errors import InputError
 
 # The paper's comparison: every student and what initialises it.
 PRETRAIN_RUNS = ("gd", "mae_student")
-STUDENT_RUNS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
+STUDENTS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 DENSE_TASKS = ("segmentation", "detection")
 EVAL_BATCH_SIZE = 256  # validation / evaluation batch when a profile does not set one
 SPLITS = ("train", "val", "test")  # the dense canvases' splits

@@ -9,7 +9,7 @@ problems to the key that wrote the value. The model library (torch, timm) is imp
 model name is parsed, so importing the schema stays cheap.
 """
 
-from ..config import PRETRAIN_RUNS, STUDENT_RUNS, deep_merge
+from ..config import PRETRAIN_RUNS, STUDENTS, deep_merge
 from ...checkpoints.official import OFFICIAL_CHECKPOINTS
 from .messages import MISSING, Problem, _check, _close, _relocate
 from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, DetHead, GDTask, SegHead, Stage, Train
@@ -194,7 +194,7 @@ def _run_problems(params: dict, valid: dict) -> tuple[list[Problem], dict]:
     teacher_mae = _teacher_mae(valid)
     problems, encoders = [], {}
     for group, runs, kinds in (("pretrain", PRETRAIN_RUNS, ("mae", "gd")),
-                               ("students", STUDENT_RUNS, ("sd", "finetune", "kd"))):
+                               ("students", STUDENTS, ("sd", "finetune", "kd"))):
         if group not in valid:
             continue
         section, names = params[group], ("common", *runs)
