@@ -19,6 +19,7 @@ from g2sd_lib.errors import UserError
 from g2sd_lib.evaluate import count_params
 from g2sd_lib.models import create_classifier, create_mae
 from g2sd_lib.pipeline.profiles import load_profile, shrink
+from g2sd_lib.pipeline.results import DENSE_METRICS
 from g2sd_lib.pipeline.schema import validate_params
 from g2sd_lib.tasks import Finetuning
 from g2sd_lib.pipeline.teacher import obtain_teacher
@@ -124,7 +125,7 @@ def test_the_gpu_profile_runs_every_stage_shrunk_on_cpu(tmp_path, fmnist_availab
     for task in config.DENSE_TASKS:
         for run, seed in (("teacher", None), ("g2sd", 0), ("gd_only", 0)):
             history = stages.run_stage(config.dense_stage_config(params, task, run, tmp_path, seed=seed))
-            assert f"val_{dense_stages.METRIC[task]}" in history[-1]
+            assert f"val_{DENSE_METRICS[task]}" in history[-1]
     assert json.loads((tmp_path / "dense/detection/g2sd/seed0/history.json").read_text())
 
 

@@ -37,8 +37,7 @@ from ..dense.paper import ADE20K_SEGMENTATION, COCO_DETECTION
 from ..dense.segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
 from .config import SPLITS, canvas_paths, check_canvases, run_dir  # noqa: F401 (SPLITS, canvas_paths: the notebooks')
 
-NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
-METRIC = {"segmentation": "miou", "detection": "box_ap"}  # the headline metric of each task (a fraction)
+DENSE_NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
 
 
 def external_recipes() -> dict:
@@ -82,10 +81,10 @@ def trained_models(params: dict, task: str, root="runs") -> dict[str, dict]:
 def build_dense_model(cfg: dict, img_size: int) -> torch.nn.Module:
     """The untrained segmenter / detector of ``cfg`` with its ViT initialised from ``cfg['init']``."""
     if cfg["kind"] == "segmentation":
-        model = ViTSegmenter(cfg["model"], num_classes=NUM_CLASSES, img_size=img_size, **cfg["head"])
+        model = ViTSegmenter(cfg["model"], num_classes=DENSE_NUM_CLASSES, img_size=img_size, **cfg["head"])
         vit = model.vit
     else:
-        model = build_detector(cfg["model"], num_classes=NUM_CLASSES, img_size=img_size, **cfg["head"])
+        model = build_detector(cfg["model"], num_classes=DENSE_NUM_CLASSES, img_size=img_size, **cfg["head"])
         vit = model.backbone.vit
     if cfg.get("init"):
         load_backbone(vit, cfg["init"])

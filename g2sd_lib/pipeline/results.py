@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..history import read_json, write_history, write_json  # noqa: F401 (the stages' result files)
 
-# The dense tasks' metric keys in the evaluation files.
+# The headline metric of each dense task (a fraction): its key in the evaluation files.
 DENSE_METRICS = {"segmentation": "miou", "detection": "box_ap"}
 
 
