@@ -41,7 +41,7 @@ from g2sd_lib.models import create_classifier, create_mae, create_student, mae_k
 from g2sd_lib.pipeline.profiles import load_profile
 from g2sd_lib.tasks import Finetuning, GenericDistillation, MAEPretraining, SpecificDistillation
 
-KINDS = ("mae", "gd", "sd", "finetune", "augment")
+STEP_KINDS = ("mae", "gd", "sd", "finetune", "augment")
 PRECISIONS = {"fp32": "none", "bf16": "bf16"}  # -> the ``amp`` mode of ``autocast_dtype``
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MASK_RATIO = 0.75  # MAE pretraining and GD, as the paper
@@ -162,7 +162,7 @@ def build_task(kind: str, cfg: Config):
         return Finetuning(model, mixup=None, smoothing=0.1), flops_per_image(model, shape), 0
     if kind == "augment":
         return None, 0, 0
-    raise ValueError(f"unknown step kind {kind!r}; known: {', '.join(KINDS)}")
+    raise ValueError(f"unknown step kind {kind!r}; known: {', '.join(STEP_KINDS)}")
 
 
 def time_training_steps(task, batch, amp_dtype, warmup: int, steps: int, device="cpu",
@@ -293,7 +293,7 @@ def parse_args(argv=None):
                    metavar="{" + ",".join(PUBLIC_CONFIGS) + "}", help="configurations (default: all)")
     p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),
                    help="fp32 and/or bf16 autocast (default: both)")
-    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="step kinds (default: all)")
+    p.add_argument("--kinds", nargs="+", choices=STEP_KINDS, default=list(STEP_KINDS), help="step kinds (default: all)")
     p.add_argument("--steps", type=int, help="timed steps per measurement (default: per config, 5 / 3)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: per config, 2)")
     p.add_argument("--batch", type=int, help="batch size for every config (default on CPU: 256 fmnist, 1024 gpu, "

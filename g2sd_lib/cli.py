@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoints import KINDS, ROLES, CheckpointError, CheckpointInfo, describe, read_state_dict, role_problem
+from .checkpoints import (CHECKPOINT_KINDS, ROLES, CheckpointError, CheckpointInfo, describe, read_state_dict,
+                          role_problem)
 from .errors import run_main
 
 
@@ -29,7 +30,7 @@ def _heads(n: int) -> str:
 def format_info(info: CheckpointInfo) -> str:
     """The multi-line report of ``inspect-checkpoint``."""
     d = info.dims
-    lines = [f"checkpoint   {info.source}", f"kind         {info.kind}: {KINDS[info.kind]}"]
+    lines = [f"checkpoint   {info.source}", f"kind         {info.kind}: {CHECKPOINT_KINDS[info.kind]}"]
     if info.arch:
         lines.append(f"architecture {info.arch['name']} (builder {info.arch['builder']}"
                      + "".join(f", {k} {v}" for k, v in info.arch.items() if k not in ("builder", "name")) + ")")

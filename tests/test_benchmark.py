@@ -25,7 +25,7 @@ def test_smoke_run_reports_every_kind(bench, tmp_path, capsys):
     assert data["environment"]["threads"] >= 1
 
     rows = {r["kind"]: r for r in data["results"]}
-    assert sorted(rows) == sorted(bench.KINDS) and len(data["results"]) == len(bench.KINDS)
+    assert sorted(rows) == sorted(bench.STEP_KINDS) and len(data["results"]) == len(bench.STEP_KINDS)
     for kind, r in rows.items():
         assert (r["config"], r["precision"], r["batch"], r["device"], r["compile"]) == ("smoke", "fp32", 8, "cpu", "none")
         assert len(r["step_seconds"]) == 1 and r["img_per_s"] > 0
@@ -42,7 +42,7 @@ def test_smoke_run_reports_every_kind(bench, tmp_path, capsys):
     table = capsys.readouterr().out
     assert ("| config | kind | precision | teacher | compile | batch | img/s | train GFLOP/img | GFLOP/s | % of peak |"
             in table)
-    for kind in bench.KINDS:
+    for kind in bench.STEP_KINDS:
         assert f"| smoke | {kind} | fp32 | same | none | 8 |" in table
 
 

@@ -15,11 +15,11 @@ order: :mod:`.files` (bytes in and out), :mod:`.inspection` (what a state dict i
 """
 
 from .files import (CheckpointError, load_training_state, save_training_state, to_official_layout)
-from .inspection import KINDS, ROLES, CheckpointInfo, check_arch, describe
+from .inspection import CHECKPOINT_KINDS, ROLES, CheckpointInfo, check_arch, describe
 from .loading import (EncoderInit, load_encoder, load_model, load_saved_model, load_strict, read_state_dict,
                       save_model)
 from .roles import check_role, role_problem
 
-__all__ = ["KINDS", "ROLES", "CheckpointError", "CheckpointInfo", "EncoderInit", "check_arch", "check_role",
+__all__ = ["CHECKPOINT_KINDS", "ROLES", "CheckpointError", "CheckpointInfo", "EncoderInit", "check_arch", "check_role",
            "describe", "load_encoder", "load_model", "load_saved_model", "load_strict", "load_training_state",
            "read_state_dict", "role_problem", "save_model", "save_training_state", "to_official_layout"]

@@ -32,13 +32,13 @@ ROLES = set(ROLE_KEYS)
 _KIND_KEYS = (("gd-student", ("decoderfeature_pred",)), ("sd-student", ("dist_token", "head_dist")),
               ("mae-finetuned", ("fc_norm", "head")), ("mae-full", ("decoder_embed",)),
               ("classifier", ("norm", "head")), ("mae-encoder", ("cls_token", "pos_embed", "patch_embed", "blocks")))
-KINDS = {"mae-full": "an MAE pre-training checkpoint with encoder and decoder",
-         "mae-encoder": "an encoder-only MAE pre-training checkpoint",
-         "mae-finetuned": "a fine-tuned MAE classifier with fc_norm and head",
-         "gd-student": "a G2SD generic-distillation student",
-         "sd-student": "a G2SD specific-distillation student with dist_token and head_dist",
-         "classifier": "a ViT classifier with norm and head",
-         "unknown": "not a recognised ViT checkpoint"}
+CHECKPOINT_KINDS = {"mae-full": "an MAE pre-training checkpoint with encoder and decoder",
+                    "mae-encoder": "an encoder-only MAE pre-training checkpoint",
+                    "mae-finetuned": "a fine-tuned MAE classifier with fc_norm and head",
+                    "gd-student": "a G2SD generic-distillation student",
+                    "sd-student": "a G2SD specific-distillation student with dist_token and head_dist",
+                    "classifier": "a ViT classifier with norm and head",
+                    "unknown": "not a recognised ViT checkpoint"}
 _OFFICIAL_HEAD_DIM = 64  # ViT-Ti/S/B/L; only ViT-H (80) differs, and it is a named size
 
 

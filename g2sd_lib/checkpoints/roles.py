@@ -12,7 +12,7 @@ import re
 
 from ..errors import InputError
 from .files import CheckpointError
-from .inspection import KINDS, ROLES, CheckpointInfo, describe
+from .inspection import CHECKPOINT_KINDS, ROLES, CheckpointInfo, describe
 from .official import OFFICIAL_CHECKPOINTS
 
 
@@ -46,7 +46,7 @@ def role_problem(info: CheckpointInfo, role: str) -> str | None:
     if role not in ROLES:
         raise InputError(f"unknown role {role!r}; roles: {', '.join(sorted(ROLES))}")
     cannot, advice = _ROLE_TEXT[role]
-    src, what = info.source or "the checkpoint", f"{KINDS[info.kind]} (kind {info.kind})"
+    src, what = info.source or "the checkpoint", f"{CHECKPOINT_KINDS[info.kind]} (kind {info.kind})"
     files = {"full": _official("pretrain_vit_..._full", info), "finetuned": _official("finetuned_vit_...", info)}
     if role == "gd-teacher" and info.kind == "gd-student":
         return (f"{src} {cannot}: it is {what}, whose small decoder was trained to imitate a teacher's features, "
