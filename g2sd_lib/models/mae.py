@@ -91,7 +91,7 @@ class MaskedAutoencoderViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     # ----------------------------------------------------------------------------------- patches
     @property
@@ -180,7 +180,9 @@ class MaskedAutoencoderViT(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k.startswith(keep)}
 
 
-def _init_linear_and_norm(m: nn.Module):
+def init_linear_and_norm(m: nn.Module):
+    """The MAE initialisation of one module (for ``model.apply``): Xavier-uniform linear weights, zero
+    biases, unit LayerNorms."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
         if m.bias is not None:

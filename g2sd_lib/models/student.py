@@ -13,7 +13,7 @@ strictly, and ``encoder_loss_weight`` in the GD loss decides whether it trains a
 import torch
 from timm.layers import Mlp
 
-from .mae import MaskedAutoencoderViT, _init_linear_and_norm
+from .mae import MaskedAutoencoderViT, init_linear_and_norm
 
 
 class G2SDStudent(MaskedAutoencoderViT):
@@ -28,9 +28,9 @@ class G2SDStudent(MaskedAutoencoderViT):
                 raise ValueError("encoder_branch=True needs teacher_embed_dim")
             embed_dim = self.cls_token.shape[-1]
             self.encoderfeature_pred = Mlp(embed_dim, teacher_embed_dim, teacher_embed_dim)
-        self.decoderfeature_pred.apply(_init_linear_and_norm)
+        self.decoderfeature_pred.apply(init_linear_and_norm)
         if self.encoderfeature_pred is not None:
-            self.encoderfeature_pred.apply(_init_linear_and_norm)
+            self.encoderfeature_pred.apply(init_linear_and_norm)
 
     def forward_features(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor) -> dict:
         """Predict the teacher's features for a masked batch.
