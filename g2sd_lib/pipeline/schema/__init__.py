@@ -9,8 +9,10 @@ configuration are raised together as one :class:`ConfigError`. Validation never 
 into the configuration: the pipeline hashes params as written.
 """
 
-from .messages import ConfigError, Problem, _check, _close, _describe, _raise
-from .rules import _dense_problems, _dense_stage, _run_problems, _stage, _target_block, _teacher_problems
+from ...errors import close_match
+from .messages import ConfigError, Problem, check_value, describe_type, raise_problems
+from .rules import (dense_problems, dense_stage_problems, run_problems, stage_problems, target_block_problems,
+                    teacher_problems)
 from .sections import SECTIONS
 from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, Train
 
@@ -29,24 +31,24 @@ def validate_params(params: dict, source: str = "the profile", partial: bool = F
     """
     if not isinstance(params, dict):
         raise ConfigError(f"invalid configuration in {source}", [Problem((), "wrong type", "a mapping", params).line()])
-    problems = [Problem((k,), "unknown key", ", ".join(SECTIONS), params[k], _close(k, SECTIONS))
+    problems = [Problem((k,), "unknown key", ", ".join(SECTIONS), params[k], close_match(k, SECTIONS))
                 for k in params if k not in SECTIONS]
-    problems += [Problem((k,), "required key missing", _describe(tp)) for k, tp in SECTIONS.items()
+    problems += [Problem((k,), "required key missing", describe_type(tp)) for k, tp in SECTIONS.items()
                  if k not in params and not partial]
     valid = {}
     for key, tp in SECTIONS.items():
         if key in params:
-            found, value = _check(tp, params[key])
+            found, value = check_value(tp, params[key])
             problems += [p._replace(loc=(key, *p.loc)) for p in found]
             if not found:
                 valid[key] = value
     if "teacher" in valid:
-        problems += _teacher_problems(params, valid)
-    found, encoders = _run_problems(params, valid)
+        problems += teacher_problems(params, valid)
+    found, encoders = run_problems(params, valid)
     problems += found
     if "dense" in valid:
-        problems += _dense_problems(params, valid, encoders)
-    _raise(problems, f"invalid configuration in {source}")
+        problems += dense_problems(params, valid, encoders)
+    raise_problems(problems, f"invalid configuration in {source}")
     return params
 
 
@@ -58,21 +60,21 @@ def validate_stage(cfg: dict) -> dict:
     if isinstance(cfg, dict) and str(cfg.get("kind")) in DENSE_STAGES:
         return validate_dense_stage(cfg)
     where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
-    _raise(_stage(cfg)[0], f"invalid stage configuration ({where})")
+    raise_problems(stage_problems(cfg)[0], f"invalid stage configuration ({where})")
     return cfg
 
 
 def validate_dense_stage(cfg: dict) -> dict:
     """Check one dense stage configuration (``config.dense_stage_config``); returns ``cfg`` unchanged."""
     where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
-    _raise(_dense_stage(cfg), f"invalid dense stage configuration ({where})")
+    raise_problems(dense_stage_problems(cfg), f"invalid dense stage configuration ({where})")
     return cfg
 
 
 def check_target_block(target_block: int, decoder_depth: int, teacher: str = "the GD teacher") -> None:
     """At GD stage time: ``task.target_block`` must name a block of the loaded teacher's decoder
     (1-based, ``decoder_depth`` blocks); ``teacher`` names it (model or file) in the message."""
-    _raise(_target_block(target_block, decoder_depth, teacher), "invalid stage configuration")
+    raise_problems(target_block_problems(target_block, decoder_depth, teacher), "invalid stage configuration")
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, dataset: str,
@@ -87,4 +89,4 @@ def check_num_classes(teacher_classes: int, student_classes: int, dataset: str,
                             {"teacher": teacher_classes, "student": student_classes})]
     else:
         problems = []
-    _raise(problems, "teacher and student do not fit the dataset")
+    raise_problems(problems, "teacher and student do not fit the dataset")

@@ -1,7 +1,7 @@
 """Problems and their messages: every failure becomes one line ``path: problem (got value);
 allowed: what`` (with a did-you-mean for unknown keys and choices), and all lines of a
 configuration are raised together as one :class:`ConfigError`. Pydantic's errors are translated
-here, including the plain-words description of what a field accepts; :func:`_relocate` moves a
+here, including the plain-words description of what a field accepts; :func:`relocate` moves a
 problem of a merged configuration to the profile key that wrote the value."""
 
 import functools
@@ -11,8 +11,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_ori
 from annotated_types import Len
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from ...errors import UserError
-from ...errors import close_match as _close  # the did-you-mean of keys and choices, shared with model names
+from ...errors import UserError, close_match  # close_match: the did-you-mean of keys and choices (and model names)
 
 MISSING = object()
 
@@ -45,7 +44,7 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _raise(problems: list[Problem], header: str) -> None:
+def raise_problems(problems: list[Problem], header: str) -> None:
     lines = list(dict.fromkeys(p.line() for p in problems))  # merged configs repeat shared problems
     if lines:
         raise ConfigError(header, lines)
@@ -81,13 +80,13 @@ _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or 
           Any: "any value"}
 
 
-def _describe(tp, metadata=()) -> str:
+def describe_type(tp, metadata=()) -> str:
     """Plain words for what ``tp`` accepts, e.g. ``a number > 0 and < 1``."""
     origin, args = get_origin(tp), get_args(tp)
     if origin is Annotated:
-        return _describe(args[0], (*args[1:], *metadata))
+        return describe_type(args[0], (*args[1:], *metadata))
     if origin in (Union, UnionType):
-        return _describe(next(a for a in args if a is not NoneType), metadata) + " or null"
+        return describe_type(next(a for a in args if a is not NoneType), metadata) + " or null"
     if origin is Literal:
         return "one of " + " | ".join(map(str, args))
     bounds = [f"{sym} {getattr(m, attr)}" for m in metadata for attr, sym in _BOUNDS if hasattr(m, attr)]
@@ -96,7 +95,7 @@ def _describe(tp, metadata=()) -> str:
         low = next((m.min_length for m in metadata if isinstance(m, Len)), 0)
         high = next((m.max_length for m in metadata if isinstance(m, Len)), None)
         size = f"a list of {low} items" if low == high else "a non-empty list" if low else "a list"
-        return f"{size}, each {_describe(args[0])}"
+        return f"{size}, each {describe_type(args[0])}"
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return "a mapping with keys " + ", ".join(sorted(tp.model_fields))
     return " ".join([_NAMES.get(origin or tp, str(tp)), " and ".join(bounds)]).rstrip()
@@ -106,9 +105,9 @@ def _from_pydantic(tp, err: dict) -> Problem:
     loc, kind, value = tuple(err["loc"]), err["type"], err.get("input", MISSING)
     if kind == "extra_forbidden":
         known = sorted(_unwrap(_type_at(tp, loc[:-1])).model_fields)
-        return Problem(loc, "unknown key", ", ".join(known), value, _close(loc[-1], known))
+        return Problem(loc, "unknown key", ", ".join(known), value, close_match(loc[-1], known))
     target = _type_at(tp, loc)
-    hint = _close(value, get_args(_unwrap(target))) if kind == "literal_error" else None
+    hint = close_match(value, get_args(_unwrap(target))) if kind == "literal_error" else None
     if kind == "missing":
         problem, value = "required key missing", MISSING
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -121,7 +120,7 @@ def _from_pydantic(tp, err: dict) -> Problem:
         problem = "wrong type"
     else:
         problem = err["msg"].lower()
-    return Problem(loc, problem, _describe(target), value, hint)
+    return Problem(loc, problem, describe_type(target), value, hint)
 
 
 @functools.cache
@@ -129,7 +128,7 @@ def _adapter(tp) -> TypeAdapter:
     return TypeAdapter(tp)
 
 
-def _check(tp, value) -> tuple[list[Problem], Any]:
+def check_value(tp, value) -> tuple[list[Problem], Any]:
     """(problems, validated value or None) of ``value`` against ``tp``."""
     try:
         return [], _adapter(tp).validate_python(value)
@@ -147,7 +146,7 @@ def _has(node, loc) -> bool:
     return True
 
 
-def _relocate(problems, layers, fallback) -> list[Problem]:
+def relocate(problems, layers, fallback) -> list[Problem]:
     """Problems of a merged configuration, each moved to the params key that wrote the value.
 
     ``layers``: ``(under, path, source)`` in merge priority: a problem at ``under + rest`` belongs

@@ -11,7 +11,8 @@ model name is parsed, so importing the schema stays cheap.
 
 from ..config import PRETRAIN_RUNS, STUDENTS, deep_merge
 from ...checkpoints.official import OFFICIAL_CHECKPOINTS
-from .messages import MISSING, Problem, _check, _close, _relocate
+from ...errors import close_match
+from .messages import MISSING, Problem, check_value, relocate
 from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, DetHead, GDTask, SegHead, Stage, Train
 
 
@@ -77,16 +78,16 @@ def _kind_problems(cfg, kinds: dict) -> list[Problem]:
     kind = cfg.get("kind", MISSING)
     if not isinstance(kind, str) or kind not in kinds:
         what = "required key missing" if kind is MISSING else "not an allowed choice"
-        return [Problem(("kind",), what, "one of " + " | ".join(kinds), kind, _close(kind, kinds))]
+        return [Problem(("kind",), what, "one of " + " | ".join(kinds), kind, close_match(kind, kinds))]
     return []
 
 
-def _stage(cfg) -> tuple[list[Problem], Stage | None]:
+def stage_problems(cfg) -> tuple[list[Problem], Stage | None]:
     """Problems of one classification stage configuration and the validated stage."""
     if problems := _kind_problems(cfg, STAGES):
         return problems, None
     kind = cfg["kind"]
-    problems, stage = _check(STAGES[kind], cfg)
+    problems, stage = check_value(STAGES[kind], cfg)
     if stage is None:
         return problems, None
     data = stage.data or Data()
@@ -105,16 +106,16 @@ def _stage(cfg) -> tuple[list[Problem], Stage | None]:
 
 
 def _stage_of(cfg, kinds: tuple, problem: str) -> tuple[list[Problem], Stage | None]:
-    """:func:`_stage` where only ``kinds`` belong (a teacher step, a run group); ``problem`` says why."""
+    """:func:`stage_problems` where only ``kinds`` belong (a teacher step, a run group); ``problem`` says why."""
     if str(cfg.get("kind")) in STAGES and cfg["kind"] not in kinds:
         return [Problem(("kind",), problem, " | ".join(kinds), cfg["kind"])], None
-    return _stage(cfg)
+    return stage_problems(cfg)
 
 
-def _dense_stage(cfg) -> list[Problem]:
+def dense_stage_problems(cfg) -> list[Problem]:
     if problems := _kind_problems(cfg, DENSE_STAGES):
         return problems
-    problems, stage = _check(DENSE_STAGES[cfg["kind"]], cfg)
+    problems, stage = check_value(DENSE_STAGES[cfg["kind"]], cfg)
     if stage is None:
         return problems
     problems += _name_problems(stage.model, ("model",))
@@ -123,7 +124,7 @@ def _dense_stage(cfg) -> list[Problem]:
     return problems + _train_problems(stage.train, cfg["train"])
 
 
-def _teacher_problems(params: dict, valid: dict) -> list[Problem]:
+def teacher_problems(params: dict, valid: dict) -> list[Problem]:
     """Teacher mode and the sections it needs; the ``train`` recipe's two stage configurations."""
     teacher, problems = valid["teacher"], []
     needs = {"bundled": ("bundled",), "download": ("download",), "train": ("pretrain", "finetune"),
@@ -138,7 +139,7 @@ def _teacher_problems(params: dict, valid: dict) -> list[Problem]:
             name = getattr(teacher.download, key, None) if teacher.download else None
             if name is not None and name not in names:
                 problems.append(Problem(("teacher", "download", key), f"not {role}", ", ".join(names), name,
-                                        _close(name, names)))
+                                        close_match(name, names)))
         if dataset not in (None, "imagenet"):
             problems.append(Problem(("teacher", "mode"), f"the official teachers have 1000 classes, data.dataset "
                                     f"{dataset!r} has {NUM_CLASSES[dataset]}", "bundled | train for Fashion-MNIST",
@@ -154,8 +155,8 @@ def _teacher_problems(params: dict, valid: dict) -> list[Problem]:
         if stage is not None and step == "finetune" and isinstance(params["teacher"].get("pretrain"), dict):
             pretrained = str(params["teacher"]["pretrain"].get("model"))
             found += _same_encoder(stage.model, ("model",), pretrained, "teacher.pretrain")
-        problems += _relocate(found, [((), ("teacher", step), raw), (("data",), ("data",), params.get("data"))],
-                              ("teacher", step))
+        problems += relocate(found, [((), ("teacher", step), raw), (("data",), ("data",), params.get("data"))],
+                             ("teacher", step))
     return problems
 
 
@@ -169,7 +170,7 @@ def _same_encoder(name, loc, source, source_path) -> list[Problem]:
     return []
 
 
-def _target_block(target_block, depth: int, teacher: str) -> list[Problem]:
+def target_block_problems(target_block, depth: int, teacher: str) -> list[Problem]:
     if 1 <= target_block <= depth:
         return []
     return [Problem(("task", "target_block"), "out of range",
@@ -184,10 +185,10 @@ def _teacher_mae(valid: dict) -> str | None:
 
 def _not_a_pretrain_run(loc, init) -> Problem:
     return Problem(loc, "not a pretrain run", " | ".join(PRETRAIN_RUNS) + " or null", init,
-                   _close(init, PRETRAIN_RUNS))
+                   close_match(init, PRETRAIN_RUNS))
 
 
-def _run_problems(params: dict, valid: dict) -> tuple[list[Problem], dict]:
+def run_problems(params: dict, valid: dict) -> tuple[list[Problem], dict]:
     """Every run of ``pretrain`` and ``students``, checked as the stage configuration it becomes
     (common merged in, as ``config.stage_config`` does); returns the problems and the pretrain
     runs' model names (what the students' ``init`` loads)."""
@@ -199,7 +200,7 @@ def _run_problems(params: dict, valid: dict) -> tuple[list[Problem], dict]:
             continue
         section, names = params[group], ("common", *runs)
         common = section.get("common", {})
-        problems += [Problem((group, k), "unknown run", ", ".join(names), section[k], _close(k, names))
+        problems += [Problem((group, k), "unknown run", ", ".join(names), section[k], close_match(k, names))
                      for k in section if k not in names]
         for run in runs:
             if run not in section:
@@ -220,7 +221,8 @@ def _run_problems(params: dict, valid: dict) -> tuple[list[Problem], dict]:
             found += more
             if stage is not None and stage.kind == "gd" and _arch(str(teacher_mae)):
                 arch = _arch(teacher_mae)
-                found += _target_block((stage.task or GDTask()).target_block, arch["decoder_depth"], teacher_mae)
+                found += target_block_problems((stage.task or GDTask()).target_block, arch["decoder_depth"],
+                                               teacher_mae)
                 if (own := _arch(stage.model)) is not None and own["patch_size"] != arch["patch_size"]:
                     found.append(Problem(("model",), "its patch grid differs from the teacher's",
                                          f"patch {arch['patch_size']}, as teacher.pretrain.model", stage.model))
@@ -228,8 +230,8 @@ def _run_problems(params: dict, valid: dict) -> tuple[list[Problem], dict]:
                 encoders[run] = stage.model
             elif stage is not None and str(init) in encoders and not more:
                 found += _same_encoder(stage.model, ("model",), encoders[init], f"pretrain.{init}")
-            problems += _relocate(found, [((), (group, run), section[run]), ((), (group, "common"), common),
-                                          (("data",), ("data",), params.get("data"))], (group, run))
+            problems += relocate(found, [((), (group, run), section[run]), ((), (group, "common"), common),
+                                         (("data",), ("data",), params.get("data"))], (group, run))
     return problems, encoders
 
 
@@ -242,7 +244,7 @@ def _scale_problems(scales, grid: int, loc, given) -> list[Problem]:
     return []
 
 
-def _dense_problems(params: dict, valid: dict, encoders: dict) -> list[Problem]:
+def dense_problems(params: dict, valid: dict, encoders: dict) -> list[Problem]:
     """Dataset, canvas counts, models against the canvas size, merged trains, run inits."""
     dense, raw, problems = valid["dense"], params["dense"], []
     canvases = dense.dataset == "canvases"
@@ -271,11 +273,11 @@ def _dense_problems(params: dict, valid: dict, encoders: dict) -> list[Problem]:
                           for p in _same_encoder(name, loc, encoders[run.init], f"pretrain.{run.init}")]
             override = raw[task].get(f"{role}_train") or {}
             merged = deep_merge(common_train, override)
-            more, train = _check(Train, merged)
+            more, train = check_value(Train, merged)
             more += _train_problems(train, merged, ()) if train else []
-            problems += found + _relocate(more, [((), ("dense", task, f"{role}_train"), override),
-                                                 ((), ("dense", "common", "train"), common_train)],
-                                          ("dense", "common", "train"))
+            problems += found + relocate(more, [((), ("dense", task, f"{role}_train"), override),
+                                                ((), ("dense", "common", "train"), common_train)],
+                                         ("dense", "common", "train"))
     problems += [_not_a_pretrain_run(("dense", "runs", name, "init"), run.init)
                  for name, run in dense.runs.items() if run.init is not None and run.init not in PRETRAIN_RUNS]
     return problems
