@@ -24,7 +24,7 @@ from gpu_common import helpers, log  # first: it puts the repository on the path
 from g2sd_lib.pipeline import config
 from g2sd_lib.pipeline.profiles import load_profile, shrink
 from g2sd_lib.pipeline.stages import launch_all
-from g2sd_lib.pipeline.teacher import _copy_saved, bundle_teacher
+from g2sd_lib.pipeline.teacher import copy_saved, bundle_teacher
 
 # Teacher fine-tuning variants tried on the validation split (overrides of teacher.finetune).
 TEACHER_VARIANTS = {
@@ -76,7 +76,7 @@ def twin(out: Path, dry: bool) -> dict:
         cfg = config.teacher_stage_config(params, step, root)
         log(f"twin: fmnist teacher {step}, {cfg['train']['epochs']} epochs")
         (history,) = launch_all([cfg], names=[f"twin {step}"])
-        _copy_saved(Path(cfg["out_dir"]) / "model.safetensors", paths[key])
+        copy_saved(Path(cfg["out_dir"]) / "model.safetensors", paths[key])
     notes = ["the `fmnist` profile's teacher architecture trained by the `gpu` profile's teacher schedules "
              "(benchmarks/gpu_sweep.py twin_params), alongside the `gpu` teacher's sweep on the same GPU"]
     bundled = bundle_teacher(params, root, out / "teachers", prefix="fmnist", notes=notes)
@@ -140,8 +140,8 @@ def _bundle(params: dict, root: Path, dest: Path, best: str, cfg: dict, tried: l
     chosen["teacher"]["finetune"] = config.deep_merge(chosen["teacher"]["finetune"],
                                                       TEACHER_VARIANTS[best.removeprefix("teacher ")])
     paths = config.teacher_paths(root)
-    _copy_saved(root / "teacher" / "pretrain" / "model.safetensors", paths["gd"])
-    _copy_saved(Path(cfg["out_dir"]) / "model.safetensors", paths["sd"])
+    copy_saved(root / "teacher" / "pretrain" / "model.safetensors", paths["gd"])
+    copy_saved(Path(cfg["out_dir"]) / "model.safetensors", paths["sd"])
     (root / "teacher" / "finetune").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(cfg["out_dir"]) / "history.json", root / "teacher" / "finetune" / "history.json")
     notes = [f"recipe chosen on the validation split by `benchmarks/gpu_session.py sweep`: fine-tuning variant "

@@ -28,7 +28,8 @@ from .stages import launch
 MODES = ("bundled", "finetune", "train", "download")
 
 
-def _copy_saved(src: Path, dest: Path) -> None:
+def copy_saved(src: Path, dest: Path) -> None:
+    """Copy a saved model, ``src`` (``.safetensors``) and its ``.json`` sidecar, to ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest)
     shutil.copyfile(src.with_suffix(".json"), dest.with_suffix(".json"))
@@ -71,18 +72,18 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
                                         "fix teacher.bundled in the profile, or set teacher.mode: train to train "
                                         "one (see the model cards in teachers/)")
             checkpoints.load_saved_model(src, expected_sha256=b.get(f"{name}_sha256"))  # refuses changed bytes
-            _copy_saved(src, out[key])
+            copy_saved(src, out[key])
         if mode == "finetune":
             stage_cfg = teacher_stage_config(params, "finetune", root)
             summary["histories"] = {"finetune": launch(stage_cfg, nproc)}
-            _copy_saved(Path(stage_cfg["out_dir"]) / "model.safetensors", out["sd"])
+            copy_saved(Path(stage_cfg["out_dir"]) / "model.safetensors", out["sd"])
     else:
         histories = {}
         for step in ("pretrain", "finetune"):
             stage_cfg = teacher_stage_config(params, step, root)
             histories[step] = launch(stage_cfg, nproc)
             produced = Path(stage_cfg["out_dir"]) / "model.safetensors"
-            _copy_saved(produced, out["gd" if step == "pretrain" else "sd"])
+            copy_saved(produced, out["gd" if step == "pretrain" else "sd"])
         summary["histories"] = histories
     for key, role in (("gd", "gd-teacher"), ("sd", "sd-teacher")):
         _, info = checkpoints.load_model(out[key], role)
