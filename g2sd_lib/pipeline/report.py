@@ -140,7 +140,7 @@ def claims_rows(summary: dict) -> list[dict]:
     rows = [_ratio_row("the ViT-S student", students["g2sd"], "g2sd_ratio")] if "g2sd" in students else []
     for claim, a, b in CLAIMS:
         if a in students and b in students:
-            rows.append(_comparison_row(claim, students[a], students[b], "top1"))
+            rows.append(comparison_claim_row(claim, students[a], students[b], "top1"))
     return rows
 
 
@@ -153,7 +153,7 @@ def _ratio_row(who: str, student: dict, paper_key: str) -> dict:
             "holds at this budget": "yes" if ratio is not None and ratio >= value / 100 else "no", "source": source}
 
 
-def _comparison_row(claim: str, sa: dict, sb: dict, metric: str) -> dict:
+def comparison_claim_row(claim: str, sa: dict, sb: dict, metric: str) -> dict:
     """Claim row "a beats b" on ``metric``: the mean difference, the combined seed spread, the verdict."""
     diff = sa[f"{metric}_mean"] - sb[f"{metric}_mean"]
     spread = (sa[f"{metric}_std"] ** 2 + sb[f"{metric}_std"] ** 2) ** 0.5
@@ -199,8 +199,8 @@ def dense_claims_rows(summary: dict) -> list[dict]:
             continue
         rows.append(_ratio_row(f"{task}: the ViT-S student", students["g2sd"], spec["ratio"]))
         if "gd_only" in students:
-            rows.append(_comparison_row(f"{task}: dense specific distillation helps after GD (G2SD > GD only)",
-                                        students["g2sd"], students["gd_only"], spec["metric"]))
+            rows.append(comparison_claim_row(f"{task}: dense specific distillation helps after GD (G2SD > GD only)",
+                                             students["g2sd"], students["gd_only"], spec["metric"]))
     return rows
 
 

@@ -21,7 +21,7 @@ def main():
     for name, a, b in (("wide spread", [0.80, 0.82], [0.79, 0.81]),
                        ("narrow spread", [0.810, 0.812], [0.800, 0.802]),
                        ("one seed", [0.81], [0.80])):
-        row = report._comparison_row("G2SD beats the other", summary(a), summary(b), "top1")
+        row = report.comparison_claim_row("G2SD beats the other", summary(a), summary(b), "top1")
         verdicts[name] = row["holds at this budget"]
         print(f"1. {name}: {row['ours']} -> {row['holds at this budget']}")
     assert verdicts["narrow spread"] == "yes" and verdicts["one seed"].startswith("yes (one seed")
