@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import load_benchmark
 
-from g2sd_lib.pipeline import report, schema
+from g2sd_lib.pipeline import report, results, schema
 from g2sd_lib.checkpoints import save_model
 from g2sd_lib.pipeline import stages as runner
 from g2sd_lib.pipeline.config import DENSE_TASKS, deep_merge, dense_stage_config
@@ -165,7 +165,7 @@ def _dense_evaluation():
 
 
 def test_dense_summary_tables_and_claims():
-    summary = report.summarize_dense(_dense_evaluation())
+    summary = results.summarize_dense(_dense_evaluation())
     seg, det = summary["segmentation"], summary["detection"]
     assert seg["metric"] == "miou" and det["metric"] == "box_ap" and seg["teacher"] == {"miou": 0.5}
     assert seg["students"]["g2sd"]["miou"] == pytest.approx(0.5) and seg["students"]["g2sd"]["seeds"] == [0, 1]
@@ -183,7 +183,7 @@ def test_dense_summary_tables_and_claims():
     assert claims["segmentation: dense specific distillation helps after GD (G2SD > GD only)"] == "yes"
     assert claims["detection: dense specific distillation helps after GD (G2SD > GD only)"] == \
         "not resolved (within the seed spread)"
-    external = report.summarize_dense({"dataset": "external", "status": "external: run elsewhere", "tasks": {}})
+    external = results.summarize_dense({"dataset": "external", "status": "external: run elsewhere", "tasks": {}})
     assert external["detection"] == {"metric": "box_ap", "status": "external: run elsewhere"}
     assert report.dense_rows(external, {}) == [] and report.dense_claims_rows(external) == []
 

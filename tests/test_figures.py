@@ -14,7 +14,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer  # noqa: E402
 from g2sd_lib import figures  # noqa: E402
 from g2sd_lib.dense.plots import plot_detection_predictions  # noqa: E402
 from g2sd_lib.models import create_classifier  # noqa: E402
-from g2sd_lib.pipeline import report  # noqa: E402
+from g2sd_lib.pipeline import results  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +72,7 @@ def test_every_panel_of_numbers_has_both_axes_labelled_and_legends_of_8_points()
         check(fig)
     assert _curve_figures()[0].axes[1].get_ylabel() == "validation top-1 (%)"
     check(figures.plot_feature_alignment(torch.randn(17, 8), torch.randn(17, 8), (torch.rand(16) > 0.5).float()))
-    summary = report.summarize({"teacher": {"top1": 0.9}, "students": {
+    summary = results.summarize({"teacher": {"top1": 0.9}, "students": {
         n: {"seeds": {"0": {"top1": t}, "1": {"top1": t + 0.01}}} for n, t in (("g2sd", 0.77), ("kd", 0.74))}})
     check(figures.plot_test_scores(summary["classification"], "test top-1 (%)", "fmnist"))
 
@@ -101,7 +101,7 @@ def test_one_seed_shows_no_spread_and_several_seeds_a_band():
     assert len(few.axes[0].texts) == 3 * 2  # one value per series (loss, label, distill) and epoch, not per seed
 
     def scores(seeds):
-        return report.summarize({"teacher": {"top1": 0.9}, "students": {
+        return results.summarize({"teacher": {"top1": 0.9}, "students": {
             n: {"seeds": {str(s): {"top1": t + s / 100} for s in seeds}} for n, t in (("g2sd", 0.77), ("kd", 0.74))}}
         )["classification"]
     single = figures.plot_test_scores(scores([0]), "test top-1 (%)", "smoke")
@@ -168,5 +168,5 @@ def test_detection_labels_are_readable_inside_their_panel_and_apart():
 def test_a_single_seed_has_no_std_in_its_metric_file():
     evaluation = {"teacher": {"miou": 0.5}, "students": {"g2sd": {"seeds": {"0": {"miou": 0.45}}},
                                                          "kd": {"seeds": {"0": {"miou": 0.4}, "1": {"miou": 0.42}}}}}
-    files = report.metrics_per_model(report.summarize_task(evaluation["teacher"], evaluation["students"], "miou"))
+    files = results.metrics_per_model(results.summarize_task(evaluation["teacher"], evaluation["students"], "miou"))
     assert set(files["g2sd"]) == {"miou", "of_teacher"} and set(files["kd"]) == {"miou", "miou_std", "of_teacher"}

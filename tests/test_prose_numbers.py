@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from conftest import json_floats
-from g2sd_lib.pipeline import report
+from g2sd_lib.pipeline import report, results
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -52,11 +52,11 @@ def _written(value: float) -> str:
 def allowed() -> tuple[set[str], set[str]]:
     """What prose may quote, as written: plain numbers, and percentages (without the sign). A setting
     is quoted as the profile writes it (``0.9``: ``0.90`` reads as a result, and is one) or as a
-    percentage of it (``75 %``); a paper value and a constant as listed; report.STILL_LEARNING in points."""
+    percentage of it (``75 %``); a paper value and a constant as listed; results.STILL_LEARNING in points."""
     settings = {v for p in REPO.glob("g2sd_lib/pipeline/profiles/*.yaml") for v in json_floats(yaml.safe_load(p.read_text()))}
     paper = {_written(v) for v, _source in report.PAPER.values()}
     paper |= {_written(spec["teacher"][0]) for spec in report.DENSE.values() if spec["teacher"]}
-    plain = {_written(v) for v in settings} | paper | set(CONSTANTS) | {_written(100 * report.STILL_LEARNING)}
+    plain = {_written(v) for v in settings} | paper | set(CONSTANTS) | {_written(100 * results.STILL_LEARNING)}
     percent = {_written(100 * v) for v in settings} | paper | set(CONSTANTS)
     return plain, percent
 

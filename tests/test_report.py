@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from g2sd_lib.pipeline import report
+from g2sd_lib.history import write_history
+from g2sd_lib.pipeline import report, results
 
 EVALUATION = {"teacher": {"top1": 0.8, "top5": 0.99, "params": 1000, "flops": 2e6},
               "students": {"g2sd": {"seeds": {"0": {"top1": 0.7, "top5": 0.98, "agreement": 0.9},
@@ -23,7 +24,7 @@ DENSE = {"tasks": {"segmentation": {"metric": "miou", "teacher": {"miou": 0.5, "
 
 
 def test_one_summary_algorithm_for_classification_and_dense_tasks():
-    summary = report.summarize(EVALUATION, DENSE)
+    summary = results.summarize(EVALUATION, DENSE)
     cls = summary["classification"]
     assert cls["teacher"] == {"top1": 0.8, "top5": 0.99}  # scores only, no parameter counts
     g2sd = cls["students"]["g2sd"]
@@ -38,14 +39,14 @@ def test_one_summary_algorithm_for_classification_and_dense_tasks():
 
 
 def test_metrics_per_model_are_a_few_flat_numbers():
-    files = report.metrics_per_model(report.summarize(EVALUATION)["classification"])
+    files = results.metrics_per_model(results.summarize(EVALUATION)["classification"])
     assert files["teacher"] == {"top1": 0.8}
     assert set(files["g2sd"]) == {"top1", "top1_std", "of_teacher"}
     assert all(isinstance(v, float) for f in files.values() for v in f.values())
 
 
 def test_claims_take_the_paper_numbers_from_paper():
-    summary = report.summarize(EVALUATION)
+    summary = results.summarize(EVALUATION)
     rows = report.claims_rows(summary)
     paper = report.PAPER["g2sd_ratio"][0]
     assert rows[0]["claim"] == f"the ViT-S student reaches {paper} % of its ViT-B teacher"
@@ -60,7 +61,7 @@ def test_a_teacher_that_scores_0_gives_no_share_and_the_report_still_renders():
     dense = {"tasks": {"detection": {"metric": "box_ap", "teacher": {"box_ap": 0.0, "params": 10},
                                      "students": {"g2sd": {"seeds": {"0": {"box_ap": 0.0}}, "params": 5}}}},
              "status": "trained"}
-    summary = report.summarize(EVALUATION, dense)
+    summary = results.summarize(EVALUATION, dense)
     assert summary["detection"]["students"]["g2sd"]["ratio_to_teacher"] is None
     rows = report.dense_rows(summary, dense)
     assert rows[-1]["% of teacher"] == "n/a" and report.share_text(None) == "n/a"
@@ -83,10 +84,10 @@ def test_write_table_markdown_csv_and_latex(tmp_path):
 
 
 def test_write_history_puts_epoch_first(tmp_path):
-    path = report.write_history([{"lr": 0.1, "epoch": 1, "train_loss": 2.0}, {"lr": 0.05, "epoch": 2, "train_loss": 1.5}],
+    path = write_history([{"lr": 0.1, "epoch": 1, "train_loss": 2.0}, {"lr": 0.05, "epoch": 2, "train_loss": 1.5}],
                                 tmp_path / "a" / "h.csv")
     assert path.read_text().splitlines() == ["epoch,lr,train_loss", "1,0.1,2.0", "2,0.05,1.5"]
-    assert report.write_history([], tmp_path / "empty.csv").read_text() == "epoch,train_loss\n"
+    assert write_history([], tmp_path / "empty.csv").read_text() == "epoch,train_loss\n"
 
 
 def test_comparison_shows_how_close_each_student_is_to_its_teacher():
@@ -172,20 +173,20 @@ def test_last_epoch_gains_say_whether_the_runs_were_still_learning(tmp_path):
 
     def history(run, seed, values, metric="val_top1"):
         rows = [{"epoch": e + 1, "train_loss": 1.0, metric: v} for e, v in enumerate(values)]
-        report.write_history(rows, tmp_path / "plots" / "students" / run / f"seed{seed}.csv")
+        write_history(rows, tmp_path / "plots" / "students" / run / f"seed{seed}.csv")
 
     history("g2sd", 0, [0.70, 0.74]); history("g2sd", 1, [0.71, 0.77])
     history("scratch", 0, [0.86, 0.8610]); history("scratch", 1, [0.86, 0.8604])
     history("once", 0, [0.5])
     gains = last_epoch_gains(tmp_path / "plots" / "students", "val_top1")
     assert gains["g2sd"] == pytest.approx(0.05) and gains["scratch"] == pytest.approx(0.0007) and gains["once"] is None
-    text = report.learning_text(gains, "students", "validation top-1")
+    text = results.learning_text(gains, "students", "validation top-1")
     assert "changed by +0.07 to +5.00 points" in text and "g2sd still learning" in text and "not converged" in text
-    flat = report.learning_text({"scratch": gains["scratch"]}, "students", "validation top-1")
+    flat = results.learning_text({"scratch": gains["scratch"]}, "students", "validation top-1")
     assert "+0.07 points" in flat and "only doubling the schedule would show convergence" in flat
-    assert "all still learning" in report.learning_text({"g2sd": 0.05, "kd": 0.01}, "students", "validation top-1")
-    assert "none shows" in report.learning_text({"once": None}, "students", "validation top-1")
-    assert report.gain_span({}) is None
+    assert "all still learning" in results.learning_text({"g2sd": 0.05, "kd": 0.01}, "students", "validation top-1")
+    assert "none shows" in results.learning_text({"once": None}, "students", "validation top-1")
+    assert results.gain_span({}) is None
 
     # summarize() records them per section, from reports/<profile>/plots
     ev = {"teacher": {"top1": 0.9}, "students": {"g2sd": {"seeds": {"0": {"top1": 0.8}}}}}

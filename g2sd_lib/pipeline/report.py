@@ -1,6 +1,5 @@
 """Tables, rendered from the pipeline's result files only (:mod:`g2sd_lib.pipeline.results` reads and
-summarises those files; its helpers are re-exported here, as the stage notebooks call them
-``report.write_json``, ``report.summarize``, ...).
+summarises those files, :mod:`g2sd_lib.history` reads and writes them).
 
 Paper numbers appear only with their provenance. The companion could not obtain the paper's full
 tables, so a cell with no published source says "unavailable" rather than holding a guess.
@@ -20,9 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..device import machine
-from .results import (DENSE_METRICS, STILL_LEARNING, calibration_file, gain_span, learning_text, machines_text,  # noqa: F401
-                      mean_std, metrics_per_model, paper_claims, read_json, regime, summarize, summarize_dense,
-                      summarize_task, trained_on, validity, write_history, write_json)
+from .results import DENSE_METRICS
 
 # What the paper and its reference READMEs publish, with where each value comes from.
 PAPER = {

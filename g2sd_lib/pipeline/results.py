@@ -1,11 +1,13 @@
 """The pipeline's result files: JSON, per-epoch histories, and ``summary.json`` computed from them.
 
-Three kinds of files carry the stages' numbers (declared in dvc.yaml), all written through here:
+Three kinds of files carry the stages' numbers (declared in dvc.yaml), written with :mod:`g2sd_lib.history`'s
+``write_json`` / ``write_history``:
 
 * ``reports/<profile>/metrics/``: the few numbers per run a person compares between runs and
   experiments (``dvc metrics show``, ``dvc exp show``): :func:`metrics_per_model`;
 * ``reports/<profile>/plots/``: every training run's per-epoch history as CSV (``dvc plots show``):
-  :func:`write_history` (the run directory's own ``history.{json,csv}``: :func:`g2sd_lib.history.write_run_history`);
+  :func:`g2sd_lib.history.write_history` (the run directory's own ``history.{json,csv}``:
+  :func:`g2sd_lib.history.write_run_history`);
 * ``reports/<profile>/results/``: the detailed per-seed results the report stage renders its tables
   from, and ``summary.json``: :func:`summarize` (means and stds over seeds, shares of the teacher).
 
@@ -16,7 +18,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from ..history import read_json, write_history, write_json  # noqa: F401 (the stages' result files)
+from ..history import read_json
 
 # The headline metric of each dense task (a fraction): its key in the evaluation files.
 DENSE_METRICS = {"segmentation": "miou", "detection": "box_ap"}

@@ -8,11 +8,11 @@
    numbers do not.
 """
 
-from g2sd_lib.pipeline import report
+from g2sd_lib.pipeline import report, results
 
 
 def summary(values):
-    mean, std = report.mean_std(values)
+    mean, std = results.mean_std(values)
     return {"top1_mean": mean, "top1_std": std, "seeds": values}
 
 
