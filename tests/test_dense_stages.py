@@ -11,7 +11,7 @@ from conftest import load_benchmark
 from g2sd_lib.pipeline import report, results, schema
 from g2sd_lib.checkpoints import save_model
 from g2sd_lib.pipeline import stages as runner
-from g2sd_lib.pipeline.config import DENSE_TASKS, deep_merge, dense_stage_config
+from g2sd_lib.pipeline.config import DENSE_TASKS, SPLITS, canvas_paths, deep_merge, dense_stage_config
 from g2sd_lib.dense import load_dense, make_canvases, save_dense
 from g2sd_lib.pipeline import dense_stages as stages
 from g2sd_lib.engine import TrainConfig
@@ -67,10 +67,10 @@ def test_build_canvases_from_the_pinned_splits(fmnist_available, tmp_path):
     params["data"]["root"] = str(fmnist_available)
     params["dense"]["data"].update(train=12, val=6, test=6)
     made = stages.build_canvases(params, tmp_path)
-    paths = stages.canvas_paths(tmp_path)
-    assert {s: len(made[s]["images"]) for s in stages.SPLITS} == {"train": 12, "val": 6, "test": 6}
+    paths = canvas_paths(tmp_path)
+    assert {s: len(made[s]["images"]) for s in SPLITS} == {"train": 12, "val": 6, "test": 6}
     again = stages.build_canvases(params, tmp_path / "again")
-    for split in stages.SPLITS:
+    for split in SPLITS:
         assert torch.equal(load_dense(paths[split])["images"], again[split]["images"])
     assert not torch.equal(made["train"]["images"][:6], made["val"]["images"])  # own items, own seed
     assert made["train"]["images"].shape[-1] == params["dense"]["data"]["size"]
@@ -95,7 +95,7 @@ def tiny_workdir(tmp_path):
         s = 8 + 2 * i
         items[i, 0, :s, :s] = torch.randint(100, 256, (s, s), generator=g, dtype=torch.uint8)
     root = tmp_path / "runs"
-    for offset, (split, path) in enumerate(stages.canvas_paths(root).items()):
+    for offset, (split, path) in enumerate(canvas_paths(root).items()):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_dense(path, make_canvases(items, torch.arange(10), 8, size=56, max_items=3, seed=offset))
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ from ..dense.canvases import DenseLoader, load_dense, make_canvases, save_dense
 from ..dense.detection import DetectionDistillation, DetectionTraining, build_detector, evaluate_detection
 from ..dense.paper import ADE20K_SEGMENTATION, COCO_DETECTION
 from ..dense.segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
-from .config import SPLITS, canvas_paths, check_canvases, run_dir  # noqa: F401 (SPLITS, canvas_paths: the notebooks')
+from .config import canvas_paths, check_canvases, run_dir
 
 DENSE_NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
 
