@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from g2sd_lib import figures  # noqa: E402
+from g2sd_lib import curves  # noqa: E402
 
 
 def read_history(path: Path) -> list[dict]:
@@ -47,13 +47,13 @@ def draw(profile: str) -> dict:
     summary = json.loads((reports / "summary.json").read_text())
     epochs = summary["budget"]["students"]["g2sd"]["epochs"]
     return {
-        "students_g2sd_curves": figures.plot_curves(seeds(plots / "students/g2sd"), ["train_loss", "val_top1"],
+        "students_g2sd_curves": curves.plot_curves(seeds(plots / "students/g2sd"), ["train_loss", "val_top1"],
                                                     title="student 'g2sd'", over_seeds=True),
-        "detection_g2sd_curves": figures.plot_curves(seeds(plots / "dense/detection/g2sd"), ["train_loss", "val_box_ap"],
+        "detection_g2sd_curves": curves.plot_curves(seeds(plots / "dense/detection/g2sd"), ["train_loss", "val_box_ap"],
                                                      title="detection, g2sd", over_seeds=True),
-        "pretrain_gd_curves": figures.plot_curves({"gd": read_history(plots / "pretrain/gd.csv")}, ["train_loss", "lr"],
+        "pretrain_gd_curves": curves.plot_curves({"gd": read_history(plots / "pretrain/gd.csv")}, ["train_loss", "lr"],
                                                   title="pretraining run 'gd'"),
-        "summary_top1": figures.plot_test_scores(summary["classification"], "test top-1 (%)",
+        "summary_top1": curves.plot_test_scores(summary["classification"], "test top-1 (%)",
                                                  f"{profile} profile, {epochs} student epochs"),
     }
 

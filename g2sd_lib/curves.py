@@ -3,8 +3,7 @@
 Every panel with data has both axes labelled (``AXIS_LABELS``: units, fractions drawn in percent);
 text is at least ``TEXT_PT`` points; legends sit outside the data; value labels are moved apart
 until none covers another (``separate_labels``); a spread is drawn (a +- std band or bars) only
-where there are several seeds, and a single seed shows no std at all. Reached as
-``figures.plot_curves`` and ``figures.plot_test_scores``.
+where there are several seeds, and a single seed shows no std at all.
 """
 
 import math

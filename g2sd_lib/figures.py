@@ -1,7 +1,7 @@
 """Figures: attention maps, MAE reconstructions, feature alignment and training curves.
 
 All plotting functions take tensors / dicts and return a matplotlib ``Figure``; callers save them.
-The curves and the bars of test scores are drawn in :mod:`g2sd_lib.curves` and reached from here.
+The curves and the bars of test scores are drawn in :mod:`g2sd_lib.curves`.
 No backend is forced: in Jupyter (and under papermill) the inline backend shows every figure below
 its cell, and elsewhere matplotlib falls back to a headless backend by itself when there is no display.
 """
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .analysis import alignment_correlation, capture_outputs
-from .curves import FEW_POINTS, TEXT_PT, plot_curves, plot_test_scores  # noqa: F401 (drawn through figures)
+from .curves import TEXT_PT
 
 
 @torch.no_grad()

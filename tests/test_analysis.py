@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from g2sd_lib import analysis, figures
+from g2sd_lib import analysis, curves, figures
 from g2sd_lib.models import create_classifier, create_mae
 
 
@@ -70,7 +70,7 @@ def test_figures_draw_overlays_curves_with_components_and_labelled_alignment():
     fig = figures.plot_attention_detail(x[0], att["a"][:, :1], "a")
     assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 2
     hist = [{"epoch": e, "train_loss": 1 / e, "train_label": 0.5 / e, "train_distill": 0.5 / e} for e in (1, 2)]
-    fig = figures.plot_curves({"run1": hist, "run2": hist}, ["train_loss"])
+    fig = curves.plot_curves({"run1": hist, "run2": hist}, ["train_loss"])
     assert len(fig.axes[0].lines) == 6  # per run: the loss and its two terms
     fig = figures.plot_feature_alignment(torch.randn(17, 8), torch.randn(17, 8), (torch.rand(16) > 0.5).float())
     labels = fig.axes[0].get_legend_handles_labels()[1]
@@ -96,7 +96,7 @@ def test_curves_of_few_epochs_are_labelled_points_with_the_legend_outside_the_da
     import matplotlib
     matplotlib.use("Agg")
     short = [{"epoch": e, "train_loss": 1 / e, "train_label": 0.6 / e, "val_top1": 0.5 + e / 10} for e in (1, 2)]
-    fig = figures.plot_curves({"seed 0": short}, ["train_loss", "val_top1"])
+    fig = curves.plot_curves({"seed 0": short}, ["train_loss", "val_top1"])
     loss_ax, top1_ax = fig.axes[:2]
     assert all(line.get_linestyle() == "None" and line.get_marker() not in (None, "None") for line in loss_ax.lines)
     assert sorted(t.get_text() for t in top1_ax.texts) == ["60.0", "70.0"]  # each value beside its point, in %
@@ -104,8 +104,8 @@ def test_curves_of_few_epochs_are_labelled_points_with_the_legend_outside_the_da
     fig.canvas.draw()
     for ax in (loss_ax, top1_ax):
         assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0  # below the panel
-    long = [{"epoch": e, "train_loss": 1 / e} for e in range(1, figures.FEW_POINTS + 1)]
-    ax = figures.plot_curves({"run": long}, ["train_loss"]).axes[0]
+    long = [{"epoch": e, "train_loss": 1 / e} for e in range(1, curves.FEW_POINTS + 1)]
+    ax = curves.plot_curves({"run": long}, ["train_loss"]).axes[0]
     assert ax.lines[0].get_linestyle() == "-" and not ax.texts
 
 

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.container import BarContainer, ErrorbarContainer  # noqa: E402
 
-from g2sd_lib import figures  # noqa: E402
+from g2sd_lib import curves, figures  # noqa: E402
 from g2sd_lib.dense.plots import plot_detection_predictions  # noqa: E402
 from g2sd_lib.models import create_classifier  # noqa: E402
 from g2sd_lib.pipeline import results  # noqa: E402
@@ -29,7 +29,7 @@ SEEDS = {f"seed {s}": [{"epoch": 1, "train_loss": 1.53 + d, "train_label": 1.72 
                        {"epoch": 2, "train_loss": 0.995 + d, "train_label": 1.28 + d, "train_distill": 0.711 + d,
                         "val_top1": 0.779 - d}] for s, d in ((0, 0.0), (1, 0.01), (2, 0.02))}
 LONG = {f"seed {s}": [{"epoch": e, "train_loss": 1 / e + 0.01 * s, "val_top1": 0.5 + e / 20 - 0.01 * s}
-                      for e in range(1, figures.FEW_POINTS + 2)] for s in range(3)}
+                      for e in range(1, curves.FEW_POINTS + 2)] for s in range(3)}
 
 
 def _texts(fig):
@@ -54,10 +54,10 @@ def _apart(texts, renderer):
 
 
 def _curve_figures():
-    return [figures.plot_curves(SEEDS, ["train_loss", "val_top1"], title="student"),
-            figures.plot_curves({"gd": [{"epoch": e, "train_loss": 1 / e, "lr": 1e-4 / e} for e in (1, 2, 3)]},
+    return [curves.plot_curves(SEEDS, ["train_loss", "val_top1"], title="student"),
+            curves.plot_curves({"gd": [{"epoch": e, "train_loss": 1 / e, "lr": 1e-4 / e} for e in (1, 2, 3)]},
                                 ["train_loss", "lr"]),
-            figures.plot_curves(LONG, ["train_loss", "val_top1"])]
+            curves.plot_curves(LONG, ["train_loss", "val_top1"])]
 
 
 def test_every_panel_of_numbers_has_both_axes_labelled_and_legends_of_8_points():
@@ -74,7 +74,7 @@ def test_every_panel_of_numbers_has_both_axes_labelled_and_legends_of_8_points()
     check(figures.plot_feature_alignment(torch.randn(17, 8), torch.randn(17, 8), (torch.rand(16) > 0.5).float()))
     summary = results.summarize({"teacher": {"top1": 0.9}, "students": {
         n: {"seeds": {"0": {"top1": t}, "1": {"top1": t + 0.01}}} for n, t in (("g2sd", 0.77), ("kd", 0.74))}})
-    check(figures.plot_test_scores(summary["classification"], "test top-1 (%)", "fmnist"))
+    check(curves.plot_test_scores(summary["classification"], "test top-1 (%)", "fmnist"))
 
 
 def test_value_labels_of_close_values_do_not_overlap():
@@ -88,15 +88,15 @@ def test_value_labels_of_close_values_do_not_overlap():
 
 
 def test_one_seed_shows_no_spread_and_several_seeds_a_band():
-    one = figures.plot_curves({"seed 0": LONG["seed 0"]}, ["train_loss", "val_top1"], over_seeds=True)
+    one = curves.plot_curves({"seed 0": LONG["seed 0"]}, ["train_loss", "val_top1"], over_seeds=True)
     for ax in one.axes:
         assert not [c for c in ax.collections if isinstance(c, PolyCollection)] and not ax.containers
     assert not [t.get_text() for t in _texts(one) if "±" in t.get_text() or "std" in t.get_text()]
-    many = figures.plot_curves(LONG, ["train_loss", "val_top1"], over_seeds=True)
+    many = curves.plot_curves(LONG, ["train_loss", "val_top1"], over_seeds=True)
     for ax in many.axes:
         assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 1  # one band: mean +- std
         assert len(ax.lines) == 1 and "± std over 3 seeds" in ax.get_legend().get_title().get_text()
-    few = figures.plot_curves(SEEDS, ["train_loss", "val_top1"], over_seeds=True)
+    few = curves.plot_curves(SEEDS, ["train_loss", "val_top1"], over_seeds=True)
     assert all(any(isinstance(c, ErrorbarContainer) for c in ax.containers) for ax in few.axes)  # bars at 2 epochs
     assert len(few.axes[0].texts) == 3 * 2  # one value per series (loss, label, distill) and epoch, not per seed
 
@@ -104,10 +104,10 @@ def test_one_seed_shows_no_spread_and_several_seeds_a_band():
         return results.summarize({"teacher": {"top1": 0.9}, "students": {
             n: {"seeds": {str(s): {"top1": t + s / 100} for s in seeds}} for n, t in (("g2sd", 0.77), ("kd", 0.74))}}
         )["classification"]
-    single = figures.plot_test_scores(scores([0]), "test top-1 (%)", "smoke")
+    single = curves.plot_test_scores(scores([0]), "test top-1 (%)", "smoke")
     assert not next(c for c in single.axes[0].containers if isinstance(c, BarContainer)).errorbar
     assert not [t.get_text() for t in _texts(single) if "±" in t.get_text() or "std" in t.get_text()]
-    several = figures.plot_test_scores(scores([0, 1, 2]), "test top-1 (%)", "fmnist")
+    several = curves.plot_test_scores(scores([0, 1, 2]), "test top-1 (%)", "fmnist")
     assert next(c for c in several.axes[0].containers if isinstance(c, BarContainer)).errorbar
     assert "± std" in several.axes[0].get_title()
 
@@ -129,7 +129,7 @@ def test_attention_panels_are_titled_with_their_similarity():
 
 def test_a_loss_term_equal_to_the_total_is_named_not_drawn_twice():
     gd = [{"epoch": e, "train_loss": 0.2 / e, "train_decoder": 0.2 / e} for e in (1, 2, 3)]
-    ax = figures.plot_curves({"gd": gd}, ["train_loss"]).axes[0]
+    ax = curves.plot_curves({"gd": gd}, ["train_loss"]).axes[0]
     assert len(ax.lines) == 1 and ax.get_legend_handles_labels()[1] == ["gd (= decoder)"]
 
 
@@ -138,7 +138,7 @@ def test_cwd_is_drawn_above_the_teachers_entropy_floor():
     kl = [0.8, 0.25, 0.12, 0.09, 0.07]
     seg = [{"epoch": e, "train_loss": 15.0 + k + 1.0, "train_seg": 1.0, "train_cwd": 15.0 + k,
             "train_cwd_floor": 15.0} for e, k in enumerate(kl, 1)]
-    ax = figures.plot_curves({"seed 0": seg}, ["train_loss"]).axes[0]
+    ax = curves.plot_curves({"seed 0": seg}, ["train_loss"]).axes[0]
     assert max(max(line.get_ydata()) for line in ax.lines) < 2.5 and ax.get_ylim()[1] < 5  # no line at 15
     assert "cwd_floor (mean 15.00)" in ax.get_title()
     drawn = {label: list(line.get_ydata()) for line, label in zip(ax.lines, ax.get_legend_handles_labels()[1])}

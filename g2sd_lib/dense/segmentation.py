@@ -252,7 +252,7 @@ class SegmentationDistillation(TeacherForward, SegmentationTraining):
         loss, parts = seg_loss(out, masks, self.aux_weight)
         cwd = cwd_loss(out["logits"], teacher_logits, tau=self.tau, weight=self.weight)
         # cwd_floor: the teacher's entropy part of cwd, constant in the student; logged so that the
-        # curves can show cwd above it, the part that moves (figures.plot_curves)
+        # curves can show cwd above it, the part that moves (g2sd_lib.curves.plot_curves)
         floor = cwd_floor(teacher_logits, tau=self.tau, weight=self.weight)
         return loss + cwd, {**parts, "cwd": cwd.detach(), "cwd_floor": floor}
 
