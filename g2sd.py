@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from g2sd_lib import data
 from g2sd_lib.checkpoints import load_encoder, load_model
 from g2sd_lib.errors import InputError, MissingInputError, Terminated, run_main
-from g2sd_lib.fmnist import DatasetNotFoundError, find_fashion_mnist
+from g2sd_lib.fmnist import DatasetNotFoundError, find_fashion_mnist, load_fashion_mnist
 from g2sd_lib.models import create_classifier, create_student
 from g2sd_lib.optim import lr_at, param_groups, scaled_lr, set_lr
 
@@ -169,11 +169,11 @@ def run(args):
     # ------------------------------------------------------------------------------------------ data
     # uint8 tensors in memory, augmented a batch at a time. The pipeline's 5 000 validation images are
     # kept out; the first `subset` of the other 55 000, in a seeded order, are the training set.
-    images, labels = data.load_fashion_mnist("train", DATA)          # (60000, 1, 28, 28) uint8, (60000,)
+    images, labels = load_fashion_mnist("train", DATA)               # (60000, 1, 28, 28) uint8, (60000,)
     train_idx, _ = data.train_val_split(len(images), val_size=5000, seed=0)
     pick = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(args.seed))]
     train_x, train_y = images[pick[:args.subset]], labels[pick[:args.subset]]
-    test_x, test_y = data.load_fashion_mnist("test", DATA)           # (10000, 1, 28, 28), (10000,)
+    test_x, test_y = load_fashion_mnist("test", DATA)                # (10000, 1, 28, 28), (10000,)
     test_x, test_y = test_x[:args.test_images], test_y[:args.test_images]
     normalize = data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD)    # x / 255 -> (x - mean) / std
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .fmnist import FASHION_MNIST_CLASSES, DatasetNotFoundError, load_fashion_mnist  # noqa: F401  (re-exported)
+from .fmnist import DatasetNotFoundError, load_fashion_mnist
 
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)

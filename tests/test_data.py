@@ -6,6 +6,7 @@ from PIL import Image
 from torch.utils.data.distributed import DistributedSampler
 
 from g2sd_lib import data as D
+from g2sd_lib.fmnist import DatasetNotFoundError
 
 
 # ---- TensorLoader --------------------------------------------------------------------------
@@ -149,13 +150,13 @@ def test_build_imagenet_recipes(tiny_imagenet, recipe):
 
 
 def test_build_imagenet_errors(tmp_path):
-    with pytest.raises(D.DatasetNotFoundError, match=r"does not exist.*root/\{train,val\}"):
+    with pytest.raises(DatasetNotFoundError, match=r"does not exist.*root/\{train,val\}"):
         D.build_imagenet(tmp_path / "nope", "train", "eval")
     (tmp_path / "val").mkdir()
-    with pytest.raises(D.DatasetNotFoundError, match="no class subfolders"):
+    with pytest.raises(DatasetNotFoundError, match="no class subfolders"):
         D.build_imagenet(tmp_path, "val", "eval")
     (tmp_path / "val" / "n01").mkdir()
-    with pytest.raises(D.DatasetNotFoundError, match="n01"):
+    with pytest.raises(DatasetNotFoundError, match="n01"):
         D.build_imagenet(tmp_path, "val", "eval")
     with pytest.raises(ValueError):
         D.imagenet_transform("finetune")

@@ -11,7 +11,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import Bbox
 
 from ..curves import TEXT_PT
-from ..data import FASHION_MNIST_CLASSES
+from ..fmnist import FASHION_MNIST_CLASSES
 
 CLASS_NAMES = ("background",) + FASHION_MNIST_CLASSES  # index = mask value / box label
 PALETTE = ListedColormap([(0.0, 0.0, 0.0)] + [plt.get_cmap("tab10")(i)[:3] for i in range(10)])

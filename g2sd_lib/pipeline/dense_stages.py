@@ -28,13 +28,14 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_training_state
-from ..data import load_fashion_mnist, train_val_split
+from ..data import train_val_split
 from ..dense import load_dense_model
 from ..dense.backbone import load_backbone
 from ..dense.canvases import DenseLoader, load_dense, make_canvases, save_dense
 from ..dense.detection import DetectionDistillation, DetectionTraining, build_detector, evaluate_detection
 from ..dense.paper import ADE20K_SEGMENTATION, COCO_DETECTION
 from ..dense.segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
+from ..fmnist import load_fashion_mnist
 from .config import canvas_paths, check_canvases, run_dir
 
 DENSE_NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .. import checkpoints, data, tasks
+from .. import checkpoints, data, fmnist, tasks
 from ..device import cpu_threads, init_distributed, resolve_device, world_info
 from ..engine import TrainConfig, train
 from ..errors import InputError, MissingInputError, UserError, run_main
@@ -69,7 +69,7 @@ def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
         return (DataLoader(tr, train_batch, sampler=sampler, num_workers=workers, drop_last=True,
                            pin_memory=torch.cuda.is_available()),
                 DataLoader(va, eval_bs, shuffle=False, num_workers=workers))
-    images, labels = data.load_fashion_mnist("train", d.get("root"))
+    images, labels = fmnist.load_fashion_mnist("train", d.get("root"))
     tr_idx, va_idx = data.train_val_split(len(images), d.get("val_size", 5000), d.get("split_seed", 0))
     if d.get("train_subset"):
         tr_idx = tr_idx[: d["train_subset"]]

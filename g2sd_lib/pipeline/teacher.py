@@ -107,7 +107,8 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
     import torch
     import yaml
 
-    from ..data import FMNIST_MEAN, FMNIST_STD, Normalize, TensorLoader, load_fashion_mnist
+    from ..data import FMNIST_MEAN, FMNIST_STD, Normalize, TensorLoader
+    from ..fmnist import load_fashion_mnist
     from ..device import machine
     from ..evaluate import classification_report
     from .results import trained_on

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from g2sd_lib import checkpoints, data, tasks
+from g2sd_lib.fmnist import load_fashion_mnist
 from g2sd_lib.engine import TrainConfig, train
 from g2sd_lib.evaluate import classification_report
 from g2sd_lib.models import create_classifier, create_student
@@ -46,8 +47,8 @@ class Setup:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
         fmnist = self.root / "data" / "fashion-mnist"
-        images, labels = data.load_fashion_mnist("train", fmnist)
-        test_x, test_y = data.load_fashion_mnist("test", fmnist)
+        images, labels = load_fashion_mnist("train", fmnist)
+        test_x, test_y = load_fashion_mnist("test", fmnist)
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:args.train_images]
         self.train_x, self.train_y = images[pick], labels[pick]
         self.normalize = data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD)

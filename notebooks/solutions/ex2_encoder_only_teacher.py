@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from common import arguments, repo_root
 
-from g2sd_lib import checkpoints, data, losses
+from g2sd_lib import checkpoints, data, fmnist, losses
 from g2sd_lib.models import create_mae
 
 
@@ -46,7 +46,7 @@ def main():
     result = silent.load_state_dict(torch.load(path)["model"], strict=False)
     print(f"strict=False loads it, leaving {len(result.missing_keys)} tensors at random initialisation, e.g. "
           f"{', '.join(result.missing_keys[:3])}")
-    images = data.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")[0][:256]
+    images = fmnist.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")[0][:256]
     x = data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD)(images.float() / 255)
     noise = teacher.random_noise(len(x), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

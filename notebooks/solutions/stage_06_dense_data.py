@@ -10,7 +10,7 @@
 import torch
 from stage_common import repo_root
 
-from g2sd_lib import data
+from g2sd_lib import fmnist
 from g2sd_lib.dense.canvases import make_canvases
 
 
@@ -21,7 +21,7 @@ def hidden(c) -> int:
 
 
 def main():
-    images, labels = data.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")
+    images, labels = fmnist.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")
     images, labels = images[:1000], labels[:1000]
     counts = {k: hidden(make_canvases(images, labels, 200, size=56, max_items=k)) for k in (1, 4, 8)}
     print("1. canvases (of 200) with a hidden item, per max_items:", counts)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from stage_common import repo_root, teacher_path
 
-from g2sd_lib import data, losses
+from g2sd_lib import fmnist, losses
 from g2sd_lib.pipeline import profiles
 from g2sd_lib.pipeline.config import run_dir
 from g2sd_lib.dense import (DenseLoader, SegmentationDistillation, SegmentationTraining, ViTSegmenter, load_backbone,
@@ -72,7 +72,7 @@ def main():
     parser.add_argument("--profile", default="fmnist", help="whose trained segmentation teacher to use, if any")
     teacher, student, source = segmenters(parser.parse_args().profile)
     print(f"teacher: {source}")
-    images, labels = data.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")
+    images, labels = fmnist.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")
     canvases = make_canvases(images[:1000], labels[:1000], 8, size=teacher.arch["img_size"])
     batch = next(iter(DenseLoader(canvases, "segmentation", 8, shuffle=False)))
 

@@ -13,13 +13,13 @@
 import torch
 from stage_common import repo_root
 
-from g2sd_lib import data
+from g2sd_lib import fmnist
 from g2sd_lib.dense.canvases import make_canvases
 from g2sd_lib.dense.metrics import box_ap, mean_iou
 
 
 def main():
-    images, labels = data.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")
+    images, labels = fmnist.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")
     c = make_canvases(images[:1000], labels[:1000], 50, size=56)
     masks = c["masks"]
     pixel_acc = float((masks == 0).double().mean())

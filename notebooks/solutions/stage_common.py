@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from g2sd_lib import checkpoints, data
+from g2sd_lib import checkpoints, data, fmnist
 
 
 def repo_root() -> Path:
@@ -31,6 +31,6 @@ def teacher(role: str):
 
 def test_images(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` Fashion-MNIST test images, normalised (n, 1, 28, 28), and their labels (n,)."""
-    images, labels = data.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")
+    images, labels = fmnist.load_fashion_mnist("test", repo_root() / "data" / "fashion-mnist")
     x = data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD)(images[:n].float() / 255)
     return x, labels[:n]
