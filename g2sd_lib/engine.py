@@ -258,4 +258,4 @@ def _machines_text(machines: list) -> str | None:
     return " + ".join(f"{m} (epoch {a})" if a == b else f"{m} (epochs {a}-{b})" for m, a, b in machines)
 
 
-__all__ = ["TrainConfig", "config_changes", "seed_epoch", "show_progress", "train", "train_one_epoch"]
+__all__ = ["seed_epoch", "show_progress", "train", "train_one_epoch"]

@@ -10,7 +10,8 @@ from g2sd_lib.checkpoints import save_model
 from g2sd_lib.dense import (DenseLoader, DetectionDistillation, SegmentationDistillation, ViTSegmenter, box_ap,
                             build_detector, default_out_indices, dense_param_groups, evaluate_detection,
                             evaluate_segmentation, load_backbone, load_dense_model, make_canvases, mean_iou)
-from g2sd_lib.engine import TrainConfig, train
+from g2sd_lib.engine import train
+from g2sd_lib.train_config import TrainConfig
 from g2sd_lib.models import create_classifier
 
 STUDENT, TEACHER = "vit_smokesmall_patch8", "vit_smokebase_patch8"

@@ -14,7 +14,7 @@ from g2sd_lib.pipeline import stages as runner
 from g2sd_lib.pipeline.config import DENSE_TASKS, SPLITS, canvas_paths, deep_merge, dense_stage_config
 from g2sd_lib.dense import load_dense, make_canvases, save_dense
 from g2sd_lib.pipeline import dense_stages as stages
-from g2sd_lib.engine import TrainConfig
+from g2sd_lib.train_config import TrainConfig
 from g2sd_lib.models import create_mae
 from g2sd_lib.pipeline.profiles import PROFILES, load_profile
 

@@ -15,7 +15,8 @@ import torch.nn as nn
 import yaml
 from safetensors.torch import load_file
 
-from g2sd_lib.engine import TrainConfig, train
+from g2sd_lib.engine import train
+from g2sd_lib.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

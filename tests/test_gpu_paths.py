@@ -14,7 +14,8 @@ from conftest import load_benchmark
 from g2sd_lib import checkpoints, data, device, engine
 from g2sd_lib.pipeline import config, stages
 from g2sd_lib.pipeline import dense_stages
-from g2sd_lib.engine import TrainConfig, train
+from g2sd_lib.engine import train
+from g2sd_lib.train_config import TrainConfig
 from g2sd_lib.errors import UserError
 from g2sd_lib.evaluate import count_params
 from g2sd_lib.models import create_classifier, create_mae

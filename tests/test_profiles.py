@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from g2sd_lib.pipeline.config import PRETRAIN_RUNS, STUDENTS, stage_config, teacher_stage_config
-from g2sd_lib.engine import TrainConfig
+from g2sd_lib.train_config import TrainConfig
 from g2sd_lib.pipeline.profiles import (PROFILES, complete, enable, enabled_profiles, load_profile, output_dirs, profile_path, set_profiles)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,6 +19,7 @@ SLOW_RUN = """
 import os, sys, time
 import torch, torch.nn as nn
 import g2sd_lib.engine as engine
+from g2sd_lib.train_config import TrainConfig
 from g2sd_lib.errors import run_main
 
 class Slow:
@@ -41,7 +42,7 @@ engine.save_model = lambda *args, **kwargs: None  # a bare nn.Linear has no arch
 def main(argv):
     torch.manual_seed(0)
     loader = [(torch.randn(8, 4), torch.zeros(8)) for _ in range(int(argv[1]))]
-    cfg = engine.TrainConfig(epochs=2, batch_size=8, blr=1e-3, out_dir=argv[0], amp="none", progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=8, blr=1e-3, out_dir=argv[0], amp="none", progress=False)
     engine.train(Slow(), loader, cfg)
 
 run_main(main)

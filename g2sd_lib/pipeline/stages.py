@@ -35,11 +35,12 @@ import yaml
 
 from .. import checkpoints, data, fmnist, tasks
 from ..device import cpu_threads, init_distributed, resolve_device, world_info
-from ..engine import TrainConfig, train
+from ..engine import train
 from ..errors import InputError, MissingInputError, UserError, run_main
 from ..evaluate import classification_report
 from ..models import create_classifier, create_mae, create_student
 from ..runlock import check_free
+from ..train_config import TrainConfig
 from . import schema
 from .config import DENSE_TASKS, EVAL_BATCH_SIZE, load_yaml
 from .schema import NUM_CLASSES

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from g2sd_lib import checkpoints, data, tasks
-from g2sd_lib.fmnist import load_fashion_mnist
-from g2sd_lib.engine import TrainConfig, train
+from g2sd_lib.engine import train
 from g2sd_lib.evaluate import classification_report
+from g2sd_lib.fmnist import load_fashion_mnist
 from g2sd_lib.models import create_classifier, create_student
+from g2sd_lib.train_config import TrainConfig
 
 STUDENT = "mae_vit_fmsmall_patch7_dec48d2b"
 CLASSIFIER = "vit_fmsmall_patch7"

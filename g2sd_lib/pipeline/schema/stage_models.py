@@ -64,7 +64,7 @@ class ModelKwargs(Section):
 
 
 class Train(Section):
-    """The fields of :class:`g2sd_lib.engine.TrainConfig` but ``out_dir`` (the stage sets it)."""
+    """The fields of :class:`g2sd_lib.train_config.TrainConfig` but ``out_dir`` (the stage sets it)."""
     epochs: Count
     batch_size: Count
     blr: Positive
