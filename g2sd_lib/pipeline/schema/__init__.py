@@ -1,7 +1,7 @@
 """One validated configuration: every section of a profile and every stage configuration is
 checked against this schema before any work starts.
 
-Pydantic models (:mod:`.stages`, :mod:`.sections`) give keys, types and ranges; plain functions
+Pydantic models (:mod:`.stage_models`, :mod:`.sections`) give keys, types and ranges; plain functions
 (:mod:`.rules`) add the cross-field rules (class counts, decoder depth, patch sizes, warm-up within
 the epochs, teacher mode). Every failure becomes one line ``path: problem (got value); allowed:
 what`` (:mod:`.messages`, with a did-you-mean for unknown keys and choices), and all lines of a
