@@ -14,7 +14,7 @@ outside the pipeline and by the profile's own recipes (only epochs, label draw a
 then reads each run's last validation top-1 and the SD views' teacher-label disagreement and writes
 every number and each criterion's value, threshold and verdict to ``--json``. No test image is read.
 
-    OMP_NUM_THREADS=1 python benchmarks/label_scarce.py   # writes benchmarks/results/calibration/fmnist_1k_labels_p<P>_f<S>.json
+    OMP_NUM_THREADS=1 python benchmarks/label_scarce.py   # writes benchmarks/results/calibration/fmnist_1k_labels_t<T>_p<P>_f<S>.json
 
 Runs train ``--concurrent`` at once (one process and one thread each), in the order above, each as soon
 as the runs it needs have finished. Stopped, it resumes: a finished run is read back, a stopped one
@@ -294,7 +294,8 @@ def report(params: dict, jobs: list[dict], seeds: list[int], v4: float | None) -
                                for d in (d0, d1)) if v5 else None)}
     return {"profile": params["profile"], "split": "validation (5 000 images carved from the training split)",
             "regime": {"labels": params["data"]["labels"], "unlabelled_images": config.train_images(params)},
-            "epochs": {"pretrain": p_ep, "final_stage": s_ep}, "seeds": seeds,
+            "epochs": {"teacher": params["teacher"]["finetune"]["train"]["epochs"], "pretrain": p_ep, "final_stage": s_ep},
+            "seeds": seeds,
             "teacher": teacher, "students": base, "students_final_2x": final2x, "students_pretrain_2x": pre2x,
             "students_draw1": draw1, "criteria": crit,
             "seconds": {j["name"]: sum(r["seconds"] for r in rows) for j in jobs if (rows := finished(j))}}
@@ -313,7 +314,7 @@ def markdown(out: dict) -> str:
              f"Command: `{out['command']}`. Split: {out['split']}. Regime: {out['regime']['labels']} labelled images "
              f"(draw sha256 `{out['regime']['draw_sha256']}`), {out['regime']['unlabelled_images']} unlabelled. "
              f"Trained on: {out['machine']}.", "",
-             f"Teacher (its MAE {out.get('teacher_mae', 'bundled')}, fine-tuned on the labels): "
+             f"Teacher (its MAE {out.get('teacher_mae', 'bundled')}, fine-tuned {e.get('teacher', '?')} epochs on the labels): "
              f"draw 0 {_fmt(out['teacher']['0'])}, draw 1 {_fmt(out['teacher']['1'])}.", "",
              f"| student | pretrain {e['pretrain']} + final {e['final_stage']} epochs | final stage {2 * e['final_stage']} epochs "
              f"| pretrain {2 * e['pretrain']} epochs | draw 1 |", "|---|---|---|---|---|"]
@@ -345,7 +346,7 @@ def main(argv=None):
     parser.add_argument("--profile", default="fmnist_1k_labels")
     parser.add_argument("--work", type=Path, default=Path("runs/calibration"), help="run directories (resumed)")
     parser.add_argument("--json", type=Path, help="where to write the measurements and criteria (default: "
-                        "benchmarks/results/calibration/<profile>_p<P>_f<S>.json, which the report stage reads)")
+                        "benchmarks/results/calibration/<profile>_t<T>_p<P>_f<S>.json, which the report stage reads)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts of the plan to train")
     parser.add_argument("--concurrent", type=int, default=2)

@@ -100,7 +100,7 @@ def test_claims_hold_fail_or_are_untestable_by_the_criteria():
 
 def _plant(job, top1):
     path = Path(job["cfg"]["out_dir"])
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
     (path / "model.safetensors").write_bytes(b"")
     epochs = job["cfg"]["train"]["epochs"]
     (path / "history.json").write_text(json.dumps([{"epoch": epochs, "val_top1": top1, "seconds": 1.0}]))
@@ -139,7 +139,7 @@ def test_the_calibration_computes_each_criterion_from_its_runs(tmp_path):
     assert c["V3"]["value"]["g2sd"] == pytest.approx(0.2) and c["V3"]["pass"] is True
     assert c["V4"]["pass"] is True and c["V5"]["pass"] is True
     # the criteria fail when their numbers say so
-    (tmp_path / "teacher_d0" / "history.json").write_text(json.dumps([{"epoch": 200, "val_top1": 0.76, "seconds": 1}]))
+    _plant(next(j for j in jobs if j["name"] == "teacher_d0"), 0.76)
     out = cal.report(params, jobs, [0, 1, 2], v4=1.0)
     assert out["criteria"]["V1"]["pass"] is False and out["criteria"]["V4"]["pass"] is False
     assert out["criteria"]["V5"]["pass"] is False
@@ -161,15 +161,18 @@ def test_the_calibration_computes_each_criterion_from_its_runs(tmp_path):
 def test_each_budget_reads_its_own_calibration(tmp_path):
     params = validate_params(load_profile(PROFILE), source=PROFILE)
     pre, final = params["pretrain"]["common"]["train"]["epochs"], params["students"]["common"]["train"]["epochs"]
-    assert results.calibration_file(PROFILE, params).name == f"{PROFILE}_p{pre}_f{final}.json"
+    teacher = params["teacher"]["finetune"]["train"]["epochs"]
+    assert results.calibration_file(PROFILE, params).name == f"{PROFILE}_t{teacher}_p{pre}_f{final}.json"
     params["students"]["common"]["train"]["epochs"] = final + 1
-    assert results.calibration_file(PROFILE, params).name == f"{PROFILE}_p{pre}_f{final + 1}.json"
+    assert results.calibration_file(PROFILE, params).name == f"{PROFILE}_t{teacher}_p{pre}_f{final + 1}.json"
+    params["teacher"]["finetune"]["train"]["epochs"] = teacher + 1
+    assert results.calibration_file(PROFILE, params).name == f"{PROFILE}_t{teacher + 1}_p{pre}_f{final + 1}.json"
     cal = load_benchmark("label_scarce")
     out = tmp_path / "c.json"
     cal.main(["--report-only", "--work", str(tmp_path), "--pretrain-epochs", "3", "--final-epochs", "5",
               "--json", str(out)])
     written = json.loads(out.read_text())
-    assert written["epochs"] == {"pretrain": 3, "final_stage": 5} and out.with_suffix(".md").exists()
+    assert written["epochs"] == {"teacher": teacher, "pretrain": 3, "final_stage": 5} and out.with_suffix(".md").exists()
     assert all(c["pass"] is None for n, c in written["criteria"].items())  # nothing trained: nothing passes
     cal.main(["--report-only", "--work", str(tmp_path), "--labels", "500", "--teacher-epochs", "7",
               "--students", "scratch", "mae", "--json", str(out)])

@@ -177,12 +177,14 @@ ALWAYS_NEEDED = ("V1", "V2", "V3")  # headroom, convergence, power: every claim 
 
 
 def calibration_file(profile: str, params: dict) -> Path:
-    """Where ``benchmarks/label_scarce.py`` keeps the calibration of the profile's own budget (pretraining
-    epochs P, final-stage epochs S): ``benchmarks/results/calibration/<profile>_p<P>_f<S>.json``; a budget
-    that changes reads its own calibration, never another budget's."""
+    """Where ``benchmarks/label_scarce.py`` keeps the calibration of the profile's own budget (the teacher's
+    fine-tuning epochs T, pretraining epochs P, final-stage epochs S):
+    ``benchmarks/results/calibration/<profile>_t<T>_p<P>_f<S>.json``; a budget that changes reads its own
+    calibration, never another budget's."""
+    teacher = params["teacher"]["finetune"]["train"]["epochs"]
     pre = params["pretrain"]["common"]["train"]["epochs"]
     final = params["students"]["common"]["train"]["epochs"]
-    return Path("benchmarks/results/calibration") / f"{profile}_p{pre}_f{final}.json"
+    return Path("benchmarks/results/calibration") / f"{profile}_t{teacher}_p{pre}_f{final}.json"
 
 
 def validity(calibration: dict | None, source: str) -> dict | None:
