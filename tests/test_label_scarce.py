@@ -238,6 +238,13 @@ def test_a_finetuned_teacher_is_bundled_alone_with_a_card_naming_its_labels(fmni
     draw = label_draw(params["data"])
     assert f"draw sha256 `{draw['sha256']}`" in card and "70 training images (7 per class" in card
     assert f"{100 * out['test']['top1']:.2f} %" in card and "`teacher.mode: finetune`" in card
+    # the profile as committed (bundled mode) rebundles its classifier from a named run (the calibration's),
+    # as benchmarks/README.md says: the same file, no MAE asked for
+    params["teacher"]["mode"] = "bundled"
+    again = bundle_teacher(params, tmp_path / "elsewhere", dest_dir=tmp_path / "again", prefix="labels",
+                           finetune_run=tmp_path / "runs" / "teacher" / "finetune")
+    assert list(again["files"]) == ["classifier"] and again["files"]["classifier"]["sha256"] == sha
+    assert "from the pipeline's `finetune` mode" in (tmp_path / "again" / "labels.md").read_text()
 
 
 def test_the_profile_loads_its_bundled_teacher_and_records_the_draw(fmnist_available, tmp_path):
