@@ -314,7 +314,7 @@ def markdown(out: dict) -> str:
              f"Command: `{out['command']}`. Split: {out['split']}. Regime: {out['regime']['labels']} labelled images "
              f"(draw sha256 `{out['regime']['draw_sha256']}`), {out['regime']['unlabelled_images']} unlabelled. "
              f"Trained on: {out['machine']}.", "",
-             f"Teacher (its MAE {out.get('teacher_mae', 'bundled')}, fine-tuned {e.get('teacher', '?')} epochs on the labels): "
+             f"Teacher (its MAE {out['teacher_mae']}, fine-tuned {e['teacher']} epochs on the labels): "
              f"draw 0 {_fmt(out['teacher']['0'])}, draw 1 {_fmt(out['teacher']['1'])}.", "",
              f"| student | pretrain {e['pretrain']} + final {e['final_stage']} epochs | final stage {2 * e['final_stage']} epochs "
              f"| pretrain {2 * e['pretrain']} epochs | draw 1 |", "|---|---|---|---|---|"]

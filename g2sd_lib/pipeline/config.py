@@ -93,7 +93,7 @@ def load_yaml(text: str, source) -> object:
         node = loader.get_single_node()
         if node is None:
             return None
-        if (size := _expanded_size(node)) > MAX_YAML_VALUES:
+        if _expanded_size(node) > MAX_YAML_VALUES:
             raise InputError(f"{source}: its anchors and aliases (&name / *name) expand to more than "
                              f"{MAX_YAML_VALUES:,} values (a profile holds under a thousand); write the values out "
                              f"or use fewer nested aliases")
