@@ -190,7 +190,14 @@ def verify_sha256(path: Path, wanted: dict) -> None:
 
 # ------------------------------------------------------------------------------------ writing
 def safetensors_bytes(state_dict: dict, arch: dict) -> bytes:
-    return save(state_dict, metadata={"format": "pt", ARCH_HEADER: json.dumps(arch, sort_keys=True)})
+    """The safetensors file of ``state_dict`` with ``arch`` in its header, the same bytes for the same weights:
+    safetensors writes its header's keys in an order that varies from call to call, so the header is rewritten
+    with sorted keys (the tensors' offsets count from the end of the header, so they stay valid)."""
+    raw = save(state_dict, metadata={"format": "pt", ARCH_HEADER: json.dumps(arch, sort_keys=True)})
+    size = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format's alignment of the data, as safetensors pads it
+    return len(header).to_bytes(8, "little") + header + raw[8 + size:]
 
 
 def _write_file(path: Path, data: bytes) -> None:
