@@ -66,13 +66,16 @@ def test_bad_names_are_user_errors_and_still_value_errors(call, message):
     assert isinstance(e.value, user_errors())
 
 
+_RUN = {"out_dir": "unused", "train": {"epochs": 1, "batch_size": 8, "blr": 1e-3}}  # what build_task does not read
+
+
 def test_a_missing_upstream_checkpoint_names_the_stage_that_writes_it(tmp_path):
     init = tmp_path / "runs" / "fmnist" / "pretrain" / "gd" / "model.safetensors"
-    cfg = {"kind": "finetune", "model": "vit_smokesmall_patch7", "init": str(init), "data": {"dataset": "fmnist"}}
+    cfg = {"kind": "finetune", "model": "vit_smokesmall_patch7", "init": str(init), "data": {"dataset": "fmnist"}, **_RUN}
     with pytest.raises(MissingInputError, match=r"dvc repro pretrain@fmnist-gd"):
         stages.build_task(cfg)
     teacher = tmp_path / "runs" / "smoke" / "teacher" / "classifier.safetensors"
-    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}}
+    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}, **_RUN}
     with pytest.raises(MissingInputError, match=r"dvc repro teacher@smoke"):
         stages.build_task(cfg)
 
@@ -166,7 +169,7 @@ def test_a_misspelt_model_name_gets_a_did_you_mean():
 
 def test_a_missing_pipeline_output_or_sidecar_names_the_command_that_restores_it(tmp_path):
     teacher = tmp_path / "runs" / "smoke" / "teacher" / "classifier.safetensors"
-    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}}
+    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}, **_RUN}
     with pytest.raises(MissingInputError, match=rf"`dvc checkout {teacher}` restores it if its stage ran here before; "
                                                 "else the teacher stage writes it: `dvc repro teacher@smoke`"):
         stages.build_task(cfg)
