@@ -47,8 +47,8 @@ def cpu_threads(env, concurrent: int = 1, cores: int | None = None) -> int | Non
     default. Processes at once: ``concurrent`` (the runs of one stage started together) x the stages
     ``python -m g2sd_lib.pipeline.repro`` runs at once (``G2SD_CONCURRENT_STAGES`` in ``env``). Each gets the
     cores divided among them, as torchrun caps its workers, instead of every process spreading over
-    every core: on 2 cores the fmnist pipeline, two stages at once on 1 thread each, ran in 29.3 min
-    where one stage at a time on both took 36.9 (README; the earlier teacher). Inside a stage's notebook
+    every core (faster in all, as ``benchmarks/cpu_share.py`` and ``benchmarks/pipeline_time.py`` measure:
+    benchmarks/README.md). Inside a stage's notebook
     (``G2SD_STAGE_THREADS``, set by :mod:`g2sd_lib.pipeline.notebook_runner`) its runs divide the stage's
     share. The user's ``OMP_NUM_THREADS`` wins."""
     if "G2SD_STAGE_THREADS" in env:

@@ -1,5 +1,5 @@
-"""Configuration presets of the pipeline: ``smoke`` (tests, minutes), ``fmnist`` (the default, a
-laptop CPU in under 40 minutes), ``gpu`` (Fashion-MNIST on one GPU, every run trained to
+"""Configuration presets of the pipeline: ``smoke`` (tests), ``fmnist`` (the default, a
+laptop CPU; its time: README), ``gpu`` (Fashion-MNIST on one GPU, every run trained to
 convergence), ``paper`` (ImageNet, official MAE checkpoints, GPUs).
 
 Each preset ``g2sd_lib/pipeline/profiles/<name>.yaml`` is the configuration of its own copy of the pipeline:
