@@ -134,8 +134,8 @@ def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path, mo
         profiles.enabled_profiles(params)
 
 
-def test_aliases_that_expand_without_bound_are_refused_in_well_under_a_second(tmp_path, monkeypatch):
-    """A "billion laughs" file: 10 levels of 9 aliases is a few hundred bytes and 9**10 values once a
+def test_hostile_configurations_are_refused_in_well_under_a_second(tmp_path, monkeypatch):
+    """Duplicate keys, and a "billion laughs" file: 10 levels of 9 aliases is a few hundred bytes and 9**10 values once a
     deep copy or a JSON dump expands it. Refused while parsing, before anything is built; a profile's
     own anchors and aliases stay allowed, and every profile is far below the bound."""
     levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
@@ -145,6 +145,11 @@ def test_aliases_that_expand_without_bound_are_refused_in_well_under_a_second(tm
     monkeypatch.setattr(profiles, "HERE", tmp_path)
     start = time.perf_counter()
     with pytest.raises(InputError, match=r"smoke.yaml: its anchors and aliases .* expand to more than 100,000 values"):
+        profiles.load_profile("smoke")
+    assert time.perf_counter() - start < 1.0
+    (tmp_path / "smoke.yaml").write_text("profile: smoke\nseeds: [0]\nseeds: [0, 1]\n")
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"smoke.yaml: the key 'seeds' is given twice in one mapping, on line 2 and line 3"):
         profiles.load_profile("smoke")
     assert time.perf_counter() - start < 1.0
     with pytest.raises(InputError, match="expand to more than"):  # a node that contains itself
