@@ -47,28 +47,24 @@ def cpu_threads(env, concurrent: int = 1, cores: int | None = None) -> int | Non
     default. Processes at once: ``concurrent`` (the runs of one stage started together) x the stages
     ``python -m g2sd_lib.pipeline.repro`` runs at once (``G2SD_CONCURRENT_STAGES`` in ``env``). Each gets the
     cores divided among them, as torchrun caps its workers, instead of every process spreading over
-    every core: on 2 cores the fmnist pipeline, two stages at once on 1 thread each, ran in 29.3 min
-    where one stage at a time on both took 36.9 (README; the earlier teacher). The user's ``OMP_NUM_THREADS`` wins."""
-    if "OMP_NUM_THREADS" in env:
+    every core (faster in all, as ``benchmarks/cpu_share.py`` and ``benchmarks/pipeline_time.py`` measure:
+    benchmarks/README.md). Inside a stage's notebook
+    (``G2SD_STAGE_THREADS``, set by :mod:`g2sd_lib.pipeline.notebook_runner`) its runs divide the stage's
+    share. The user's ``OMP_NUM_THREADS`` wins."""
+    if "G2SD_STAGE_THREADS" in env:
+        share, sharing = int(env["G2SD_STAGE_THREADS"]), concurrent
+    elif "OMP_NUM_THREADS" in env:
         return None
-    sharing = concurrent * max(1, int(env.get("G2SD_CONCURRENT_STAGES", "1")))
+    else:
+        share, sharing = cores or usable_cores(), concurrent * max(1, int(env.get("G2SD_CONCURRENT_STAGES", "1")))
     if sharing <= 1:
         return None
-    return max(1, (cores or usable_cores()) // sharing)
+    return max(1, share // sharing)
 
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity where the OS tells it, else all of them)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def share_cpu_threads() -> int | None:
-    """Cap this process's torch threads at its share of the cores (:func:`cpu_threads`); the number, or
-    None when nothing is shared. ``import g2sd_lib`` calls it in every stage ``g2sd_lib.pipeline.repro`` starts."""
-    threads = cpu_threads(os.environ)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return threads
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:

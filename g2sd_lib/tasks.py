@@ -91,8 +91,8 @@ class GenericDistillation(TeacherForward):
             raise ValueError(f"teacher and student see different patch grids "
                              f"({teacher.num_patches} vs {student.num_patches} patches)")
         if not 1 <= target_block <= len(teacher.decoder_blocks):
-            raise ValueError(f"target_block must be in 1..{len(teacher.decoder_blocks)} (teacher decoder "
-                             f"blocks), got {target_block}")
+            raise InputError(f"target_block {target_block} is not a block of the teacher's decoder: choose one of "
+                             f"1..{len(teacher.decoder_blocks)} (task.target_block in a profile)")
         if encoder_loss_weight and student.encoderfeature_pred is None:
             raise ValueError("encoder_loss_weight > 0 needs a student built with encoder_branch=True")
         self.teacher, self.model = freeze(teacher), student

@@ -95,7 +95,7 @@ def test_ctrl_c_and_sigterm_end_the_children_with_one_line_and_the_shells_status
 
 
 def test_a_stopped_notebook_run_ends_its_kernel_quietly(tmp_path):
-    """`python -m g2sd_lib.pipeline.profiles run` (every stage's command) stopped mid-cell: one line and exit 130,
+    """`python -m g2sd_lib.pipeline.notebook_runner` (every stage's command) stopped mid-cell: one line and exit 130,
     no ZMQError of a kernel shut down while busy, the kernel ended, its connection file removed."""
     import signal
     import time
@@ -112,7 +112,7 @@ def test_a_stopped_notebook_run_ends_its_kernel_quietly(tmp_path):
     tmp.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)}
     env.pop("G2SD_DEBUG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.pipeline.profiles", "run", "none", "slow.ipynb", "out.ipynb"],
+    proc = subprocess.Popen([sys.executable, "-m", "g2sd_lib.pipeline.notebook_runner", "none", "slow.ipynb", "out.ipynb"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 from conftest import load_benchmark
@@ -397,6 +399,7 @@ def test_processes_at_once_share_the_cpu_cores(monkeypatch):
     assert device.cpu_threads({"G2SD_CONCURRENT_STAGES": "2"}, 1, cores=2) == 1  # fmnist on 2 cores
     assert device.cpu_threads({"G2SD_CONCURRENT_STAGES": "4"}, 3, cores=2) == 1  # never below 1
     assert device.cpu_threads({"OMP_NUM_THREADS": "7", "G2SD_CONCURRENT_STAGES": "4"}, 3, cores=16) is None
+    assert device.cpu_threads({"G2SD_STAGE_THREADS": "8", "OMP_NUM_THREADS": "8"}, 3, cores=16) == 2  # a stage's share
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("G2SD_CONCURRENT_STAGES", "2")
     assert stages._run_env(1)["OMP_NUM_THREADS"] == str(device.cpu_threads({"G2SD_CONCURRENT_STAGES": "2"}))
@@ -404,13 +407,27 @@ def test_processes_at_once_share_the_cpu_cores(monkeypatch):
     assert stages._run_env(3)["OMP_NUM_THREADS"] == "7"
 
 
-def test_a_stage_started_among_others_takes_its_share_of_the_threads():
-    """``import g2sd_lib`` in a process g2sd_lib.pipeline.repro started next to another stage caps torch's threads."""
+def test_a_stage_started_among_others_takes_its_share_of_the_threads(tmp_path):
+    """The notebook runner that g2sd_lib.pipeline.repro starts next to another stage gives the notebook's kernel
+    its share of the threads, and the runs that notebook starts divide it; ``import g2sd_lib`` caps nothing."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "G2SD_CONCURRENT_STAGES", "G2SD_STAGE_THREADS")}
+
     def threads(code, **extra):
-        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "G2SD_CONCURRENT_STAGES")}
         out = subprocess.run([sys.executable, "-c", f"{code}; print(torch.get_num_threads())"],
                              env={**env, **extra}, capture_output=True, text=True, check=True)
         return int(out.stdout)
 
-    assert threads("import torch, g2sd_lib", G2SD_CONCURRENT_STAGES="64") == 1
-    assert threads("import torch, g2sd_lib") == threads("import torch")  # alone: torch's default, untouched
+    assert threads("import torch, g2sd_lib", G2SD_CONCURRENT_STAGES="64") == threads("import torch")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os, torch\nfrom g2sd_lib.pipeline.stages import _run_env\n"
+        "print(torch.get_num_threads(), _run_env(3)['OMP_NUM_THREADS'])")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "threads.ipynb")
+    done = subprocess.run([sys.executable, "-m", "g2sd_lib.pipeline.notebook_runner", "none", tmp_path / "threads.ipynb",
+                           tmp_path / "out" / "threads.ipynb"], env={**env, "G2SD_CONCURRENT_STAGES": "2"},
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    printed = nbformat.read(tmp_path / "out" / "threads.ipynb", as_version=4).cells[0].outputs[0]["text"].split()
+    share = device.cpu_threads({"G2SD_CONCURRENT_STAGES": "2"})
+    assert printed == [str(share or torch.get_num_threads()), str(max(1, (share or 1) // 3))]

@@ -66,13 +66,16 @@ def test_bad_names_are_user_errors_and_still_value_errors(call, message):
     assert isinstance(e.value, user_errors())
 
 
+_RUN = {"out_dir": "unused", "train": {"epochs": 1, "batch_size": 8, "blr": 1e-3}}  # what build_task does not read
+
+
 def test_a_missing_upstream_checkpoint_names_the_stage_that_writes_it(tmp_path):
     init = tmp_path / "runs" / "fmnist" / "pretrain" / "gd" / "model.safetensors"
-    cfg = {"kind": "finetune", "model": "vit_smokesmall_patch7", "init": str(init), "data": {"dataset": "fmnist"}}
+    cfg = {"kind": "finetune", "model": "vit_smokesmall_patch7", "init": str(init), "data": {"dataset": "fmnist"}, **_RUN}
     with pytest.raises(MissingInputError, match=r"dvc repro pretrain@fmnist-gd"):
         stages.build_task(cfg)
     teacher = tmp_path / "runs" / "smoke" / "teacher" / "classifier.safetensors"
-    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}}
+    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}, **_RUN}
     with pytest.raises(MissingInputError, match=r"dvc repro teacher@smoke"):
         stages.build_task(cfg)
 
@@ -131,8 +134,8 @@ def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path, mo
         profiles.enabled_profiles(params)
 
 
-def test_aliases_that_expand_without_bound_are_refused_in_well_under_a_second(tmp_path, monkeypatch):
-    """A "billion laughs" file: 10 levels of 9 aliases is a few hundred bytes and 9**10 values once a
+def test_hostile_configurations_are_refused_in_well_under_a_second(tmp_path, monkeypatch):
+    """Duplicate keys, and a "billion laughs" file: 10 levels of 9 aliases is a few hundred bytes and 9**10 values once a
     deep copy or a JSON dump expands it. Refused while parsing, before anything is built; a profile's
     own anchors and aliases stay allowed, and every profile is far below the bound."""
     levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
@@ -142,6 +145,11 @@ def test_aliases_that_expand_without_bound_are_refused_in_well_under_a_second(tm
     monkeypatch.setattr(profiles, "HERE", tmp_path)
     start = time.perf_counter()
     with pytest.raises(InputError, match=r"smoke.yaml: its anchors and aliases .* expand to more than 100,000 values"):
+        profiles.load_profile("smoke")
+    assert time.perf_counter() - start < 1.0
+    (tmp_path / "smoke.yaml").write_text("profile: smoke\nseeds: [0]\nseeds: [0, 1]\n")
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"smoke.yaml: the key 'seeds' is given twice in one mapping, on line 2 and line 3"):
         profiles.load_profile("smoke")
     assert time.perf_counter() - start < 1.0
     with pytest.raises(InputError, match="expand to more than"):  # a node that contains itself
@@ -166,7 +174,7 @@ def test_a_misspelt_model_name_gets_a_did_you_mean():
 
 def test_a_missing_pipeline_output_or_sidecar_names_the_command_that_restores_it(tmp_path):
     teacher = tmp_path / "runs" / "smoke" / "teacher" / "classifier.safetensors"
-    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}}
+    cfg = {"kind": "kd", "model": "vit_smokesmall_patch7", "teacher": str(teacher), "data": {"dataset": "fmnist"}, **_RUN}
     with pytest.raises(MissingInputError, match=rf"`dvc checkout {teacher}` restores it if its stage ran here before; "
                                                 "else the teacher stage writes it: `dvc repro teacher@smoke`"):
         stages.build_task(cfg)

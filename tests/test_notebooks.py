@@ -65,9 +65,9 @@ def _injected(path) -> str:
 
 
 def _runner(*args, cwd=REPO):
-    """The command every dvc.yaml stage runs: ``python -m g2sd_lib.pipeline.profiles run ...``."""
+    """The command every dvc.yaml stage runs: ``python -m g2sd_lib.pipeline.notebook_runner ...``."""
     import subprocess
-    return subprocess.run([sys.executable, "-m", "g2sd_lib.pipeline.profiles", "run", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "g2sd_lib.pipeline.notebook_runner", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True)
 
 
@@ -87,7 +87,7 @@ def test_stage_runner_injects_the_declared_sections_only(tmp_path):
 
 def test_every_stage_runs_its_notebook_through_the_runner():
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    assert pipeline["vars"][0]["nb"] == "python -m g2sd_lib.pipeline.profiles run"
+    assert pipeline["vars"][0]["nb"] == "python -m g2sd_lib.pipeline.notebook_runner"
     for name, stage in pipeline["stages"].items():
         if "matrix" in stage and "profile" in stage["matrix"] and "notebooks/" in stage["cmd"]:
             assert "${nb} ${item.profile} " in stage["cmd"] and "papermill" not in stage["cmd"], name
@@ -114,7 +114,7 @@ def test_stage_runner_reports_mistakes_and_failing_cells(tmp_path):
 def test_stage_runner_without_profile_runs_the_kernel_where_asked_over_encrypted_channels(tmp_path):
     """``run none ... --cwd DIR`` (the entry stage): no profile, the kernel in DIR; where pyzmq has
     CurveZMQ (as pinned here) the kernel's channels are encrypted, so ipykernel's plain-TCP warning is gone; a
-    missing --cwd or OUTPUT directory is refused in one line."""
+    missing --cwd directory is refused in one line, OUTPUT's is made."""
     import zmq
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = None", metadata={"tags": ["parameters"]}),
                                          nbformat.v4.new_code_cell("import os; print(os.getcwd(), x)")])
@@ -128,61 +128,22 @@ def test_stage_runner_without_profile_runs_the_kernel_where_asked_over_encrypted
     assert printed.strip() == f"{elsewhere} 7"
     if zmq.has("curve"):
         assert "without encryption" not in done.stdout + done.stderr
-    for mistake in (["--cwd", tmp_path / "nowhere"], ["--prepare-only"]):
-        output = tmp_path / ("o.ipynb" if "--cwd" in mistake else "nowhere/o.ipynb")
-        done = _runner("none", tmp_path / "where.ipynb", output, *mistake)
-        assert done.returncode == 2 and "no directory" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = _runner("none", tmp_path / "where.ipynb", tmp_path / "o.ipynb", "--cwd", tmp_path / "nowhere")
+    assert done.returncode == 2 and "no directory" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = _runner("none", tmp_path / "where.ipynb", tmp_path / "new" / "o.ipynb", "--prepare-only")
+    assert done.returncode == 0 and (tmp_path / "new" / "o.ipynb").is_file(), done.stderr  # its folder is made
 
 
-def _module_file(name: str) -> Path | None:
-    """The source file of module ``name`` (``g2sd_lib.x.y``), or None outside the library."""
-    base = REPO.joinpath(*name.split("."))
-    for path in (base / "__init__.py", base.with_suffix(".py")):
-        if name.split(".")[0] == "g2sd_lib" and path.is_file():
-            return path
-    return None
-
-
-def _imported_modules(notebook: Path) -> set[str]:
-    """The g2sd_lib source files that the notebook's imports load: its ``g2sd_lib`` imports and, from
-    them, every module-level import (parsed, not run; imports inside functions are not followed)."""
-    import ast
-    cells = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
-    cells = "\n".join(line for line in cells.splitlines() if not line.lstrip().startswith(("%", "!")))  # IPython magics
-    seen, queue = set(), [(ast.parse(cells), "__main__", False)]
-    while queue:
-        tree, module, package = queue.pop()
-        nodes = tree.body if module != "__main__" else list(ast.walk(tree))
-        names = []
-        for node in nodes:
-            if isinstance(node, ast.Import):
-                names += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                parts = module.split(".") if package else module.split(".")[:-1]
-                base = ".".join(parts[: len(parts) - node.level + 1]) if node.level else node.module or ""
-                if node.level and node.module:
-                    base = f"{base}.{node.module}"
-                names += [base] + [f"{base}.{alias.name}" for alias in node.names]
-        for name in names:
-            for i in range(1, name.count(".") + 2):  # a submodule imports its packages first
-                parent = ".".join(name.split(".")[:i])
-                path = _module_file(parent)
-                if path and parent not in seen:
-                    seen.add(parent)
-                    queue.append((ast.parse(path.read_text()), parent, path.name == "__init__.py"))
-    return {_module_file(m).relative_to(REPO).as_posix() for m in seen}
-
-
-def test_stage_dependencies_cover_every_module_the_notebook_imports():
-    """dvc.yaml lists module dependencies by hand (shared ones once, in the `library` stage): a module
-    a stage notebook imports but no dependency covers would let `dvc repro` keep stale results."""
+def test_every_stage_depends_on_the_whole_library():
+    """The library is one dependency: the `library` stage depends on the package folder and its stamp lists
+    the sha256 of every module (so a module added later is covered without a list kept by hand); every
+    other stage depends on the stamp."""
+    import subprocess
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    library = stages["library"]["deps"]
-    for path in STAGE_NOTEBOOKS:
-        rel = f"notebooks/{path.name}"
-        deps = [d for s in stages.values() for d in s.get("do", s)["deps"] if rel in s.get("do", s)["deps"]]
-        assert deps, f"no stage runs {rel}"
-        covered = deps + (library if "runs/library.sha256" in deps else [])
-        missing = [m for m in sorted(_imported_modules(path))
-                   if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in covered)]
-        assert not missing, f"{rel} imports {missing}: add them to its stage's deps or to the `library` stage"
+    assert stages["library"]["deps"] == ["g2sd_lib"]
+    for name, stage in stages.items():
+        assert name == "library" or "runs/library.sha256" in stage["deps"], name
+    code = stages["library"]["cmd"].split('python -c "', 1)[1].rsplit('" >', 1)[0]
+    stamp = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    modules = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "g2sd_lib").rglob("*.py"))
+    assert [line.split("  ", 1)[1] for line in stamp.splitlines()] == modules

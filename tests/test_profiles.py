@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from g2sd_lib.pipeline import notebook_runner
 from g2sd_lib.pipeline.config import PRETRAIN_RUNS, STUDENTS, stage_config, teacher_stage_config
 from g2sd_lib.train_config import TrainConfig
 from g2sd_lib.pipeline.profiles import (PROFILES, complete, enable, enabled_profiles, load_profile, output_dirs, profile_path, set_profiles)
@@ -165,15 +166,14 @@ def test_the_profiles_are_the_files_and_an_unknown_one_in_params_yaml_is_refused
 
 def test_prepare_only_validates_the_profile_sections_it_injects(tmp_path, monkeypatch):
     """`--prepare-only` runs no cell, so nothing else would see a typo in the profile."""
-    from g2sd_lib.pipeline import profiles
     from g2sd_lib.pipeline.schema import ConfigError
     broken = load_profile("smoke")
     broken["teacher"]["finetune"]["train"]["epochz"] = 3
-    monkeypatch.setattr(profiles, "load_profile", lambda name: broken)
+    monkeypatch.setattr(notebook_runner, "load_profile", lambda name: broken)
     out = tmp_path / "01.ipynb"
     with pytest.raises(ConfigError, match=r"teacher.finetune.train.epochz: unknown key.* did you mean 'epochs'"):
-        profiles.run_notebook("smoke", REPO / "notebooks" / "01_teacher.ipynb", out, prepare_only=True)
+        notebook_runner.run_notebook("smoke", REPO / "notebooks" / "01_teacher.ipynb", out, prepare_only=True)
     assert not out.exists()
     monkeypatch.undo()
-    profiles.run_notebook("smoke", REPO / "notebooks" / "01_teacher.ipynb", out, prepare_only=True)
+    notebook_runner.run_notebook("smoke", REPO / "notebooks" / "01_teacher.ipynb", out, prepare_only=True)
     assert out.exists()

@@ -8,7 +8,7 @@ import yaml
 
 from g2sd_lib.pipeline.config import (DENSE_TASKS, PRETRAIN_RUNS, STUDENTS, dense_stage_config, stage_config, teacher_stage_config)
 from g2sd_lib.pipeline.profiles import PROFILES, load_profile
-from g2sd_lib.pipeline.schema import (ConfigError, check_num_classes, check_target_block, validate_dense_stage, validate_params, validate_stage)
+from g2sd_lib.pipeline.schema import (ConfigError, check_num_classes, validate_dense_stage, validate_params, validate_stage)
 
 
 def _failure(params, **kwargs) -> str:
@@ -226,10 +226,6 @@ def test_dense_stage_configs_checked():
 
 
 def test_stage_time_checks():
-    check_target_block(4, 8)
-    with pytest.raises(ConfigError, match=r"task\.target_block: out of range \(got 5\); allowed: an integer in 1\.\.4 "
-                                          r"\(the decoder blocks of the teacher runs/teacher/mae\.safetensors\)"):
-        check_target_block(5, 4, "runs/teacher/mae.safetensors")
     check_num_classes(10, 10, "fmnist")
     with pytest.raises(ConfigError) as info:
         check_num_classes(1000, 10, "fmnist", "runs/teacher/classifier.safetensors")

@@ -4,6 +4,7 @@ classes or decoder do not fit the stage."""
 import pytest
 
 from g2sd_lib.checkpoints import save_model
+from g2sd_lib.errors import InputError
 from g2sd_lib.models import create_classifier, create_mae
 from g2sd_lib.pipeline.schema import ConfigError
 from g2sd_lib.pipeline.stages import run_stage
@@ -38,5 +39,5 @@ def test_a_target_block_beyond_the_teachers_decoder_is_refused(tmp_path):
     save_model(create_mae("mae_vit_smokebase_patch7_dec16d1b"), teacher)
     cfg = _cfg(tmp_path, "gd", model="mae_vit_smokesmall_patch7_dec16d1b", teacher=str(teacher),
                task={"mask_ratio": 0.75, "target_block": 4})
-    with pytest.raises(ConfigError, match=r"target_block.*got 4.*1\.\.1"):
+    with pytest.raises(InputError, match=r"target_block 4 is not a block of the teacher's decoder: choose one of 1\.\.1"):
         run_stage(cfg)

@@ -42,61 +42,55 @@ from ..models import create_classifier, create_mae, create_student
 from ..runlock import check_free
 from ..train_config import TrainConfig
 from . import schema
-from .config import DENSE_TASKS, EVAL_BATCH_SIZE, load_yaml
-from .schema import NUM_CLASSES
+from .config import DENSE_TASKS, load_yaml
+from .schema import NUM_CLASSES, Stage
 
-CLASSIFICATION_KINDS = ("mae", "gd", "sd", "finetune", "kd")
-KINDS = CLASSIFICATION_KINDS + DENSE_TASKS
-
-
-def _datasets(cfg: dict, rank: int, world: int, train_batch: int):
+def _datasets(stage: Stage, rank: int, world: int, train_batch: int):
     """(train loader, validation loader) for the stage's dataset.
 
     Fashion-MNIST: in memory on the training device (batches augmented there); the validation split is carved from the training set
     (``val_size`` images, seeded by ``split_seed``) so that no choice ever looks at the test set.
     ImageNet: ImageFolder ``train`` with the official transform and ``val`` for validation.
     """
-    d, aug, kind = cfg.get("data", {}), cfg.get("augment", {}), cfg["kind"]
-    seed = cfg.get("train", {}).get("seed", 0)
-    eval_bs = d.get("eval_batch_size", EVAL_BATCH_SIZE)
-    labelled = kind not in ("mae", "gd")
-    if d.get("dataset", "fmnist") == "imagenet":
+    d, aug, seed = stage.data, stage.augment, stage.train.seed
+    labelled = stage.kind not in ("mae", "gd")
+    if d.dataset == "imagenet":
         from torch.utils.data import DataLoader, DistributedSampler
-        size = d.get("input_size", 224)
-        tr = data.build_imagenet(d["root"], "train", "sd" if labelled else "gd", size)
-        va = data.build_imagenet(d["root"], "val", "eval", size)
+        tr = data.build_imagenet(d.root, "train", "sd" if labelled else "gd", d.input_size)
+        va = data.build_imagenet(d.root, "val", "eval", d.input_size)
         sampler = DistributedSampler(tr, world, rank, shuffle=True, seed=seed)
-        workers = d.get("num_workers", 8)
-        return (DataLoader(tr, train_batch, sampler=sampler, num_workers=workers, drop_last=True,
+        return (DataLoader(tr, train_batch, sampler=sampler, num_workers=d.num_workers, drop_last=True,
                            pin_memory=torch.cuda.is_available()),
-                DataLoader(va, eval_bs, shuffle=False, num_workers=workers))
-    images, labels = fmnist.load_fashion_mnist("train", d.get("root"))
-    tr_idx, va_idx = data.train_val_split(len(images), d.get("val_size", 5000), d.get("split_seed", 0))
-    if d.get("train_subset"):
-        tr_idx = tr_idx[: d["train_subset"]]
-    if d.get("val_subset"):
-        va_idx = va_idx[: d["val_subset"]]
-    if labelled and d.get("labels"):  # label-scarce: supervised stages see only the drawn labelled images
-        tr_idx = tr_idx[data.labelled_subset(labels[tr_idx], d["labels"], d.get("labels_seed", 0))]
+                DataLoader(va, d.eval_batch_size, shuffle=False, num_workers=d.num_workers))
+    images, labels = fmnist.load_fashion_mnist("train", d.root)
+    tr_idx, va_idx = data.train_val_split(len(images), d.val_size, d.split_seed)
+    if d.train_subset:
+        tr_idx = tr_idx[: d.train_subset]
+    if d.val_subset:
+        va_idx = va_idx[: d.val_subset]
+    if labelled and d.labels:  # label-scarce: supervised stages see only the drawn labelled images
+        tr_idx = tr_idx[data.labelled_subset(labels[tr_idx], d.labels, d.labels_seed)]
     size = images.shape[-1]
-    device = resolve_device(cfg.get("train", {}).get("device", "auto"), int(os.environ.get("LOCAL_RANK", 0)))
-    steps = [data.RandomResizedCropFlip(size, tuple(aug.get("crop_scale", (0.2, 1.0))), flip=aug.get("flip", True)),
+    device = resolve_device(stage.train.device, int(os.environ.get("LOCAL_RANK", 0)))
+    steps = [data.RandomResizedCropFlip(size, tuple(aug.crop_scale), flip=aug.flip),
              data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD)]
-    if aug.get("reprob", 0) > 0:
-        steps.append(data.RandomErasing(aug["reprob"]))
+    if aug.reprob > 0:
+        steps.append(data.RandomErasing(aug.reprob))
     train_loader = data.TensorLoader(images[tr_idx], labels[tr_idx], train_batch, shuffle=True, drop_last=True,
                                      seed=seed, rank=rank, world_size=world, transform=data.Compose(steps),
                                      device=device)
-    val_loader = data.TensorLoader(images[va_idx], labels[va_idx], eval_bs, shuffle=False, drop_last=False,
+    val_loader = data.TensorLoader(images[va_idx], labels[va_idx], d.eval_batch_size, shuffle=False, drop_last=False,
                                    transform=data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD), device=device)
     return train_loader, val_loader
 
+def _typed(cfg: dict | Stage) -> Stage:
+    return cfg if isinstance(cfg, Stage) else schema.typed_stage(cfg)
 
-def training_loader(cfg: dict):
+def training_loader(cfg: dict | Stage):
     """The training loader a one-process run of ``cfg`` draws its batches from (its images, labels and
     augmentation), for analyses of what a stage sees."""
-    return _datasets(cfg, 0, 1, cfg["train"]["batch_size"])[0]
-
+    stage = _typed(cfg)
+    return _datasets(stage, 0, 1, stage.train.batch_size)[0]
 
 def _upstream(path) -> str:
     """``path``, a checkpoint an earlier stage writes; refused, naming what restores it (``dvc checkout``,
@@ -118,49 +112,44 @@ def _upstream(path) -> str:
     raise MissingInputError(f"{path} does not exist: `dvc checkout {path}` restores it if its stage ran here "
                             f"before; else {how}")
 
-
-def build_task(cfg: dict):
-    """The stage's task (models built, teacher and init checkpoints loaded strictly)."""
-    kind = cfg["kind"]
-    opts, mkw = dict(cfg.get("task") or {}), dict(cfg.get("model_kwargs") or {})
-    aug = cfg.get("augment", {})
-    num_classes = NUM_CLASSES[cfg.get("data", {}).get("dataset", "fmnist")]
+def build_task(cfg: dict | Stage):
+    """The stage's task (models built, teacher and init checkpoints loaded strictly) from its configuration
+    (a dict, validated here, or the typed :class:`~g2sd_lib.pipeline.schema.Stage`)."""
+    stage = _typed(cfg)
+    kind, opts, aug = stage.kind, stage.task.model_dump(), stage.augment
+    mkw = stage.model_kwargs.model_dump(exclude_unset=True)  # the model's own defaults for the rest
+    num_classes = NUM_CLASSES[stage.data.dataset]
     if kind == "mae":
-        model = create_mae(cfg["model"], norm_pix_loss=opts.pop("norm_pix_loss", False), **mkw)
+        model = create_mae(stage.model, norm_pix_loss=opts.pop("norm_pix_loss"), **mkw)
         return tasks.MAEPretraining(model, **opts)
     if kind == "gd":
-        teacher, _ = checkpoints.load_model(_upstream(cfg["teacher"]), "gd-teacher")
-        schema.check_target_block(opts.get("target_block", 4), len(teacher.decoder_blocks), cfg["teacher"])
-        student = create_student(cfg["model"], teacher_decoder_dim=teacher.decoder_embed.out_features,
+        teacher, _ = checkpoints.load_model(_upstream(stage.teacher), "gd-teacher")
+        student = create_student(stage.model, teacher_decoder_dim=teacher.decoder_embed.out_features,
                                  teacher_embed_dim=teacher.cls_token.shape[-1],
-                                 encoder_branch=bool(opts.get("encoder_loss_weight", 0)), **mkw)
+                                 encoder_branch=bool(opts["encoder_loss_weight"]), **mkw)
         return tasks.GenericDistillation(teacher, student, **opts)
-    classifier_kind = "distilled" if kind == "sd" else "avg"
-    model = create_classifier(cfg["model"], classifier_kind, num_classes, **mkw)
-    if cfg.get("init"):
-        checkpoints.load_encoder(model, _upstream(cfg["init"]))
-    mixup = data.build_mixup(num_classes, aug.get("mixup", 0.0), aug.get("cutmix", 0.0), aug.get("smoothing", 0.0))
+    model = create_classifier(stage.model, "distilled" if kind == "sd" else "avg", num_classes, **mkw)
+    if stage.init:
+        checkpoints.load_encoder(model, _upstream(stage.init))
+    mixup = data.build_mixup(num_classes, aug.mixup, aug.cutmix, aug.smoothing)
     if kind == "finetune":
-        return tasks.Finetuning(model, mixup=mixup, smoothing=aug.get("smoothing", 0.0), **opts)
-    teacher, _ = checkpoints.load_model(_upstream(cfg["teacher"]), "sd-teacher")
-    schema.check_num_classes(teacher.num_classes, num_classes, cfg.get("data", {}).get("dataset", "fmnist"),
-                             cfg["teacher"])
+        return tasks.Finetuning(model, mixup=mixup, smoothing=aug.smoothing, **opts)
+    teacher, _ = checkpoints.load_model(_upstream(stage.teacher), "sd-teacher")
+    schema.check_num_classes(teacher.num_classes, num_classes, stage.data.dataset, stage.teacher)
     if kind == "sd":
         return tasks.SpecificDistillation(teacher, model, mixup=mixup, **opts)
-    return tasks.KnowledgeDistillation(teacher, model, mixup=mixup, smoothing=aug.get("smoothing", 0.0), **opts)
+    return tasks.KnowledgeDistillation(teacher, model, mixup=mixup, smoothing=aug.smoothing, **opts)
 
-
-def _classification_run(cfg: dict, batch_size: int, rank: int, world: int):
+def _classification_run(stage: Stage, batch_size: int, rank: int, world: int):
     """``(task, train loader, evaluate)`` of a classification kind (evaluate: None for pretraining)."""
-    task = build_task(cfg)
-    train_loader, val_loader = _datasets(cfg, rank, world, batch_size)
-    if cfg["kind"] not in ("sd", "finetune", "kd"):
+    task = build_task(stage)
+    train_loader, val_loader = _datasets(stage, rank, world, batch_size)
+    if stage.kind not in ("sd", "finetune", "kd"):
         return task, train_loader, None
 
     def evaluate(model):
         return {f"val_{k}": v for k, v in classification_report(model, val_loader).items()}
     return task, train_loader, evaluate
-
 
 def run_stage(cfg: dict) -> list[dict]:
     """Validate ``cfg``, build data, models and task from it and train; returns the per-epoch history.
@@ -168,10 +157,11 @@ def run_stage(cfg: dict) -> list[dict]:
     The whole configuration but ``out_dir`` and ``train`` travels into ``last.pt``, so a resumed
     run that was started with other settings is refused (``engine._resume``).
     """
-    schema.validate_stage(cfg)
+    dense = isinstance(cfg, dict) and str(cfg.get("kind")) in DENSE_TASKS
+    stage = schema.validate_dense_stage(cfg) if dense else schema.typed_stage(cfg)
     kind = cfg["kind"]
     run_config = {k: v for k, v in cfg.items() if k not in ("out_dir", "train")}
-    train_cfg = TrainConfig(out_dir=cfg["out_dir"], run_config=run_config, **cfg["train"]).validate()
+    train_cfg = TrainConfig(out_dir=cfg["out_dir"], run_config=run_config, **cfg["train"])  # engine.train checks it
     init_distributed()
     rank, world = world_info()
     torch.manual_seed(train_cfg.seed)  # model initialisation
@@ -179,9 +169,8 @@ def run_stage(cfg: dict) -> list[dict]:
         from .dense_stages import dense_run
         task, loader, evaluate = dense_run(cfg, train_cfg.batch_size, train_cfg.seed, rank, world)
     else:
-        task, loader, evaluate = _classification_run(cfg, train_cfg.batch_size, rank, world)
+        task, loader, evaluate = _classification_run(stage, train_cfg.batch_size, rank, world)
     return train(task, loader, train_cfg, evaluate)
-
 
 def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     """Run a stage in this process (``nproc`` 1) or under ``torchrun`` with ``nproc`` processes.
@@ -201,7 +190,6 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
                         "error is printed above")
     return json.loads((cfg_path.parent / "history.json").read_text())
 
-
 def _write_config(cfg: dict) -> Path:
     """``<out_dir>/config.json``: the configuration a ``python -m g2sd_lib.pipeline.stages`` process runs."""
     out_dir = Path(cfg["out_dir"])
@@ -210,7 +198,6 @@ def _write_config(cfg: dict) -> Path:
     path = out_dir / "config.json"
     path.write_text(json.dumps(cfg, indent=1))
     return path
-
 
 def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None) -> list[list[dict]]:
     """Run several stage configurations (a stage's seeds); returns their histories in order.
@@ -247,7 +234,6 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
             proc.terminate()
     return [done[name] for name in names]
 
-
 def _run_env(concurrent: int) -> dict:
     """The environment of a run trained next to ``concurrent - 1`` others: its CPU threads
     (``OMP_NUM_THREADS``) are its share of the cores among every run at once, these and, under
@@ -257,7 +243,6 @@ def _run_env(concurrent: int) -> dict:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
-
 
 def start_run(cfg: dict, env: dict):
     """``(process, log path, 0)``: a ``python -m g2sd_lib.pipeline.stages`` process of one configuration
@@ -269,7 +254,6 @@ def start_run(cfg: dict, env: dict):
                                 stderr=subprocess.STDOUT, env=env)
     return proc, log, 0
 
-
 def _echo(log: Path, pos: int, name: str, final: bool = False) -> int:
     """Print the complete lines ``log`` gained since byte ``pos`` (all of it when ``final``), prefixed."""
     with open(log, "rb") as f:
@@ -279,7 +263,6 @@ def _echo(log: Path, pos: int, name: str, final: bool = False) -> int:
     for line in chunk[:end].decode(errors="replace").splitlines():
         print(f"[{name}] {line}", flush=True)
     return pos + end
-
 
 def load_config(path) -> dict:
     """A stage configuration from a JSON or YAML file (what :func:`g2sd_lib.pipeline.config.stage_config` returns)."""
@@ -296,10 +279,8 @@ def load_config(path) -> dict:
         raise InputError(f"{path} is not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: "
                          f"{' '.join(str(e).split())}") from None
 
-
 USAGE = ("usage: python -m g2sd_lib.pipeline.stages [--debug] CONFIG.{json,yaml}\n"
          "Train one stage (run) from its configuration file, as the pipeline's notebooks and torchrun do.")
-
 
 def main(argv: list[str]) -> int:
     if argv in (["-h"], ["--help"]):
@@ -314,7 +295,6 @@ def main(argv: list[str]) -> int:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -11,13 +11,12 @@ into the configuration: the pipeline hashes params as written.
 
 from ...errors import close_match
 from .messages import ConfigError, Problem, check_value, describe_type, raise_problems
-from .rules import (dense_problems, dense_stage_problems, run_problems, stage_problems, target_block_problems,
-                    teacher_problems)
+from .rules import dense_problems, dense_stage_problems, run_problems, stage_problems, teacher_problems
 from .sections import SECTIONS
-from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, Train
+from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, Stage, Train
 
-__all__ = ["ConfigError", "validate_params", "validate_stage", "validate_dense_stage", "check_target_block",
-           "check_num_classes", "NUM_CLASSES", "Train", "Data", "STAGES", "DENSE_STAGES"]
+__all__ = ["ConfigError", "validate_params", "validate_stage", "typed_stage", "validate_dense_stage",
+           "check_num_classes", "NUM_CLASSES", "Train", "Data", "Stage", "STAGES", "DENSE_STAGES"]
 
 
 def validate_params(params: dict, source: str = "the profile", partial: bool = False) -> dict:
@@ -59,9 +58,17 @@ def validate_stage(cfg: dict) -> dict:
     ``cfg`` unchanged."""
     if isinstance(cfg, dict) and str(cfg.get("kind")) in DENSE_STAGES:
         return validate_dense_stage(cfg)
-    where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
-    raise_problems(stage_problems(cfg)[0], f"invalid stage configuration ({where})")
+    typed_stage(cfg)
     return cfg
+
+
+def typed_stage(cfg: dict) -> Stage:
+    """The typed configuration a classification stage is built from (:class:`.stage_models.Stage`, its
+    kind's subclass, every default filled in), after the checks of :func:`validate_stage`."""
+    problems, stage = stage_problems(cfg)
+    where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
+    raise_problems(problems, f"invalid stage configuration ({where})")
+    return stage
 
 
 def validate_dense_stage(cfg: dict) -> dict:
@@ -69,12 +76,6 @@ def validate_dense_stage(cfg: dict) -> dict:
     where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
     raise_problems(dense_stage_problems(cfg), f"invalid dense stage configuration ({where})")
     return cfg
-
-
-def check_target_block(target_block: int, decoder_depth: int, teacher: str = "the GD teacher") -> None:
-    """At GD stage time: ``task.target_block`` must name a block of the loaded teacher's decoder
-    (1-based, ``decoder_depth`` blocks); ``teacher`` names it (model or file) in the message."""
-    raise_problems(target_block_problems(target_block, decoder_depth, teacher), "invalid stage configuration")
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, dataset: str,

@@ -13,7 +13,7 @@ from ..config import PRETRAIN_RUNS, STUDENTS, deep_merge
 from ...checkpoints.official import OFFICIAL_CHECKPOINTS
 from ...errors import close_match
 from .messages import MISSING, Problem, check_value, relocate
-from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, DetHead, GDTask, SegHead, Stage, Train
+from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, DetHead, SegHead, Stage, Train
 
 
 def _arch(name: str) -> dict | None:
@@ -90,16 +90,16 @@ def stage_problems(cfg) -> tuple[list[Problem], Stage | None]:
     problems, stage = check_value(STAGES[kind], cfg)
     if stage is None:
         return problems, None
-    data = stage.data or Data()
+    data = stage.data
     size, chans = (28, 1) if data.dataset == "fmnist" else (data.input_size, 3)
-    overrides = stage.model_kwargs.model_dump(include={"img_size", "in_chans"}) if stage.model_kwargs else None
+    overrides = stage.model_kwargs.model_dump(include={"img_size", "in_chans"})
     problems += _model_problems(stage.model, ("model",), mae=kind in ("mae", "gd"), size=size, chans=chans, exact=True,
                                 overrides=overrides)
     problems += _train_problems(stage.train, cfg["train"])
     if data.dataset == "imagenet" and not data.root:
         problems.append(Problem(("data", "root"), "required for imagenet", "a directory with train/ and val/",
                                 data.root))
-    if stage.augment and stage.augment.crop_scale[0] > stage.augment.crop_scale[1]:
+    if stage.augment.crop_scale[0] > stage.augment.crop_scale[1]:
         problems.append(Problem(("augment", "crop_scale"), "lower bound above upper", "[lo, hi] with lo <= hi",
                                 cfg["augment"]["crop_scale"]))
     return problems, stage
@@ -221,7 +221,7 @@ def run_problems(params: dict, valid: dict) -> tuple[list[Problem], dict]:
             found += more
             if stage is not None and stage.kind == "gd" and _arch(str(teacher_mae)):
                 arch = _arch(teacher_mae)
-                found += target_block_problems((stage.task or GDTask()).target_block, arch["decoder_depth"],
+                found += target_block_problems(stage.task.target_block, arch["decoder_depth"],
                                                teacher_mae)
                 if (own := _arch(stage.model)) is not None and own["patch_size"] != arch["patch_size"]:
                     found.append(Problem(("model",), "its patch grid differs from the teacher's",

@@ -2,14 +2,15 @@
 ``config.dense_stage_config`` produce, as pydantic models (``extra="forbid"``, strict numbers:
 ``epochs: '1'`` is an error, never coerced, while ``1.0e-3`` and ints for float fields pass).
 
-The defaults mirror the code that reads each key; validation never fills them into the
-configuration (the pipeline hashes params as written).
+A classification stage's model is the configuration the stage is built from
+(:func:`g2sd_lib.pipeline.schema.typed_stage`): its defaults are the only ones, and a missing section is
+its defaults. Validation never fills them into the configuration dict (the pipeline hashes params as written).
 """
 
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Le, Len, Lt
-from pydantic import BaseModel, ConfigDict, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 NUM_CLASSES = {"fmnist": 10, "imagenet": 1000}
 
@@ -115,39 +116,39 @@ class Stage(Section):
     """A classification stage configuration (``config.stage_config``, ``config.teacher_stage_config``)."""
     model: Str
     out_dir: Str
-    data: Data | None = None
-    augment: Augment | None = None
-    model_kwargs: ModelKwargs | None = None
+    data: Data = Field(default_factory=Data)
+    augment: Augment = Field(default_factory=Augment)
+    model_kwargs: ModelKwargs = Field(default_factory=ModelKwargs)
     train: Train
 
 
 class MAEStage(Stage):
     kind: Literal["mae"]
-    task: MAETask | None = None
+    task: MAETask = Field(default_factory=MAETask)
 
 
 class GDStage(Stage):
     kind: Literal["gd"]
     teacher: Str
-    task: GDTask | None = None
+    task: GDTask = Field(default_factory=GDTask)
 
 
 class FinetuneStage(Stage):
     kind: Literal["finetune"]
     init: Str | None = None
-    task: FinetuneTask | None = None
+    task: FinetuneTask = Field(default_factory=FinetuneTask)
 
 
 class SDStage(FinetuneStage):
     kind: Literal["sd"]
     teacher: Str
-    task: SDTask | None = None
+    task: SDTask = Field(default_factory=SDTask)
 
 
 class KDStage(FinetuneStage):
     kind: Literal["kd"]
     teacher: Str
-    task: KDTask | None = None
+    task: KDTask = Field(default_factory=KDTask)
 
 
 STAGES = {"mae": MAEStage, "gd": GDStage, "sd": SDStage, "finetune": FinetuneStage, "kd": KDStage}
