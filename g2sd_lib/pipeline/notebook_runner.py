@@ -16,7 +16,7 @@ from ..device import cpu_threads
 from ..errors import InputError, MissingInputError, run_main
 from .profiles import PROFILES, load_profile
 
-NO_PROFILE = "none"  # `run none ...`: a notebook that takes no profile, only its -p parameters
+NO_PROFILE = "none"  # PROFILE `none`: a notebook that takes no profile, only its -p parameters
 
 
 def _kernel_manager():

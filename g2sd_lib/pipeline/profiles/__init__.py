@@ -9,9 +9,8 @@ the committed profiles' results live side by side and ``dvc status`` speaks for 
 The profiles are the files: a name ``params.yaml`` lists without its file is refused
 (:func:`enabled_profiles`; ``python -m g2sd_lib.pipeline.profiles check``, run by ``make repro`` first).
 ``python -m g2sd_lib.pipeline.profiles enable NAME`` (``make repro P=NAME`` does it) adds a profile to the list;
-``python -m g2sd_lib.pipeline.profiles run NAME NOTEBOOK OUTPUT [-p NAME VALUE]`` (every stage's command) executes a
-notebook with the profile's sections it declares (:func:`run_notebook`); ``NAME`` ``none`` passes no profile
-(the entry notebook).
+Every stage's command, ``python -m g2sd_lib.pipeline.notebook_runner NAME NOTEBOOK OUTPUT``, executes a notebook
+with the profile's sections it declares (:mod:`g2sd_lib.pipeline.notebook_runner`).
 """
 
 import re
@@ -70,7 +69,7 @@ def complete(profile: str = "smoke", **sections) -> dict:
     """The notebooks' parameters, validated: each section given as None is taken from ``profile``.
 
     ``dvc repro`` injects the sections the notebook declares from the profile's file
-    (:func:`run_notebook`); opened by hand or run by the tests, a notebook falls back to the smoke
+    (:mod:`g2sd_lib.pipeline.notebook_runner`); opened by hand or run by the tests, a notebook falls back to the smoke
     profile and runs in seconds. A typo or an out-of-range value stops the stage here, before any
     work (:func:`g2sd_lib.pipeline.schema.validate_params`).
     """
