@@ -45,6 +45,7 @@ from . import schema
 from .config import DENSE_TASKS, load_yaml
 from .schema import NUM_CLASSES, Stage
 
+
 def _datasets(stage: Stage, rank: int, world: int, train_batch: int):
     """(train loader, validation loader) for the stage's dataset.
 
@@ -83,14 +84,17 @@ def _datasets(stage: Stage, rank: int, world: int, train_batch: int):
                                    transform=data.Normalize(data.FMNIST_MEAN, data.FMNIST_STD), device=device)
     return train_loader, val_loader
 
+
 def _typed(cfg: dict | Stage) -> Stage:
     return cfg if isinstance(cfg, Stage) else schema.typed_stage(cfg)
+
 
 def training_loader(cfg: dict | Stage):
     """The training loader a one-process run of ``cfg`` draws its batches from (its images, labels and
     augmentation), for analyses of what a stage sees."""
     stage = _typed(cfg)
     return _datasets(stage, 0, 1, stage.train.batch_size)[0]
+
 
 def _upstream(path) -> str:
     """``path``, a checkpoint an earlier stage writes; refused, naming what restores it (``dvc checkout``,
@@ -111,6 +115,7 @@ def _upstream(path) -> str:
         return str(path)
     raise MissingInputError(f"{path} does not exist: `dvc checkout {path}` restores it if its stage ran here "
                             f"before; else {how}")
+
 
 def build_task(cfg: dict | Stage):
     """The stage's task (models built, teacher and init checkpoints loaded strictly) from its configuration
@@ -140,6 +145,7 @@ def build_task(cfg: dict | Stage):
         return tasks.SpecificDistillation(teacher, model, mixup=mixup, **opts)
     return tasks.KnowledgeDistillation(teacher, model, mixup=mixup, smoothing=aug.smoothing, **opts)
 
+
 def _classification_run(stage: Stage, batch_size: int, rank: int, world: int):
     """``(task, train loader, evaluate)`` of a classification kind (evaluate: None for pretraining)."""
     task = build_task(stage)
@@ -150,6 +156,7 @@ def _classification_run(stage: Stage, batch_size: int, rank: int, world: int):
     def evaluate(model):
         return {f"val_{k}": v for k, v in classification_report(model, val_loader).items()}
     return task, train_loader, evaluate
+
 
 def run_stage(cfg: dict) -> list[dict]:
     """Validate ``cfg``, build data, models and task from it and train; returns the per-epoch history.
@@ -172,6 +179,7 @@ def run_stage(cfg: dict) -> list[dict]:
         task, loader, evaluate = _classification_run(stage, train_cfg.batch_size, rank, world)
     return train(task, loader, train_cfg, evaluate)
 
+
 def launch(cfg: dict, nproc: int = 1) -> list[dict]:
     """Run a stage in this process (``nproc`` 1) or under ``torchrun`` with ``nproc`` processes.
 
@@ -190,6 +198,7 @@ def launch(cfg: dict, nproc: int = 1) -> list[dict]:
                         "error is printed above")
     return json.loads((cfg_path.parent / "history.json").read_text())
 
+
 def _write_config(cfg: dict) -> Path:
     """``<out_dir>/config.json``: the configuration a ``python -m g2sd_lib.pipeline.stages`` process runs."""
     out_dir = Path(cfg["out_dir"])
@@ -198,6 +207,7 @@ def _write_config(cfg: dict) -> Path:
     path = out_dir / "config.json"
     path.write_text(json.dumps(cfg, indent=1))
     return path
+
 
 def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None) -> list[list[dict]]:
     """Run several stage configurations (a stage's seeds); returns their histories in order.
@@ -234,6 +244,7 @@ def launch_all(cfgs: list[dict], nproc: int = 1, concurrent: int = 1, names=None
             proc.terminate()
     return [done[name] for name in names]
 
+
 def _run_env(concurrent: int) -> dict:
     """The environment of a run trained next to ``concurrent - 1`` others: its CPU threads
     (``OMP_NUM_THREADS``) are its share of the cores among every run at once, these and, under
@@ -243,6 +254,7 @@ def _run_env(concurrent: int) -> dict:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
 
 def start_run(cfg: dict, env: dict):
     """``(process, log path, 0)``: a ``python -m g2sd_lib.pipeline.stages`` process of one configuration
@@ -254,6 +266,7 @@ def start_run(cfg: dict, env: dict):
                                 stderr=subprocess.STDOUT, env=env)
     return proc, log, 0
 
+
 def _echo(log: Path, pos: int, name: str, final: bool = False) -> int:
     """Print the complete lines ``log`` gained since byte ``pos`` (all of it when ``final``), prefixed."""
     with open(log, "rb") as f:
@@ -263,6 +276,7 @@ def _echo(log: Path, pos: int, name: str, final: bool = False) -> int:
     for line in chunk[:end].decode(errors="replace").splitlines():
         print(f"[{name}] {line}", flush=True)
     return pos + end
+
 
 def load_config(path) -> dict:
     """A stage configuration from a JSON or YAML file (what :func:`g2sd_lib.pipeline.config.stage_config` returns)."""
@@ -281,6 +295,7 @@ def load_config(path) -> dict:
 
 USAGE = ("usage: python -m g2sd_lib.pipeline.stages [--debug] CONFIG.{json,yaml}\n"
          "Train one stage (run) from its configuration file, as the pipeline's notebooks and torchrun do.")
+
 
 def main(argv: list[str]) -> int:
     if argv in (["-h"], ["--help"]):
