@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from g2sd_lib.pipeline import notebook_runner
 from g2sd_lib.pipeline.config import PRETRAIN_RUNS, STUDENTS, stage_config, teacher_stage_config
@@ -127,13 +128,23 @@ def test_the_measured_cpu_default_candidate_stays_a_valid_profile_with_the_gpu_p
 def test_the_pinned_sha256_of_every_bundled_file_is_the_committed_files(name):
     """Each profile names bundled files (its own teacher or, as the alternative to its mode, the
     `fmnist` bundle); a bundle rebuilt without updating a profile's pin would fail only once someone
-    switches that profile to `bundled`."""
+    switches that profile to `bundled`. The pins are the teacher stage's dependency on the files (a
+    param of dvc.yaml, not the teachers/ folder, so that bundling one profile's teacher leaves the
+    others' stages current): a file replaced under an unchanged pin fails here, and a new pin reruns the stage."""
     from g2sd_lib.checkpoints.files import sha256_file
-    bundled = load_profile(name)["teacher"]["bundled"]
-    for role in ("mae", "classifier"):
-        path = REPO / bundled[role]
+    teacher = load_profile(name)["teacher"]
+    used = {"bundled": ("mae", "classifier"), "finetune": ("mae",)}.get(teacher["mode"], ())
+    for role in ("mae", "classifier") if teacher.get("bundled") else ():
+        path = REPO / teacher["bundled"][role]
+        assert path.exists() or role not in used, f"{name}.yaml (mode {teacher['mode']}) uses {path}, which is missing"
         if path.exists():
-            assert sha256_file(path) == bundled[f"{role}_sha256"], f"{name}.yaml pins a stale sha256 for {path.name}"
+            assert sha256_file(path) == teacher["bundled"][f"{role}_sha256"], f"{name}.yaml pins a stale sha256 for {path.name}"
+
+
+def test_no_stage_depends_on_the_whole_teachers_folder():
+    """Adding one profile's bundled teacher must not make another profile's stages stale."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert not [name for name, stage in stages.items() if "teachers" in stage.get("deps", [])]
 
 
 def test_the_profiles_are_the_files_and_an_unknown_one_in_params_yaml_is_refused(tmp_path, monkeypatch, capsys):
