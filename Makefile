@@ -41,8 +41,9 @@ test: data
 # orders the next run's stages (longest chains first). `dvc repro` records whatever data/ holds in
 # data.dvc; verify the bytes and the pin first.
 P ?= fmnist
-# A misspelt P stops here, before the data set-up: the profiles are the files g2sd_lib/pipeline/profiles/<P>.yaml.
-PROFILES := $(basename $(notdir $(wildcard g2sd_lib/pipeline/profiles/*.yaml)))
+# A misspelt P stops here, before the data set-up: the profiles are the files g2sd_lib/pipeline/profiles/<P>.yaml
+# but base.yaml (the values a profile does not state).
+PROFILES := $(filter-out base,$(basename $(notdir $(wildcard g2sd_lib/pipeline/profiles/*.yaml))))
 ifneq ($(filter repro,$(MAKECMDGOALS)),)
 ifneq ($(words $(P)) $(filter $(P),$(PROFILES)),1 $(P))
 $(error unknown profile '$(P)' (make repro P=...): choose one of $(PROFILES))

@@ -12,6 +12,7 @@ from pathlib import Path
 from gpu_common import log, profile_path, target_repo  # first: it puts the repository on the path
 
 from g2sd_lib.pipeline import config
+from g2sd_lib.pipeline.profiles import load_profile_file
 from g2sd_lib.pipeline.stages import launch_all
 
 # Settings the layer_decay and kd steps try on seed 0 of the student runs they apply to (the profile's own
@@ -58,7 +59,7 @@ def choose(out: Path, dry: bool, concurrent: int, choice: str) -> dict:
     no profile."""
     repo = target_repo(out, dry)
     path = profile_path(repo, "gpu")
-    params = config.load_yaml(path.read_text(), path)
+    params = load_profile_file(path)
     probes = setting_probes(params, repo / "runs" / "gpu", out / choice, choice)
     missing = sorted({p["cfg"]["init"] for p in probes if p["cfg"].get("init") and not Path(p["cfg"]["init"]).exists()})
     if missing:

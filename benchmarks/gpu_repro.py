@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gpu_common import REPO, log, profile_path, target_repo  # first: it puts the repository on the path
 
-from g2sd_lib.pipeline.profiles import shrink
+from g2sd_lib.pipeline.profiles import load_profile_file, shrink
 
 # what repro brings back from the repository it ran in (no checkpoints: histories, reports, the lock)
 REPRO_FILES = ("reports/gpu", "reports/README.md", "reports/tables", "dvc.lock", "params.yaml",
@@ -61,7 +61,7 @@ def repro(out: Path, dry: bool) -> None:
     repo = target_repo(out, dry)
     if dry:  # the profile the adopt step wrote, shrunk; comments are lost in the scratch copy only
         profile = profile_path(repo, "gpu")
-        shrunk = shrink(yaml.safe_load(profile.read_text()), canvases=(64, 16, 16))  # one full dense batch of 64
+        shrunk = shrink(load_profile_file(profile), canvases=(64, 16, 16))  # one full dense batch of 64
         profile.write_text(yaml.safe_dump(shrunk, sort_keys=False))
     here = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), *here]),
@@ -69,8 +69,7 @@ def repro(out: Path, dry: bool) -> None:
     log_path = out / "repro.log"
     try:
         _call([sys.executable, "-m", "g2sd_lib.pipeline.profiles", "enable", "gpu"], repo, env, log_path)
-        # the profile's stages only: the entry notebook is profile-free, and adopting a bundle into teachers/
-        # changes its inputs (the `fmnist` stages that read teachers/ are recorded here, not rerun there)
+        # the profile's stages only: the entry notebook is profile-free (its inputs are the `fmnist` bundle)
         _call([sys.executable, "-m", "g2sd_lib.pipeline.repro", "gpu", "--targets", "report@gpu", "explore@gpu",
                "--json", str(out / "pipeline_gpu.json"), *(["--allow-cpu"] if dry else [])], repo, env, log_path)
         _call([sys.executable, "-m", "g2sd_lib.pipeline.compare"], repo, env, log_path)  # reports/README.md

@@ -21,7 +21,7 @@ from g2sd_lib.train_config import TrainConfig
 from g2sd_lib.errors import UserError
 from g2sd_lib.evaluate import count_params
 from g2sd_lib.models import create_classifier, create_mae
-from g2sd_lib.pipeline.profiles import load_profile, shrink
+from g2sd_lib.pipeline.profiles import load_profile, load_profile_file, shrink
 from g2sd_lib.pipeline.results import DENSE_METRICS
 from g2sd_lib.pipeline.schema import validate_params
 from g2sd_lib.tasks import Finetuning
@@ -217,12 +217,13 @@ def test_the_gpu_session_adopts_the_chosen_teacher_into_the_profile_keeping_its_
         (repo / "g2sd_lib/pipeline/profiles").mkdir(parents=True)
         (repo / "teachers").mkdir()
         (repo / "g2sd_lib/pipeline/profiles/gpu.yaml").write_text(original)
+        shutil.copyfile(root / "g2sd_lib/pipeline/profiles/base.yaml", repo / "g2sd_lib/pipeline/profiles/base.yaml")
         shutil.copyfile(root / "teachers/README.md", repo / "teachers/README.md")
         _fake_bundle(tmp_path / "src", "gpu")
         session.adopt_bundle(tmp_path / "src", "gpu", "gpu", override, repo)
         edited = (repo / "g2sd_lib/pipeline/profiles/gpu.yaml").read_text()
         params = yaml.safe_load(edited)
-        schema_ok = validate_params(params, "gpu.yaml")
+        schema_ok = validate_params(load_profile_file(repo / "g2sd_lib/pipeline/profiles/gpu.yaml"), "gpu.yaml")
         teacher = schema_ok["teacher"]
         assert teacher["mode"] == "bundled" and teacher["bundled"]["mae"] == "teachers/gpu_mae.safetensors"
         assert teacher["bundled"]["classifier_sha256"] == hashlib.sha256(b"classifier").hexdigest()
@@ -340,7 +341,8 @@ def test_the_gpu_session_chooses_the_students_settings_on_validation(tmp_path, m
     session = load_benchmark("gpu_choose")
     repo, out = tmp_path / "repo", tmp_path / "out"
     (repo / "g2sd_lib/pipeline/profiles").mkdir(parents=True)
-    shutil.copyfile(Path(__file__).resolve().parents[1] / "g2sd_lib/pipeline/profiles/gpu.yaml", repo / "g2sd_lib/pipeline/profiles/gpu.yaml")
+    for name in ("gpu.yaml", "base.yaml"):
+        shutil.copyfile(Path(__file__).resolve().parents[1] / "g2sd_lib/pipeline/profiles" / name, repo / "g2sd_lib/pipeline/profiles" / name)
     monkeypatch.setattr(session, "target_repo", lambda out, dry: repo)
     with pytest.raises(SystemExit, match="run the repro step first"):
         session.choose(out, False, 6, "layer_decay")

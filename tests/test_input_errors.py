@@ -122,10 +122,10 @@ def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path, mo
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     # a profile: the nested key and its lines
     lines = (profiles.HERE / "smoke.yaml").read_text().splitlines(keepends=True)
-    at = next(i for i, line in enumerate(lines) if line.startswith("    augment:"))
+    at = next(i for i, line in enumerate(lines) if line.startswith("    model:"))
     (tmp_path / "smoke.yaml").write_text("".join(lines[:at + 1] + lines[at:]))
     monkeypatch.setattr(profiles, "HERE", tmp_path)
-    with pytest.raises(InputError, match=rf"smoke.yaml: the key 'augment' is given twice in one mapping, on line "
+    with pytest.raises(InputError, match=rf"smoke.yaml: the key 'model' is given twice in one mapping, on line "
                                          rf"{at + 1} and line {at + 2}; YAML would keep the second silently"):
         profiles.load_profile("smoke")
     params = tmp_path / "params.yaml"

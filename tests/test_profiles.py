@@ -12,7 +12,7 @@ import yaml
 from g2sd_lib.pipeline import notebook_runner
 from g2sd_lib.pipeline.config import PRETRAIN_RUNS, STUDENTS, stage_config, teacher_stage_config
 from g2sd_lib.train_config import TrainConfig
-from g2sd_lib.pipeline.profiles import (PROFILES, complete, enable, enabled_profiles, load_profile, output_dirs, profile_path, set_profiles)
+from g2sd_lib.pipeline.profiles import (BASE, PROFILES, STATED, complete, enable, enabled_profiles, load_profile, output_dirs, profile_path, set_profiles)
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_WITH_VALUE = re.compile(r"^\s*[\w.]+:\s*\S")
@@ -25,9 +25,10 @@ def test_params_yaml_lists_the_committed_profiles_the_default_first():
 CANDIDATE = REPO / "benchmarks" / "candidates" / "fmnist_patch4.yaml"
 
 
-@pytest.mark.parametrize("name", [*PROFILES, "candidate"])
+@pytest.mark.parametrize("name", [*PROFILES, "base", "candidate"])
 def test_every_value_is_commented(name):
-    lines = (CANDIDATE if name == "candidate" else profile_path(name)).read_text().splitlines()
+    path = {"candidate": CANDIDATE, "base": BASE}.get(name) or profile_path(name)
+    lines = path.read_text().splitlines()
     depth = 0  # inside a flow mapping spread over several lines, the comment is on its first line
     for i, line in enumerate(lines):
         code = line.split("#")[0]
@@ -154,7 +155,7 @@ def test_the_profiles_are_the_files_and_an_unknown_one_in_params_yaml_is_refused
     from g2sd_lib.pipeline import repro
     from g2sd_lib.errors import InputError, run_main
     from g2sd_lib.pipeline.profiles import HERE, main
-    assert PROFILES == tuple(sorted(p.stem for p in HERE.glob("*.yaml")))
+    assert PROFILES == tuple(sorted(p.stem for p in HERE.glob("*.yaml") if p.stem != "base"))
     params = tmp_path / "params.yaml"
     params.write_text("profiles: [fmnist, fmnst]\n")
     with pytest.raises(InputError, match=r"params.yaml lists the unknown profile 'fmnst' \(profiles: \[fmnist, fmnst\]\); "
@@ -188,3 +189,57 @@ def test_prepare_only_validates_the_profile_sections_it_injects(tmp_path, monkey
     monkeypatch.undo()
     notebook_runner.run_notebook("smoke", REPO / "notebooks" / "01_teacher.ipynb", out, prepare_only=True)
     assert out.exists()
+
+
+def _tracked(pipeline: dict, file: str) -> set[str]:
+    """The keys dvc.yaml's stages track in ``file`` (``${item.task}`` and ``${item.run}`` expanded)."""
+    keys = set()
+    for stage in pipeline["stages"].values():
+        matrix = stage.get("matrix", {})
+        for entry in stage.get("params", []):
+            for name, listed in (entry.items() if isinstance(entry, dict) else ()):
+                if name == file:
+                    for key in listed:
+                        values = [{"task": t, "run": r} for t in matrix.get("task", [None]) for r in matrix.get("run", [None])]
+                        keys |= {key.replace("${item.task}", str(v["task"])).replace("${item.run}", str(v["run"])) for v in values}
+    return keys
+
+
+def test_dvc_tracks_only_what_every_profile_states_and_the_base_has():
+    """DVC stops `dvc repro` on a tracked parameter missing from its file: every key dvc.yaml tracks in a
+    profile's file is one the loader requires each profile to state (STATED), and every key it tracks in
+    base.yaml is there; each committed profile states them all."""
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    own = _tracked(pipeline, "g2sd_lib/pipeline/profiles/${item.profile}.yaml")
+    stated = set(STATED) | {key.rsplit(".", i)[0] for key in STATED for i in range(1, key.count(".") + 1)}  # and parents
+    assert own and own <= stated, sorted(own - stated)
+    base_keys = _tracked(pipeline, "${base}")
+    assert pipeline["vars"][1]["base"] == str(BASE.relative_to(REPO)) and base_keys
+    base = yaml.safe_load(BASE.read_text())
+    for key in base_keys:
+        node = base
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"dvc.yaml tracks {key} in base.yaml, which lacks it"
+            node = node[part]
+    for name in PROFILES:
+        load_profile(name)  # refuses a profile that does not state one
+
+
+def test_a_profile_is_its_file_merged_into_the_base_and_must_state_what_dvc_tracks(tmp_path, monkeypatch):
+    from g2sd_lib.errors import InputError
+    from g2sd_lib.pipeline import profiles
+    shutil.copyfile(BASE, tmp_path / "base.yaml")
+    text = profile_path("fmnist").read_text()
+    monkeypatch.setattr(profiles, "HERE", tmp_path)
+    (tmp_path / "fmnist.yaml").write_text(text.replace("  kd: {}", "  kd: {task: {alpha: 0.5}}"))
+    params = profiles.load_profile("fmnist")
+    base = yaml.safe_load(BASE.read_text())
+    assert params["students"]["kd"]["task"] == {**base["students"]["kd"]["task"], "alpha": 0.5}  # merged key by key
+    assert params["students"]["kd"]["kind"] == "kd" and params["profile"] == "fmnist"  # the rest is base's
+    (tmp_path / "fmnist.yaml").write_text(text.replace("  kd: {}", "  kd: {}\n  mae:\n    init: null"
+                                                        ).replace("  mae: {}                   # as base\n", ""))
+    assert profiles.load_profile("fmnist")["students"]["mae"]["init"] is None  # null replaces
+    (tmp_path / "fmnist.yaml").write_text(text.replace("  kd: {}", "  kd_typo: {}"))
+    with pytest.raises(InputError, match=r"fmnist.yaml does not state students.kd: dvc.yaml tracks each by name in "
+                                         r"the profile's file; add it \(`\{\}` for a section taken whole from base.yaml\)"):
+        profiles.load_profile("fmnist")

@@ -189,13 +189,15 @@ def _check_flags(command: str, args: list[str], help_text: str) -> None:
 
 
 def _check_paths(command: str, args: list[str]) -> None:
-    """Repository paths exist, and ``FILE.yaml:key.path=value`` names a key the file has."""
+    """Repository paths exist, and ``FILE.yaml:key.path=value`` names a key the file has (``++key``: a key
+    of the profile the file states or takes from base.yaml, which DVC adds to the file)."""
+    from g2sd_lib.pipeline.profiles import load_profile_file
     for arg in args:
-        m = re.match(r"^([\w./-]+\.ya?ml):([\w.]+)=", arg)
+        m = re.match(r"^'?([\w./-]+\.ya?ml):(\+\+)?([\w.]+)=", arg)
         if m:
-            node = yaml.safe_load((REPO / m[1]).read_text())
-            for key in m[2].split("."):
-                assert isinstance(node, dict) and key in node, f"`{command}`: {m[1]} has no key {m[2]}"
+            node = load_profile_file(REPO / m[1]) if m[2] else yaml.safe_load((REPO / m[1]).read_text())
+            for key in m[3].split("."):
+                assert isinstance(node, dict) and key in node, f"`{command}`: {m[1]} has no key {m[3]}"
                 node = node[key]
             arg = m[1]
         if "/" in arg and arg.split("/")[0] in TOP_DIRS:

@@ -2,7 +2,8 @@
 laptop CPU; its time: README), ``gpu`` (Fashion-MNIST on one GPU, every run trained to
 convergence), ``paper`` (ImageNet, official MAE checkpoints, GPUs).
 
-Each preset ``g2sd_lib/pipeline/profiles/<name>.yaml`` is the configuration of its own copy of the pipeline:
+Each preset ``g2sd_lib/pipeline/profiles/<name>.yaml`` states what differs from ``base.yaml`` beside it (every
+value, with its meaning; :func:`load_profile` merges the two), and is the configuration of its own copy of the pipeline:
 ``dvc.yaml`` runs every stage once per profile that ``params.yaml`` lists under ``profiles``, reading
 that profile's file, writing under ``runs/<name>/`` and ``reports/<name>/`` (:func:`output_dirs`), so
 the committed profiles' results live side by side and ``dvc status`` speaks for each.
@@ -18,12 +19,21 @@ import sys
 from pathlib import Path
 
 from ...errors import InputError
-from ..config import load_yaml
+from ..config import deep_merge, load_yaml
 
 HERE = Path(__file__).parent
-# the one list of profiles: the files here (the Makefile's check globs the same files)
-PROFILES = tuple(sorted(path.stem for path in HERE.glob("*.yaml")))
+BASE = HERE / "base.yaml"  # every value and its meaning; a profile says what differs
+# the one list of profiles: the files here but the base (the Makefile's check globs the same files)
+PROFILES = tuple(sorted(path.stem for path in HERE.glob("*.yaml") if path != BASE))
 PIPELINE_PARAMS = "params.yaml"  # lists the profiles dvc.yaml runs (`profiles: [...]`)
+# what every profile's file states, since dvc.yaml tracks it by name there (a missing one stops `dvc repro` with
+# "Parameters ... are missing"): the values without a default in the base, and the sections, `{}` for the base's
+STATED = ("profile", "nproc", "seeds", "data", "teacher", "pretrain.common", "pretrain.gd", "pretrain.mae_student",
+          "students.common", *(f"students.{run}" for run in ("g2sd", "gd_only", "mae", "sd_only", "scratch", "kd")),
+          "evaluate", "dense.dataset", "dense.seeds", "dense.data", "dense.common",
+          *(f"dense.{task}.{key}" for task in ("segmentation", "detection")
+            for key in ("teacher_model", "head", "task", "teacher_train")),
+          "dense.runs.g2sd", "dense.runs.gd_only")
 
 
 def profile_path(name: str) -> Path:
@@ -33,8 +43,29 @@ def profile_path(name: str) -> Path:
 
 
 def load_profile(name: str) -> dict:
-    path = profile_path(name)
-    return load_yaml(path.read_text(), path)
+    """The profile ``name``: its file merged into base.yaml (a mapping key by key, any other value replaced)."""
+    return load_profile_file(profile_path(name))
+
+
+def load_profile_file(path) -> dict:
+    """A profile's file (e.g. in a copy of the repository) merged into the ``base.yaml`` beside it."""
+    path, base = Path(path), Path(path).with_name(BASE.name)
+    own = load_yaml(path.read_text(), path)
+    if not isinstance(own, dict):
+        raise InputError(f"{path}: a profile is a mapping of sections (profile:, nproc:, data:, ...), not {type(own).__name__}")
+    missing = [key for key in STATED if not _has(own, key.split("."))]
+    if missing:
+        raise InputError(f"{path} does not state {', '.join(missing)}: dvc.yaml tracks each by name in the profile's "
+                         f"file; add it (`{{}}` for a section taken whole from {BASE.name})")
+    return deep_merge(load_yaml(base.read_text(), base), own)
+
+
+def _has(tree, keys) -> bool:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
 
 
 def output_dirs(profile: str) -> tuple[Path, Path]:
@@ -126,10 +157,12 @@ def _check_name(name: str) -> None:
 
 def _check(names) -> int:
     """``check [NAME]`` (``make repro`` runs it before the data set-up): ``NAME`` and every profile
-    ``params.yaml`` lists are files of g2sd_lib/pipeline/profiles/."""
+    ``params.yaml`` lists are files of g2sd_lib/pipeline/profiles/ that state what dvc.yaml tracks."""
     for name in names:
         _check_name(name)
     listed = enabled_profiles() if Path(PIPELINE_PARAMS).is_file() else []
+    for name in dict.fromkeys([*names, *listed]):
+        load_profile(name)  # refuses a file without a section DVC would miss
     print(f"profiles known: {', '.join(dict.fromkeys([*names, *listed]))} (g2sd_lib/pipeline/profiles/<name>.yaml)")
     return 0
 
