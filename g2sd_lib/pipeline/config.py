@@ -113,6 +113,17 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def has_path(node, keys) -> bool:
+    """Whether the nested mappings (or lists, by index) ``node`` hold the key path ``keys``."""
+    for key in keys:
+        if isinstance(node, dict) and key in node or isinstance(node, list) and isinstance(key, int) \
+                and key < len(node):
+            node = node[key]
+        else:
+            return False
+    return True
+
+
 def run_dir(root, group: str, run: str, seed: int | None = None) -> Path:
     path = Path(root) / group / run
     return path / f"seed{seed}" if seed is not None else path

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ...errors import InputError
-from ..config import deep_merge, load_yaml
+from ..config import DENSE_TASKS, PRETRAIN_RUNS, STUDENTS, deep_merge, has_path, load_yaml
 
 HERE = Path(__file__).parent
 BASE = HERE / "base.yaml"  # every value and its meaning; a profile says what differs
@@ -28,11 +28,10 @@ PROFILES = tuple(sorted(path.stem for path in HERE.glob("*.yaml") if path != BAS
 PIPELINE_PARAMS = "params.yaml"  # lists the profiles dvc.yaml runs (`profiles: [...]`)
 # what every profile's file states, since dvc.yaml tracks it by name there (a missing one stops `dvc repro` with
 # "Parameters ... are missing"): the values without a default in the base, and the sections, `{}` for the base's
-STATED = ("profile", "nproc", "seeds", "data", "teacher", "pretrain.common", "pretrain.gd", "pretrain.mae_student",
-          "students.common", *(f"students.{run}" for run in ("g2sd", "gd_only", "mae", "sd_only", "scratch", "kd")),
+STATED = ("profile", "nproc", "seeds", "data", "teacher", "pretrain.common", *(f"pretrain.{run}" for run in PRETRAIN_RUNS),
+          "students.common", *(f"students.{run}" for run in STUDENTS),
           "evaluate", "dense.dataset", "dense.seeds", "dense.data", "dense.common",
-          *(f"dense.{task}.{key}" for task in ("segmentation", "detection")
-            for key in ("teacher_model", "head", "task", "teacher_train")),
+          *(f"dense.{task}.{key}" for task in DENSE_TASKS for key in ("teacher_model", "head", "task", "teacher_train")),
           "dense.runs.g2sd", "dense.runs.gd_only")
 
 
@@ -53,19 +52,11 @@ def load_profile_file(path) -> dict:
     own = load_yaml(path.read_text(), path)
     if not isinstance(own, dict):
         raise InputError(f"{path}: a profile is a mapping of sections (profile:, nproc:, data:, ...), not {type(own).__name__}")
-    missing = [key for key in STATED if not _has(own, key.split("."))]
+    missing = [key for key in STATED if not has_path(own, key.split("."))]
     if missing:
         raise InputError(f"{path} does not state {', '.join(missing)}: dvc.yaml tracks each by name in the profile's "
                          f"file; add it (`{{}}` for a section taken whole from {BASE.name})")
     return deep_merge(load_yaml(base.read_text(), base), own)
-
-
-def _has(tree, keys) -> bool:
-    for key in keys:
-        if not isinstance(tree, dict) or key not in tree:
-            return False
-        tree = tree[key]
-    return True
 
 
 def output_dirs(profile: str) -> tuple[Path, Path]:

@@ -12,6 +12,7 @@ from annotated_types import Len
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ...errors import UserError, close_match  # close_match: the did-you-mean of keys and choices (and model names)
+from ..config import has_path
 
 MISSING = object()
 
@@ -136,16 +137,6 @@ def check_value(tp, value) -> tuple[list[Problem], Any]:
         return [_from_pydantic(tp, err) for err in e.errors()], None
 
 
-def _has(node, loc) -> bool:
-    for key in loc:
-        if isinstance(node, dict) and key in node or isinstance(node, list) and isinstance(key, int) \
-                and key < len(node):
-            node = node[key]
-        else:
-            return False
-    return True
-
-
 def relocate(problems, layers, fallback) -> list[Problem]:
     """Problems of a merged configuration, each moved to the params key that wrote the value.
 
@@ -156,7 +147,7 @@ def relocate(problems, layers, fallback) -> list[Problem]:
     for p in problems:
         for under, path, source in layers:
             rest = p.loc[len(under):]
-            if p.loc[:len(under)] == under and _has(source, rest):
+            if p.loc[:len(under)] == under and has_path(source, rest):
                 out.append(p._replace(loc=(*path, *rest)))
                 break
         else:
