@@ -8,9 +8,9 @@ unchanged outputs with ``dvc repro library && dvc commit -f`` (say so in the com
     .venv/bin/python benchmarks/fingerprint.py > /tmp/before.txt     # on the commit before the edit
     .venv/bin/python benchmarks/fingerprint.py | diff /tmp/before.txt -   # after: no output = neutral
 
-It trains every classification run of a profile (teacher from the profile's own mode, the pretrain
-runs, every student kind, seed 0) on a few images for one epoch, in this process, on the CPU, and
-prints one line per run: the sha256 of its history without the timing fields (so the losses, the
+It trains every run of a profile (teacher from the profile's own mode, the pretrain runs, every student
+kind, seed 0; then, on a few canvases, each dense teacher and dense student) on a few images for one
+epoch, in this process, on the CPU, and prints one line per run: the sha256 of its history without the timing fields (so the losses, the
 learning rates and the validation numbers, to the last bit) and of its final weights' tensors. The runs are
 seeded, so the same code on the same machine prints the same lines.
 """
@@ -33,6 +33,7 @@ from g2sd_lib.pipeline import config, stages  # noqa: E402
 from g2sd_lib.errors import run_main  # noqa: E402
 from g2sd_lib.pipeline.profiles import PROFILES, load_profile, shrink  # noqa: E402
 from g2sd_lib.pipeline.teacher import obtain_teacher  # noqa: E402
+from g2sd_lib.pipeline.dense_stages import build_canvases  # noqa: E402
 
 TIMING = ("seconds", "img_per_s")
 
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
                    help="whose models and recipes (default fmnist)")
     p.add_argument("--images", type=int, default=512, help="training / validation images (default 512)")
     args = p.parse_args(argv)
-    params = shrink(load_profile(args.profile), images=args.images, batch=64, progress=False)
+    params = shrink(load_profile(args.profile), images=args.images, batch=64, canvases=(64, 16, 16), progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with contextlib.redirect_stdout(sys.stderr):
@@ -66,6 +67,16 @@ def main(argv=None) -> None:
             with contextlib.redirect_stdout(sys.stderr):  # the runs' epoch lines: stdout is the fingerprint
                 stages.run_stage(cfg)
             print(f"{name:<20} {digest(Path(cfg['out_dir']))}", flush=True)
+        if params["dense"]["dataset"] != "canvases":
+            return
+        with contextlib.redirect_stdout(sys.stderr):
+            build_canvases(params, root)
+        for task in config.DENSE_TASKS:  # the dense teacher, then each dense student (seed 0) on its canvases
+            for run in ("teacher", *params["dense"]["runs"]):
+                cfg = config.dense_stage_config(params, task, run, root, seed=None if run == "teacher" else 0)
+                with contextlib.redirect_stdout(sys.stderr):
+                    stages.run_stage(cfg)
+                print(f"{'dense ' + task[:3] + ' ' + run:<20} {digest(Path(cfg['out_dir']))}", flush=True)
 
 
 if __name__ == "__main__":

@@ -75,17 +75,18 @@ def test_the_fingerprint_repeats_and_sees_a_changed_recipe(tmp_path, capsys, fmn
     """benchmarks/fingerprint.py, the before/after check of a behaviour-neutral edit: the same code
     prints the same lines; a changed learning rate changes the runs it reaches (and only those)."""
     fp = load_benchmark("fingerprint")
-    runs = []
-    for blr in (None, None, 2e-3):
-        if blr:  # the students' recipe changes; the pretrain runs' does not
-            profile = fp.load_profile("smoke")
-            profile["students"]["common"]["train"]["blr"] = blr
+    runs, load = [], fp.load_profile
+    for section in (None, None, "students", "dense"):
+        if section:  # the students' (or the dense runs') recipe changes; the others' does not
+            profile = load("smoke")
+            profile[section]["common"]["train"]["blr"] = 2e-3
             monkeypatch.setattr(fp, "load_profile", lambda name, p=profile: p)
         fp.main(["--profile", "smoke", "--images", "128"])
         runs.append(dict(line.rsplit(None, 1) for line in capsys.readouterr().out.splitlines()))
-    assert runs[0] == runs[1] and len(runs[0]) == 9  # teacher fine-tuning, 2 pretrain runs, 6 students
-    changed = {name for name in runs[0] if runs[0][name] != runs[2][name]}
-    assert changed == {name for name in runs[0] if name.startswith("students")}
+    assert runs[0] == runs[1] and len(runs[0]) == 15  # teacher fine-tuning, 2 pretrain runs, 6 students, 2 x 3 dense
+    for changed_run, section in ((runs[2], "students"), (runs[3], "dense")):
+        changed = {name for name in runs[0] if runs[0][name] != changed_run[name]}
+        assert changed == {name for name in runs[0] if name.startswith(section)}
 
 
 def test_cpu_share_adds_up_the_copies_run_side_by_side(tmp_path, capsys):
