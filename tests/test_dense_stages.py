@@ -257,3 +257,18 @@ def test_the_frs_sweep_keeps_earlier_runs_only_from_the_same_checkpoints(tmp_pat
     rows = sweep.main(["--json", str(out), "--work", str(tmp_path / "w"), "--variants", "labels only"])["rows"]
     assert len(trained) == 1 and [r["val_box_ap"] for r in rows] == [0.25]
     assert json.loads(out.read_text())["checkpoints"] == hashes
+
+
+def test_a_dense_setting_a_profile_leaves_out_takes_the_schemas_one_default(tmp_path):
+    """flip and eval_batch_size: unset in the profile, unset in the stage configuration (as written, as DVC
+    hashes it), and filled once, by the dense stage schema, in the typed stage the run is built from."""
+    from g2sd_lib.pipeline.schema import typed_stage
+    from g2sd_lib.pipeline.schema.stage_models import EVAL_BATCH_SIZE
+    params = load_profile("smoke")
+    del params["dense"]["common"]["flip"], params["dense"]["data"]["eval_batch_size"]
+    cfg = dense_stage_config(params, "segmentation", "g2sd", tmp_path, seed=0)
+    assert "flip" not in cfg and "eval_batch_size" not in cfg["data"]
+    stage = typed_stage(cfg)
+    assert stage.flip is True and stage.data.eval_batch_size == EVAL_BATCH_SIZE
+    stated = typed_stage(dense_stage_config(load_profile("smoke"), "segmentation", "g2sd", tmp_path, seed=0))
+    assert stated.data.eval_batch_size == load_profile("smoke")["dense"]["data"]["eval_batch_size"] != EVAL_BATCH_SIZE

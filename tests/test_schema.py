@@ -8,7 +8,7 @@ import yaml
 
 from g2sd_lib.pipeline.config import (DENSE_TASKS, PRETRAIN_RUNS, STUDENTS, dense_stage_config, stage_config, teacher_stage_config)
 from g2sd_lib.pipeline.profiles import PROFILES, load_profile
-from g2sd_lib.pipeline.schema import (ConfigError, check_num_classes, validate_dense_stage, validate_params, validate_stage)
+from g2sd_lib.pipeline.schema import ConfigError, check_num_classes, typed_stage, validate_params, validate_stage
 
 
 def _failure(params, **kwargs) -> str:
@@ -41,7 +41,7 @@ def test_every_stage_config_of_every_profile_passes(name):
         runs = ["teacher", *params["dense"]["runs"]]
         for run in runs:
             cfg = dense_stage_config(params, task, run, seed=None if run == "teacher" else 0)
-            assert validate_dense_stage(cfg) is cfg and validate_stage(cfg) is cfg
+            assert validate_stage(cfg) is cfg and typed_stage(cfg).kind == task
 
 
 _DROP = object()
@@ -221,8 +221,9 @@ def test_dense_stage_configs_checked():
     assert "head.chanels: unknown key (got 8); did you mean 'channels'?" in str(info.value)
     assert "task.tau: unknown key (got 1.0); allowed: aux_weight, layer_decay" in str(info.value)
     del cfg["teacher"]
-    with pytest.raises(ConfigError, match=r"teacher: required key missing; allowed: the dense teacher's checkpoint"):
-        validate_dense_stage(cfg)
+    with pytest.raises(ConfigError, match=r"invalid dense stage configuration .*\n.*teacher: required key missing; "
+                                          r"allowed: the dense teacher's checkpoint"):
+        validate_stage(cfg)
 
 
 def test_stage_time_checks():

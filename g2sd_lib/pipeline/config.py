@@ -19,7 +19,6 @@ from ..errors import InputError
 PRETRAIN_RUNS = ("gd", "mae_student")
 STUDENTS = ("g2sd", "gd_only", "sd_only", "mae", "scratch", "kd")
 DENSE_TASKS = ("segmentation", "detection")
-EVAL_BATCH_SIZE = 256  # validation / evaluation batch when a profile does not set one
 SPLITS = ("train", "val", "test")  # the dense canvases' splits
 
 
@@ -189,10 +188,12 @@ def dense_stage_config(params: dict, task: str, run: str, root="runs", seed: int
     check_canvases(params)
     dense = params["dense"]
     section, common = dense[task], dense.get("common", {})
-    cfg = {"kind": task, "run": run, "head": dict(section.get("head") or {}), "task": dict(section.get("task") or {}),
-           "flip": common.get("flip", True),
-           "data": {"canvases": str(canvas_paths(root)["train"].parent),
-                    "eval_batch_size": dense["data"].get("eval_batch_size", EVAL_BATCH_SIZE)}}
+    cfg = {"kind": task, "run": run, "head": dict(section.get("head") or {}), "task": dict(section.get("task") or {})}
+    if "flip" in common:  # flip and eval_batch_size unset: the dense stage schema's defaults
+        cfg["flip"] = common["flip"]
+    cfg["data"] = {"canvases": str(canvas_paths(root)["train"].parent)}
+    if "eval_batch_size" in dense["data"]:
+        cfg["data"]["eval_batch_size"] = dense["data"]["eval_batch_size"]
     group = f"dense/{task}"
     if run == "teacher":
         cfg.update(model=section["teacher_model"], init=str(teacher_paths(root)["gd"]), distill=None,

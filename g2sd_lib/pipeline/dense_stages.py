@@ -37,6 +37,7 @@ from ..dense.paper import ADE20K_SEGMENTATION, COCO_DETECTION
 from ..dense.segmentation import SegmentationDistillation, SegmentationTraining, ViTSegmenter, evaluate_segmentation
 from ..fmnist import load_fashion_mnist
 from .config import canvas_paths, check_canvases, run_dir
+from .schema import DenseStage, typed_stage
 
 DENSE_NUM_CLASSES = 11  # background + the 10 Fashion-MNIST classes
 
@@ -79,28 +80,40 @@ def trained_models(params: dict, task: str, root="runs") -> dict[str, dict]:
     return out
 
 
-def build_dense_model(cfg: dict, img_size: int) -> torch.nn.Module:
-    """The untrained segmenter / detector of ``cfg`` with its ViT initialised from ``cfg['init']``."""
-    if cfg["kind"] == "segmentation":
-        model = ViTSegmenter(cfg["model"], num_classes=DENSE_NUM_CLASSES, img_size=img_size, **cfg["head"])
+def _typed(cfg: dict | DenseStage) -> DenseStage:
+    return cfg if isinstance(cfg, DenseStage) else typed_stage(cfg)
+
+
+def _given(section) -> dict:
+    """The options a section states (the builders' own defaults for the rest, as the profile leaves them)."""
+    return section.model_dump(exclude_unset=True)
+
+
+def build_dense_model(cfg: dict | DenseStage, img_size: int) -> torch.nn.Module:
+    """The untrained segmenter / detector of a dense stage (its configuration, validated here, or the typed
+    stage) with its ViT initialised from the stage's ``init``."""
+    stage = _typed(cfg)
+    if stage.kind == "segmentation":
+        model = ViTSegmenter(stage.model, num_classes=DENSE_NUM_CLASSES, img_size=img_size, **_given(stage.head))
         vit = model.vit
     else:
-        model = build_detector(cfg["model"], num_classes=DENSE_NUM_CLASSES, img_size=img_size, **cfg["head"])
+        model = build_detector(stage.model, num_classes=DENSE_NUM_CLASSES, img_size=img_size, **_given(stage.head))
         vit = model.backbone.vit
-    if cfg.get("init"):
-        load_backbone(vit, cfg["init"])
+    if stage.init:
+        load_backbone(vit, stage.init)
     return model
 
 
-def build_dense_task(cfg: dict, img_size: int):
-    """The training task of ``cfg``: supervised, or G2SD's specific distillation from ``cfg['teacher']``."""
-    model = build_dense_model(cfg, img_size)
-    seg = cfg["kind"] == "segmentation"
-    if cfg.get("distill") is None:
-        return (SegmentationTraining if seg else DetectionTraining)(model, **cfg["task"])
-    teacher = load_dense_model(cfg["teacher"])
-    return (SegmentationDistillation if seg else DetectionDistillation)(teacher, model, **cfg["distill"],
-                                                                         **cfg["task"])
+def build_dense_task(cfg: dict | DenseStage, img_size: int):
+    """The training task of a dense stage: supervised, or G2SD's specific distillation from its ``teacher``."""
+    stage = _typed(cfg)
+    model = build_dense_model(stage, img_size)
+    seg = stage.kind == "segmentation"
+    if stage.distill is None:
+        return (SegmentationTraining if seg else DetectionTraining)(model, **_given(stage.task))
+    teacher = load_dense_model(stage.teacher)
+    return (SegmentationDistillation if seg else DetectionDistillation)(teacher, model, **_given(stage.distill),
+                                                                         **_given(stage.task))
 
 
 def evaluate_dense(model, loader, task: str) -> dict:
@@ -109,20 +122,20 @@ def evaluate_dense(model, loader, task: str) -> dict:
     return {k.lower(): v for k, v in evaluate(model, loader).items()}
 
 
-def dense_run(cfg: dict, batch_size: int, seed: int, rank: int, world: int):
+def dense_run(stage: DenseStage, batch_size: int, seed: int, rank: int, world: int):
     """What :func:`g2sd_lib.pipeline.stages.run_stage` trains for a dense kind: ``(task, train loader, evaluate)``.
 
     Validation is mIoU / box AP on the val canvases. A detection distillation resumed from
     ``last.pt`` continues its warm-up where it stopped (its counter counts training loss calls).
     """
-    root = Path(cfg["data"]["canvases"])
+    root = Path(stage.data.canvases)
     train_data, val_data = load_dense(root / "train.pt"), load_dense(root / "val.pt")
-    task = build_dense_task(cfg, img_size=train_data["images"].shape[-1])
-    kind = cfg["kind"]
+    task = build_dense_task(stage, img_size=train_data["images"].shape[-1])
+    kind = stage.kind
     loader = DenseLoader(train_data, kind, batch_size, shuffle=True, drop_last=True, seed=seed, rank=rank,
-                         world_size=world, flip=cfg.get("flip", True))
-    val_loader = DenseLoader(val_data, kind, cfg["data"]["eval_batch_size"], shuffle=False)
-    state = Path(cfg["out_dir"]) / "last.pt"
+                         world_size=world, flip=stage.flip)
+    val_loader = DenseLoader(val_data, kind, stage.data.eval_batch_size, shuffle=False)
+    state = Path(stage.out_dir) / "last.pt"
     if isinstance(task, DetectionDistillation) and state.exists():
         task.iteration = load_training_state(state)["epoch"] * len(loader)
 

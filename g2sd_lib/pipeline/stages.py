@@ -42,7 +42,7 @@ from ..models import create_classifier, create_mae, create_student
 from ..runlock import check_free
 from ..train_config import TrainConfig
 from . import schema
-from .config import DENSE_TASKS, load_yaml
+from .config import load_yaml
 from .schema import NUM_CLASSES, Stage
 
 
@@ -164,17 +164,15 @@ def run_stage(cfg: dict) -> list[dict]:
     The whole configuration but ``out_dir`` and ``train`` travels into ``last.pt``, so a resumed
     run that was started with other settings is refused (``engine._resume``).
     """
-    dense = isinstance(cfg, dict) and str(cfg.get("kind")) in DENSE_TASKS
-    stage = schema.validate_dense_stage(cfg) if dense else schema.typed_stage(cfg)
-    kind = cfg["kind"]
+    stage = schema.typed_stage(cfg)
     run_config = {k: v for k, v in cfg.items() if k not in ("out_dir", "train")}
     train_cfg = TrainConfig(out_dir=cfg["out_dir"], run_config=run_config, **cfg["train"])  # engine.train checks it
     init_distributed()
     rank, world = world_info()
     torch.manual_seed(train_cfg.seed)  # model initialisation
-    if kind in DENSE_TASKS:
+    if isinstance(stage, schema.DenseStage):
         from .dense_stages import dense_run
-        task, loader, evaluate = dense_run(cfg, train_cfg.batch_size, train_cfg.seed, rank, world)
+        task, loader, evaluate = dense_run(stage, train_cfg.batch_size, train_cfg.seed, rank, world)
     else:
         task, loader, evaluate = _classification_run(stage, train_cfg.batch_size, rank, world)
     return train(task, loader, train_cfg, evaluate)

@@ -13,10 +13,10 @@ from ...errors import close_match
 from .messages import ConfigError, Problem, check_value, describe_type, raise_problems
 from .rules import dense_problems, dense_stage_problems, run_problems, stage_problems, teacher_problems
 from .sections import SECTIONS
-from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, Stage, Train
+from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, Data, DenseStage, Stage, Train
 
-__all__ = ["ConfigError", "validate_params", "validate_stage", "typed_stage", "validate_dense_stage",
-           "check_num_classes", "NUM_CLASSES", "Train", "Data", "Stage", "STAGES", "DENSE_STAGES"]
+__all__ = ["ConfigError", "validate_params", "validate_stage", "typed_stage", "check_num_classes", "NUM_CLASSES",
+           "Train", "Data", "Stage", "DenseStage", "STAGES", "DENSE_STAGES"]
 
 
 def validate_params(params: dict, source: str = "the profile", partial: bool = False) -> dict:
@@ -52,30 +52,22 @@ def validate_params(params: dict, source: str = "the profile", partial: bool = F
 
 
 def validate_stage(cfg: dict) -> dict:
-    """Check one stage configuration (``config.stage_config`` / ``config.teacher_stage_config``;
-    the dense kinds go to :func:`validate_dense_stage`): keys allowed for its ``kind``, types,
-    ranges, the model name against the dataset's images, warm-up within the epochs. Returns
-    ``cfg`` unchanged."""
-    if isinstance(cfg, dict) and str(cfg.get("kind")) in DENSE_STAGES:
-        return validate_dense_stage(cfg)
+    """Check one stage configuration (``config.stage_config`` / ``config.teacher_stage_config`` /
+    ``config.dense_stage_config``): keys allowed for its ``kind``, types, ranges, the model name
+    against the dataset's images, warm-up within the epochs. Returns ``cfg`` unchanged."""
     typed_stage(cfg)
     return cfg
 
 
-def typed_stage(cfg: dict) -> Stage:
-    """The typed configuration a classification stage is built from (:class:`.stage_models.Stage`, its
-    kind's subclass, every default filled in), after the checks of :func:`validate_stage`."""
-    problems, stage = stage_problems(cfg)
+def typed_stage(cfg: dict) -> Stage | DenseStage:
+    """The typed configuration a stage is built from, every default filled in, after the checks of
+    :func:`validate_stage`: a classification kind's :class:`.stage_models.Stage` subclass, or a dense
+    kind's (``segmentation`` / ``detection``) :class:`.stage_models.DenseStage` subclass."""
+    dense = isinstance(cfg, dict) and str(cfg.get("kind")) in DENSE_STAGES
+    problems, stage = dense_stage_problems(cfg) if dense else stage_problems(cfg)
     where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
-    raise_problems(problems, f"invalid stage configuration ({where})")
+    raise_problems(problems, f"invalid {'dense ' * dense}stage configuration ({where})")
     return stage
-
-
-def validate_dense_stage(cfg: dict) -> dict:
-    """Check one dense stage configuration (``config.dense_stage_config``); returns ``cfg`` unchanged."""
-    where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
-    raise_problems(dense_stage_problems(cfg), f"invalid dense stage configuration ({where})")
-    return cfg
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, dataset: str,

@@ -13,7 +13,7 @@ from ..config import PRETRAIN_RUNS, STUDENTS, deep_merge
 from ...checkpoints.official import OFFICIAL_CHECKPOINTS
 from ...errors import close_match
 from .messages import MISSING, Problem, check_value, relocate
-from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, DetHead, SegHead, Stage, Train
+from .stage_models import DENSE_STAGES, NUM_CLASSES, STAGES, DenseStage, DetHead, SegHead, Stage, Train
 
 
 def _arch(name: str) -> dict | None:
@@ -112,16 +112,17 @@ def _stage_of(cfg, kinds: tuple, problem: str) -> tuple[list[Problem], Stage | N
     return stage_problems(cfg)
 
 
-def dense_stage_problems(cfg) -> list[Problem]:
+def dense_stage_problems(cfg) -> tuple[list[Problem], DenseStage | None]:
+    """Problems of one dense stage configuration and the validated stage."""
     if problems := _kind_problems(cfg, DENSE_STAGES):
-        return problems
+        return problems, None
     problems, stage = check_value(DENSE_STAGES[cfg["kind"]], cfg)
     if stage is None:
-        return problems
+        return problems, None
     problems += _name_problems(stage.model, ("model",))
     if stage.distill is not None and not stage.teacher:
         problems.append(Problem(("teacher",), "required key missing", "the dense teacher's checkpoint (distill is set)"))
-    return problems + _train_problems(stage.train, cfg["train"])
+    return problems + _train_problems(stage.train, cfg["train"]), stage
 
 
 def teacher_problems(params: dict, valid: dict) -> list[Problem]:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Len
 from pydantic import Strict, StringConstraints
 
-from .stage_models import (Bool, Count, Data, DetDistill, DetHead, DetOptions, Int, Section, SegDistill, SegHead, SegOptions, Str)
+from .stage_models import (EVAL_BATCH_SIZE, Bool, Count, Data, DetDistill, DetHead, DetOptions, Int, Section, SegDistill, SegHead, SegOptions, Str)
 
 Seeds = Annotated[list[Int], Len(1)]
 Sha256 = Annotated[str, Strict(), StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -40,7 +40,7 @@ class DenseData(Section):
     val: Count | None = None
     test: Count | None = None
     seed: Int = 0
-    eval_batch_size: Count = 256
+    eval_batch_size: Count = EVAL_BATCH_SIZE
 
 
 class DenseCommon(Section):

@@ -26,6 +26,9 @@ Decay = Annotated[float, Strict(), Gt(0), Le(1)]  # layer-wise lr decay
 Scales = Annotated[list[Positive], Len(4, 4)]  # pyramid sizes relative to the patch grid, finest first
 
 
+EVAL_BATCH_SIZE = 256  # validation / evaluation batch of a configuration that does not set one
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,7 +43,7 @@ class Data(Section):
     labels: Count | None = None  # label-scarce: a stratified draw of this many labelled images for supervised stages
     labels_seed: Int = 0
     test_subset: Count | None = None
-    eval_batch_size: Count = 256
+    eval_batch_size: Count = EVAL_BATCH_SIZE
     input_size: Count = 224  # imagenet only
     num_workers: Natural = 8  # imagenet only
 
@@ -210,7 +213,7 @@ class DetDistill(Section):
 
 class DenseStageData(Section):
     canvases: Str  # the directory of train.pt / val.pt
-    eval_batch_size: Count = 256
+    eval_batch_size: Count = EVAL_BATCH_SIZE
 
 
 class DenseStage(Section):
