@@ -247,6 +247,23 @@ def test_a_finetuned_teacher_is_bundled_alone_with_a_card_naming_its_labels(fmni
     assert "from the pipeline's `finetune` mode" in (tmp_path / "again" / "labels.md").read_text()
 
 
+def test_a_pretrained_and_finetuned_teacher_is_bundled_from_named_runs_with_its_labels(fmnist_available, tmp_path):
+    """The label-scarce teacher of a calibration (its own MAE pretraining, then fine-tuning on the labels) is
+    bundled from the calibration's two run directories: both files, the card naming the MAE's epochs and the draw."""
+    from g2sd_lib.pipeline.teacher import bundle_teacher, obtain_teacher
+    params = shrink(load_profile(PROFILE), images=256, batch=64, progress=False)
+    params["teacher"]["mode"] = "train"
+    obtain_teacher(params, tmp_path / "runs")
+    params["teacher"]["mode"] = "bundled"  # the profile as committed
+    runs = tmp_path / "runs" / "teacher"
+    out = bundle_teacher(params, tmp_path / "elsewhere", dest_dir=tmp_path / "b", prefix="labels",
+                         finetune_run=runs / "finetune", pretrain_run=runs / "pretrain")
+    assert list(out["files"]) == ["mae", "classifier"]
+    card = (tmp_path / "b" / "labels.md").read_text()
+    assert "- MAE pretraining: 1 epochs" in card and "`teacher.mode: train`" in card and "pipeline's `train` mode" in card
+    assert f"draw sha256 `{label_draw(params['data'])['sha256']}`" in card
+
+
 def test_the_profile_loads_its_bundled_teacher_and_records_the_draw(fmnist_available, tmp_path):
     from g2sd_lib.pipeline.teacher import obtain_teacher
     params = shrink(load_profile(PROFILE), images=256, batch=64, progress=False)

@@ -93,7 +93,8 @@ def obtain_teacher(params: dict, root="runs", nproc: int = 1) -> dict:
     return summary
 
 
-def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnist", notes=(), finetune_run=None) -> dict:
+def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnist", notes=(), finetune_run=None,
+                   pretrain_run=None) -> dict:
     """Bundle the teachers the ``train`` mode produced: float16 safetensors (the 10 MB budget of the
     repository) under ``dest_dir`` plus a model card ``<prefix>.md`` generated from the run's own
     histories and a fresh test-set evaluation of the stored (float16-rounded) classifier. ``notes``:
@@ -101,9 +102,10 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
     ``machine`` that trained it (the engine's record), which the bundled mode copies on.
 
     In ``finetune`` mode only the classifier is bundled (the GD teacher is the already bundled MAE it was
-    fine-tuned from), and the card names the label draw it learnt from. ``finetune_run``: the run
-    directory of that fine-tuning (default ``<root>/teacher/finetune``; e.g. the calibration's run of the
-    same recipe)."""
+    fine-tuned from). ``finetune_run``: the run directory of the fine-tuning (default
+    ``<root>/teacher/finetune``; e.g. the calibration's run of the same recipe); with ``pretrain_run``, the run
+    directory of the MAE pretraining it started from (default ``<root>/teacher/pretrain``), both are bundled,
+    as from the ``train`` mode. On a label-scarce profile the card names the label draw the classifier learnt from."""
     import torch
     import yaml
 
@@ -115,9 +117,11 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
 
     work, dest = Path(root), Path(dest_dir)
     # a profile in bundled mode whose classifier is rebundled from a named fine-tuning run: finetune mode's bundle
-    finetune_only = params["teacher"]["mode"] == "finetune" or finetune_run is not None
+    finetune_only = params["teacher"]["mode"] == "finetune" or (finetune_run is not None and pretrain_run is None)
     run = Path(finetune_run) if finetune_run else work / "teacher" / "finetune"
-    src = ({"sd": run / "model.safetensors"} if finetune_only else teacher_paths(work))
+    pre_run = Path(pretrain_run) if pretrain_run else work / "teacher" / "pretrain"
+    src = ({"sd": run / "model.safetensors"} if finetune_only else
+           {"gd": pre_run / "model.safetensors", "sd": run / "model.safetensors"} if pretrain_run else teacher_paths(work))
     if missing := [str(p) for p in src.values() if not p.exists()]:
         raise MissingInputError(f"{', '.join(missing)} missing: bundle packs the teachers that the teacher stage "
                                 f"trains in teacher.mode: train or finetune; run `dvc repro teacher@{params['profile']}` "
@@ -137,28 +141,28 @@ def bundle_teacher(params: dict, root="runs", dest_dir="teachers", prefix="fmnis
     loader = TensorLoader(images, labels, 1000, shuffle=False, drop_last=False,
                           transform=Normalize(FMNIST_MEAN, FMNIST_STD))
     test = classification_report(classifier, loader)
-    hist = {step: json.loads(((run if step == "finetune" else work / "teacher" / step) / "history.json").read_text())
+    hist = {step: json.loads(((run if step == "finetune" else pre_run) / "history.json").read_text())
             for step in (("finetune",) if finetune_only else ("pretrain", "finetune"))}
     minutes = {step: sum(r["seconds"] for r in h) / 60 for step, h in hist.items()}
     trained_text = (trained["sd"] if finetune_only or trained["gd"] == trained["sd"]
                     else f"{trained['gd']} (pretraining), {trained['sd']} (fine-tuning)")
     recipe = {"data": params["data"], **({} if finetune_only else {"pretrain": params["teacher"]["pretrain"]}),
               "finetune": params["teacher"]["finetune"]}
+    draw = label_draw(params["data"])
     if finetune_only:
-        b, draw = params["teacher"]["bundled"], label_draw(params["data"])
+        b = params["teacher"]["bundled"]
         pretrain_line = (f"- GD teacher and starting point: the bundled MAE `{b['mae']}` (sha256 `{b.get('mae_sha256')}`), "
                          "pretrained without labels; not bundled again")
-        labels_line = (f"- labels: {draw['labels']} training images ({draw['per_class']} per class, `data.labels_seed` "
-                       f"{draw['labels_seed']}; draw sha256 `{draw['sha256']}`), the same every supervised stage of "
-                       f"`{params['profile']}` sees" if draw else "- labels: every training image")
     else:
         pretrain_line = (f"- MAE pretraining: {len(hist['pretrain'])} epochs, final training loss (norm-pix MSE on masked "
                          f"patches) {hist['pretrain'][-1]['train_loss']:.4f}, {minutes['pretrain']:.1f} min")
-        labels_line = None
+    labels_line = (f"- labels: {draw['labels']} training images ({draw['per_class']} per class, `data.labels_seed` "
+                   f"{draw['labels_seed']}; draw sha256 `{draw['sha256']}`), the same every supervised stage of "
+                   f"`{params['profile']}` sees" if draw else "- labels: every training image" if finetune_only else None)
     card = [
         f"# Bundled Fashion-MNIST teacher (`{prefix}`)", "",
         f"Generated by `python -m g2sd_lib.pipeline.teacher bundle` from the pipeline's "
-        f"`{'finetune' if finetune_only else params['teacher']['mode']}` mode; "
+        f"`{'finetune' if finetune_only else 'train'}` mode; "
         "do not edit by hand.",
         "A profile loads these files in `bundled` mode and checks their sha256 (pinned in its `teacher.bundled`).", "",
         "| file | role | model | parameters | size | sha256 |", "|---|---|---|---|---|---|",
@@ -192,11 +196,15 @@ def main(argv=None):
     parser.add_argument("command", choices=["bundle"])
     parser.add_argument("profile", choices=PROFILES, help="the profile whose runs/<profile>/teacher to bundle")
     parser.add_argument("--prefix", default="fmnist", help="file name prefix under teachers/ (default: fmnist)")
-    parser.add_argument("--finetune-run", help="finetune mode: the fine-tuning's run directory (default "
-                        "runs/<profile>/teacher/finetune), e.g. the calibration's run of the same recipe")
+    parser.add_argument("--finetune-run", help="the fine-tuning's run directory (default "
+                        "runs/<profile>/teacher/finetune), e.g. the calibration's run of the same recipe; alone: "
+                        "the classifier only (finetune mode)")
+    parser.add_argument("--pretrain-run", help="with --finetune-run: the MAE pretraining's run directory it started from "
+                        "(default runs/<profile>/teacher/pretrain); both are bundled, as from train mode")
     args = parser.parse_args(argv)
     runs, _ = output_dirs(args.profile)
-    out = bundle_teacher(load_profile(args.profile), runs, prefix=args.prefix, finetune_run=args.finetune_run)
+    out = bundle_teacher(load_profile(args.profile), runs, prefix=args.prefix, finetune_run=args.finetune_run,
+                         pretrain_run=args.pretrain_run)
     for name, f in out["files"].items():
         print(f"{f['path']}: sha256 {f['sha256']}")
     print(f"test top-1 {out['test']['top1']:.4f}; model card {out['card']}; put the sha256 in the profiles' "
