@@ -73,7 +73,10 @@ def test_dvc_repro_runs_every_stage_and_writes_sane_reports(smoke_repo):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(STAGES) <= set(lock["stages"])
     assert json.loads((repo / "repro_times.json").read_text())["jobs"] == 1  # g2sd_lib.pipeline.repro's record
-    assert lock["stages"]["students@smoke-g2sd"]["params"][PARAMS]["students.g2sd"]["kind"] == "sd"
+    # DVC records each run's section from both files: the profile's own lines and the base's values under them
+    tracked = lock["stages"]["students@smoke-g2sd"]["params"]
+    assert tracked["g2sd_lib/pipeline/profiles/base.yaml"]["students.g2sd"]["kind"] == "sd"
+    assert tracked[PARAMS]["students.g2sd"] == yaml.safe_load((repo / PARAMS).read_text())["students"]["g2sd"]
 
     summary = json.loads((repo / OUT / "summary.json").read_text())["classification"]
     assert 0.0 <= summary["teacher"]["top1"] <= 1.0
@@ -256,7 +259,8 @@ def test_bundled_teacher_mode_pins_hashes(smoke_repo):
     assert f"- trained on: {trained}; bundled and evaluated on: " in card
     params = yaml.safe_load((repo / PARAMS).read_text())
     params["teacher"]["mode"] = "bundled"
-    params["teacher"]["bundled"].update(mae_sha256=hashes["mae"], classifier_sha256=hashes["classifier"])
+    # the pins only: the files' paths are base.yaml's (teachers/fmnist_*), where the bundle wrote them
+    params["teacher"].setdefault("bundled", {}).update(mae_sha256=hashes["mae"], classifier_sha256=hashes["classifier"])
     (repo / PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Running stage 'teacher@smoke'" in _sh([str(BIN / "dvc"), "repro", "teacher@smoke"], repo)
     assert json.loads((repo / OUT / "results/teacher.json").read_text())["mode"] == "bundled"
