@@ -80,10 +80,6 @@ def trained_models(params: dict, task: str, root="runs") -> dict[str, dict]:
     return out
 
 
-def _typed(cfg: dict | DenseStage) -> DenseStage:
-    return cfg if isinstance(cfg, DenseStage) else typed_stage(cfg)
-
-
 def _given(section) -> dict:
     """The options a section states (the builders' own defaults for the rest, as the profile leaves them)."""
     return section.model_dump(exclude_unset=True)
@@ -92,7 +88,7 @@ def _given(section) -> dict:
 def build_dense_model(cfg: dict | DenseStage, img_size: int) -> torch.nn.Module:
     """The untrained segmenter / detector of a dense stage (its configuration, validated here, or the typed
     stage) with its ViT initialised from the stage's ``init``."""
-    stage = _typed(cfg)
+    stage = typed_stage(cfg)
     if stage.kind == "segmentation":
         model = ViTSegmenter(stage.model, num_classes=DENSE_NUM_CLASSES, img_size=img_size, **_given(stage.head))
         vit = model.vit
@@ -106,7 +102,7 @@ def build_dense_model(cfg: dict | DenseStage, img_size: int) -> torch.nn.Module:
 
 def build_dense_task(cfg: dict | DenseStage, img_size: int):
     """The training task of a dense stage: supervised, or G2SD's specific distillation from its ``teacher``."""
-    stage = _typed(cfg)
+    stage = typed_stage(cfg)
     model = build_dense_model(stage, img_size)
     seg = stage.kind == "segmentation"
     if stage.distill is None:

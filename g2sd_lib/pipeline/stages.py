@@ -85,14 +85,10 @@ def _datasets(stage: Stage, rank: int, world: int, train_batch: int):
     return train_loader, val_loader
 
 
-def _typed(cfg: dict | Stage) -> Stage:
-    return cfg if isinstance(cfg, Stage) else schema.typed_stage(cfg)
-
-
 def training_loader(cfg: dict | Stage):
     """The training loader a one-process run of ``cfg`` draws its batches from (its images, labels and
     augmentation), for analyses of what a stage sees."""
-    stage = _typed(cfg)
+    stage = schema.typed_stage(cfg)
     return _datasets(stage, 0, 1, stage.train.batch_size)[0]
 
 
@@ -120,7 +116,7 @@ def _upstream(path) -> str:
 def build_task(cfg: dict | Stage):
     """The stage's task (models built, teacher and init checkpoints loaded strictly) from its configuration
     (a dict, validated here, or the typed :class:`~g2sd_lib.pipeline.schema.Stage`)."""
-    stage = _typed(cfg)
+    stage = schema.typed_stage(cfg)
     kind, opts, aug = stage.kind, stage.task.model_dump(), stage.augment
     mkw = stage.model_kwargs.model_dump(exclude_unset=True)  # the model's own defaults for the rest
     num_classes = NUM_CLASSES[stage.data.dataset]

@@ -59,10 +59,13 @@ def validate_stage(cfg: dict) -> dict:
     return cfg
 
 
-def typed_stage(cfg: dict) -> Stage | DenseStage:
+def typed_stage(cfg: dict | Stage | DenseStage) -> Stage | DenseStage:
     """The typed configuration a stage is built from, every default filled in, after the checks of
     :func:`validate_stage`: a classification kind's :class:`.stage_models.Stage` subclass, or a dense
-    kind's (``segmentation`` / ``detection``) :class:`.stage_models.DenseStage` subclass."""
+    kind's (``segmentation`` / ``detection``) :class:`.stage_models.DenseStage` subclass; a typed stage
+    is returned as it is."""
+    if isinstance(cfg, (Stage, DenseStage)):
+        return cfg
     dense = isinstance(cfg, dict) and str(cfg.get("kind")) in DENSE_STAGES
     problems, stage = dense_stage_problems(cfg) if dense else stage_problems(cfg)
     where = cfg.get("out_dir", "?") if isinstance(cfg, dict) else "?"
