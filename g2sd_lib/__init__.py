@@ -6,7 +6,3 @@ one training engine for every stage, and evaluation.
 """
 
 __version__ = "0.1.0"
-
-from .errors import install_notebook_handler as _install_notebook_handler  # noqa: E402
-
-_install_notebook_handler()  # notebooks show a user mistake as its one-paragraph message

@@ -142,16 +142,18 @@ def run_main(main, argv=None) -> None:
 
 def install_notebook_handler() -> None:
     """In an IPython kernel, show user errors as their message (the cell still fails), other
-    exceptions as usual. Called on ``import g2sd_lib``; does nothing outside IPython or in debug mode."""
+    exceptions as usual; ``G2SD_DEBUG=1`` (set at any time) shows the traceback too. Importing the
+    library installs nothing: the notebooks' entry points do (:func:`g2sd_lib.pipeline.profiles.complete`,
+    which every pipeline notebook calls first, and notebook 00's first code cell). Does nothing outside IPython."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
-    if shell is None or debug_enabled() or getattr(shell, "_g2sd_handler", False):
+    if shell is None or getattr(shell, "_g2sd_handler", False):
         return
 
     def show(shell, etype, value, tb, tb_offset=None):
         # IPython discards what a custom handler returns when the cell's own code raised: show it here.
-        if isinstance(value, user_errors()):
-            stb = [f"{etype.__name__}: {value}", "(set G2SD_DEBUG=1 before importing g2sd_lib for the traceback)"]
+        if isinstance(value, user_errors()) and not debug_enabled():
+            stb = [f"{etype.__name__}: {value}", "(set G2SD_DEBUG=1 for the traceback)"]
         else:
             stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
         shell._showtraceback(etype, value, stb)

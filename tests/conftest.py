@@ -32,6 +32,24 @@ def load_benchmark(name: str):
     return module
 
 
+# the entry notebook 00 at tiny sizes (as stored it trains for minutes): its own test, and the pipeline test's entry stage
+ENTRY_TINY = {"train_images": 256, "gd_epochs": 1, "sd_epochs": 1, "test_images": 200, "batch_size": 32, "seed": 0}
+
+
+def shrink_parameters(notebook: Path, values: dict) -> None:
+    """Rewrite the assignments of ``notebook``'s ``parameters`` cell to ``values`` (comments kept), as a
+    reader who edits them would: for a stage that runs the notebook as stored (papermill injects nothing)."""
+    import re
+
+    import nbformat
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    for name, value in values.items():
+        cell.source, count = re.subn(rf"^{name} = [^#\n]*?(\s*#|$)", rf"{name} = {value!r}\1", cell.source, flags=re.M)
+        assert count == 1, f"{notebook.name}: no parameter {name}"
+    nbformat.write(nb, notebook)
+
+
 def json_floats(node) -> list[float]:
     """Every float of a JSON or YAML tree (the numbers prose may quote from a result or a setting)."""
     if isinstance(node, dict):

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
+from conftest import ENTRY_TINY
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "00_g2sd_in_10_minutes.ipynb"
 SOLUTIONS = REPO / "notebooks" / "solutions"
-TINY = {"train_images": 256, "gd_epochs": 1, "sd_epochs": 1, "test_images": 200, "batch_size": 32, "seed": 0}
+TINY = ENTRY_TINY
 
 pytestmark = pytest.mark.slow
 

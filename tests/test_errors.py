@@ -49,13 +49,19 @@ def test_the_stage_module_reports_a_missing_teacher_without_traceback(tmp_path, 
     assert ("Traceback" in p.stderr) == debug
 
 
-def test_notebooks_show_the_message_alone_and_the_cell_fails(capsys):
+def test_notebooks_show_the_message_alone_and_the_cell_fails(capsys, monkeypatch):
+    """Importing the library installs nothing; the notebooks' entry point (profiles.complete) does, and
+    G2SD_DEBUG=1, set at any time, brings the traceback back."""
     from IPython.testing.globalipapp import start_ipython
 
-    from g2sd_lib.errors import install_notebook_handler
-
     shell = start_ipython()
-    install_notebook_handler()
+    shell.set_custom_exc((), None)  # another test may have installed it in this process's one shell
+    vars(shell).pop("_g2sd_handler", None)
+    monkeypatch.delenv("G2SD_DEBUG", raising=False)
+    shell.run_cell("import g2sd_lib, g2sd_lib.errors, g2sd_lib.pipeline.profiles")
+    assert shell.custom_exceptions == ()
+    assert shell.run_cell("from g2sd_lib.pipeline import profiles\n_ = profiles.complete('smoke', seeds=None)").success
+    assert shell.custom_exceptions == (Exception,)
     result = shell.run_cell("from g2sd_lib.fmnist import load_fashion_mnist\nload_fashion_mnist('train', '/no/such/dir')")
     out = capsys.readouterr()
     assert not result.success
@@ -64,6 +70,10 @@ def test_notebooks_show_the_message_alone_and_the_cell_fails(capsys):
     assert "Traceback" not in text and "----> " not in text
     result = shell.run_cell("1 / 0")  # not a user error: the usual traceback
     assert not result.success and "ZeroDivisionError" in capsys.readouterr().out
+    monkeypatch.setenv("G2SD_DEBUG", "1")
+    shell.run_cell("load_fashion_mnist('train', '/no/such/dir')")
+    text = "".join(capsys.readouterr())
+    assert "DatasetNotFoundError" in text and ("Traceback" in text or "----> " in text)
 
 
 def test_ctrl_c_and_sigterm_end_the_children_with_one_line_and_the_shells_status(capsys):

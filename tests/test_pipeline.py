@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ENTRY_TINY, shrink_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -54,6 +55,8 @@ def smoke_repo(tmp_path_factory, fmnist_available):
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     _sh([sys.executable, "-m", "g2sd_lib.data", "fetch", "--dest", "data/fashion-mnist", "--source",
          str(fmnist_available)], dest)
+    # the entry stage runs notebook 00 as stored, minutes of training: here at test_entry_notebook's tiny sizes
+    shrink_parameters(dest / "notebooks/00_g2sd_in_10_minutes.ipynb", ENTRY_TINY)
     _sh(["git", "init", "-q"], dest)
     _sh([sys.executable, "-c", "from g2sd_lib.pipeline.profiles import set_profiles; set_profiles(['smoke'])"], dest)
     _sh(["git", "add", "-A"], dest)

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from ...errors import InputError
+from ...errors import InputError, install_notebook_handler
 from ..config import DENSE_TASKS, PRETRAIN_RUNS, STUDENTS, deep_merge, has_path, load_yaml
 
 HERE = Path(__file__).parent
@@ -93,9 +93,12 @@ def complete(profile: str = "smoke", **sections) -> dict:
     ``dvc repro`` injects the sections the notebook declares from the profile's file
     (:mod:`g2sd_lib.pipeline.notebook_runner`); opened by hand or run by the tests, a notebook falls back to the smoke
     profile and runs in seconds. A typo or an out-of-range value stops the stage here, before any
-    work (:func:`g2sd_lib.pipeline.schema.validate_params`).
+    work (:func:`g2sd_lib.pipeline.schema.validate_params`). As the notebooks' entry point it installs
+    their error display first (:func:`g2sd_lib.errors.install_notebook_handler`: a user mistake shows as
+    its message alone).
     """
     from ..schema import validate_params
+    install_notebook_handler()
     preset = load_profile(profile)
     params = {name: (preset[name] if value is None else value) for name, value in sections.items()}
     return validate_params(params, source=f"g2sd_lib/pipeline/profiles/{profile}.yaml", partial=True)
