@@ -33,8 +33,11 @@ data: setup
 	fi
 	$(BIN)/python -m g2sd_lib.fmnist fetch --dest $(DATA) $(if $(SOURCE),--source $(SOURCE))
 
+# The test files run on up to 4 cores at once (pytest-xdist, one file per worker: a file's fixtures are built once),
+# each worker with its share of the CPU threads (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 test: data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # `make repro` runs the default profile, `make repro P=gpu` another (g2sd_lib/pipeline/profiles/<P>.yaml; it is
 # added to params.yaml's profiles). Results: reports/<P>/; each stage's time: runs/<P>/repro_times.json, which

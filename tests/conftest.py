@@ -6,6 +6,17 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a worker of `pytest -n N`: its share of the cores, not all of them each
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+# The longest test files first, so that under `pytest -n N --dist loadfile` the smoke pipeline (half of the
+# suite's time) starts at once instead of last.
+FIRST = ("test_pipeline.py", "test_benchmark.py", "test_label_scarce.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in FIRST)
 
 
 @pytest.fixture(scope="session")
