@@ -7,6 +7,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a worker of `pytest -n N`: its share of the cores, not all of them each
+    # (counted as g2sd_lib.device.usable_cores does, without importing it: torch must read OMP_NUM_THREADS first)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 

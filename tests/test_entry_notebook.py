@@ -9,12 +9,11 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
-from conftest import ENTRY_TINY
+from conftest import ENTRY_TINY as TINY
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "00_g2sd_in_10_minutes.ipynb"
 SOLUTIONS = REPO / "notebooks" / "solutions"
-TINY = ENTRY_TINY
 
 pytestmark = pytest.mark.slow
 
