@@ -61,8 +61,8 @@ def smoke_repo(tmp_path_factory, fmnist_available):
     _sh([sys.executable, "-c", "from g2sd_lib.pipeline.profiles import set_profiles; set_profiles(['smoke'])"], dest)
     _sh(["git", "add", "-A"], dest)
     _sh(["git", "commit", "-qm", "fresh clone"], dest)
-    # the command `make repro` runs; the smoke profile's concurrent_stages is 1: plain dvc repro (two
-    # stages at once on this 2-core machine took 608 s instead of 456: tests/test_repro.py covers it)
+    # the command `make repro` runs; the smoke profile's concurrent_stages is 1: plain dvc repro (its stages are
+    # mostly process start-up, which two at once on two cores only slows; tests/test_repro.py covers stages at once)
     log = _sh([sys.executable, "-m", "g2sd_lib.pipeline.repro", "smoke", "--json", "repro_times.json"], dest)
     return dest, log
 
